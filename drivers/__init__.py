@@ -1,0 +1,1 @@
+"""Host-side drivers, one module per instrument protocol. Depend on labctl only."""

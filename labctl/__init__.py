@@ -1,0 +1,73 @@
+"""labctl: control middleware for autonomous battery-materials labs.
+
+The public API of the core is re-exported here; see the README for the architecture.
+"""
+
+from labctl.capabilities import (
+    Balance,
+    DataPoint,
+    Dispenser,
+    Potentiostat,
+    Pump,
+    PumpDirection,
+    Stirrer,
+    SyringePump,
+    TemperatureController,
+    Valve,
+)
+from labctl.clock import Clock, RealClock, ScaledClock, make_clock
+from labctl.config import BenchConfig, load_config
+from labctl.device import Device, DeviceInfo, DeviceSpec, DeviceState, DeviceStatus
+from labctl.errors import (
+    ConfigError,
+    DeviceBusy,
+    DeviceError,
+    DeviceFault,
+    DeviceTimeout,
+    LabctlError,
+    LimitError,
+    NotInitialized,
+    ProtocolError,
+)
+from labctl.instruments import Instruments
+from labctl.transport import Link, LinkPool, SerialSettings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Balance",
+    "BenchConfig",
+    "Clock",
+    "ConfigError",
+    "DataPoint",
+    "Device",
+    "DeviceBusy",
+    "DeviceError",
+    "DeviceFault",
+    "DeviceInfo",
+    "DeviceSpec",
+    "DeviceState",
+    "DeviceStatus",
+    "DeviceTimeout",
+    "Dispenser",
+    "Instruments",
+    "LabctlError",
+    "LimitError",
+    "Link",
+    "LinkPool",
+    "NotInitialized",
+    "Potentiostat",
+    "ProtocolError",
+    "Pump",
+    "PumpDirection",
+    "RealClock",
+    "ScaledClock",
+    "SerialSettings",
+    "Stirrer",
+    "SyringePump",
+    "TemperatureController",
+    "Valve",
+    "__version__",
+    "load_config",
+    "make_clock",
+]

@@ -1,0 +1,5 @@
+"""The `labctl` command line."""
+
+from labctl.cli.app import app, main
+
+__all__ = ["app", "main"]

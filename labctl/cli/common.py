@@ -1,0 +1,50 @@
+"""Options and helpers shared by the sub-commands (exit codes of the public contract)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from labctl.config import DEFAULT_CONFIG, BenchConfig, load_config
+from labctl.errors import ConfigError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+EXIT_ABORTED = 3
+
+ConfigOpt = Annotated[
+    Path,
+    typer.Option("--config", "-c", help="Bench configuration (TOML).", show_default=True),
+]
+DEFAULT_CONFIG_PATH = DEFAULT_CONFIG
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+TimeScaleOpt = Annotated[
+    float | None,
+    typer.Option("--time-scale", help="Simulated benches: simulated seconds per wall second "
+                 "(overrides the config)."),
+]
+DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="Where run records live.")]
+ParamOpt = Annotated[
+    list[str] | None,
+    typer.Option("--param", "-p", help="Recipe parameter NAME=VALUE (repeatable)."),
+]
+
+
+def fail(message: str, code: int = EXIT_INVALID, *, as_json: bool = False, **extra: Any) -> NoReturn:
+    if as_json:
+        print(json.dumps({"ok": False, "error": message, **extra}))
+    else:
+        print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def load_bench_config(path: Path, *, as_json: bool = False) -> BenchConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_INVALID, as_json=as_json)

@@ -1,0 +1,89 @@
+"""`labctl devices`: connect to every configured device and show identity and status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from labctl.cli.app import app
+from labctl.cli.common import (
+    DEFAULT_CONFIG_PATH,
+    EXIT_FAILED,
+    ConfigOpt,
+    JsonOpt,
+    TimeScaleOpt,
+    fail,
+    load_bench_config,
+)
+from labctl.errors import ConfigError, DeviceError
+from labctl.instruments import Instruments
+
+
+async def _survey(cfg: Any, time_scale: float | None) -> list[dict[str, Any]]:
+    inst = Instruments(cfg, time_scale=time_scale)
+    rows: list[dict[str, Any]] = []
+    try:
+        await inst.start(tolerate_errors=True)
+        for name, dev in inst.devices.items():
+            row: dict[str, Any] = {
+                "name": name,
+                "driver": dev.spec.driver,
+                "capabilities": list(dev.capabilities),
+                "endpoint": dev.spec.endpoint,
+                "address": dev.spec.address,
+                "simulated": inst.simulated,
+                "identity": dev.info.to_dict() if dev.info else None,
+                "error": inst.connect_errors.get(name),
+            }
+            if name not in inst.connect_errors:
+                try:
+                    row["status"] = (await dev.status()).to_dict()
+                except DeviceError as exc:
+                    row["error"] = str(exc)
+            rows.append(row)
+    finally:
+        await inst.close()
+    return rows
+
+
+@app.command()
+def devices(
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
+    json_out: JsonOpt = False,
+    time_scale: TimeScaleOpt = None,
+) -> None:
+    """Connect to each configured device; print identity (model, serial, firmware) and status.
+
+    On a simulated bench (simulate = true) the simulators start in-process on
+    pseudo-terminals and the drivers talk to them over real bytes.
+    """
+    cfg = load_bench_config(config, as_json=json_out)
+    try:
+        rows = asyncio.run(_survey(cfg, time_scale))
+    except ConfigError as exc:
+        fail(str(exc), as_json=json_out)
+    if json_out:
+        print(json.dumps({"bench": cfg.bench.id, "config": str(config), "devices": rows}, indent=2))
+    else:
+        title = f"bench {cfg.bench.id} ({'simulated' if cfg.bench.simulate else 'hardware'})"
+        table = Table(title=title)
+        for col in ("device", "driver", "model", "serial", "firmware", "state", "readings"):
+            table.add_column(col)
+        for r in rows:
+            ident = r["identity"] or {}
+            status = r.get("status") or {}
+            readings = ", ".join(f"{k}={_short(v)}" for k, v in status.get("readings", {}).items())
+            state = r["error"] and f"ERROR: {r['error']}" or status.get("state", "")
+            table.add_row(r["name"], r["driver"], ident.get("model", ""), ident.get("serial", ""),
+                          ident.get("firmware", ""), state, readings)
+        Console().print(table)
+    if any(r["error"] for r in rows):
+        raise SystemExit(EXIT_FAILED)
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,106 @@
+"""The connected devices of one bench: build drivers from the config, start the
+simulators when the bench is simulated, connect, identify, apply safe states, close."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from typing import Any
+
+from labctl.clock import Clock, make_clock
+from labctl.config import BenchConfig
+from labctl.device import Device, DeviceInfo
+from labctl.errors import DeviceError
+from labctl.registry import driver_class
+from labctl.transport import LinkPool
+
+log = logging.getLogger("labctl.instruments")
+
+
+class Instruments:
+    """`async with Instruments(cfg) as inst: inst.devices["pump1"]...`"""
+
+    def __init__(
+        self,
+        cfg: BenchConfig,
+        *,
+        clock: Clock | None = None,
+        time_scale: float | None = None,
+        only: list[str] | None = None,
+    ):
+        self.cfg = cfg
+        scale = time_scale if time_scale is not None else cfg.bench.time_scale
+        self.clock: Clock = clock or make_clock(scale if cfg.bench.simulate else None)
+        self.links = LinkPool()
+        self.devices: dict[str, Device] = {}
+        self.simulation: Any = None
+        self.only = only
+        self.connect_errors: dict[str, str] = {}
+
+    @property
+    def simulated(self) -> bool:
+        return self.cfg.bench.simulate
+
+    async def start(self, *, tolerate_errors: bool = False) -> None:
+        """Start simulators (if simulated), build and connect every enabled device."""
+        names = [n for n in self.cfg.enabled_devices() if self.only is None or n in self.only]
+        if self.simulated:
+            from labctl.simulation import start_simulation
+
+            self.simulation = await start_simulation(self.cfg, self.clock, names)
+        for name in names:
+            spec = self.cfg.device_spec(name)
+            if self.simulation is not None:
+                spec = replace(spec, endpoint=self.simulation.endpoints[name])
+            self.devices[name] = driver_class(spec.driver)(spec, links=self.links, clock=self.clock)
+
+        async def connect(name: str, dev: Device) -> None:
+            try:
+                await dev.connect()
+                dev.info = await dev.identify()
+            except DeviceError as exc:
+                self.connect_errors[name] = str(exc)
+                if not tolerate_errors:
+                    raise
+
+        try:
+            await asyncio.gather(*(connect(n, d) for n, d in self.devices.items()))
+        except BaseException:
+            await self.close()
+            raise
+
+    async def safe_state_all(self) -> dict[str, str]:
+        """Every device to its safe state, concurrently; returns the errors by device."""
+        errors: dict[str, str] = {}
+
+        async def one(name: str, dev: Device) -> None:
+            try:
+                await asyncio.wait_for(dev.safe_state(), timeout=max(5.0, dev.spec.timeout_s * 3))
+            except Exception as exc:  # every device must be tried, whatever one does
+                errors[name] = f"{type(exc).__name__}: {exc}"
+                log.error("safe state of %s failed: %s", name, exc)
+
+        await asyncio.gather(*(one(n, d) for n, d in self.devices.items()))
+        return errors
+
+    def identities(self) -> dict[str, DeviceInfo | None]:
+        return {n: d.info for n, d in self.devices.items()}
+
+    async def close(self) -> None:
+        for dev in self.devices.values():
+            try:
+                await dev.close()
+            except Exception as exc:  # closing must go on for the others
+                log.warning("closing %s: %s", dev.name, exc)
+        await self.links.close_all()
+        if self.simulation is not None:
+            await self.simulation.close()
+            self.simulation = None
+
+    async def __aenter__(self) -> Instruments:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

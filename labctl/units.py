@@ -1,0 +1,78 @@
+"""Units at the boundary.
+
+Convention (used everywhere inside labctl): device methods take and return plain floats in
+fixed units named by a suffix — `_l` litres, `_l_s` litres per second, `_g` grams, `_s`
+seconds, `_c` degrees Celsius, `_rpm` revolutions per minute, `_v` volts, `_a` amperes,
+`_hz` hertz, `_ohm` ohms. Recipes and configuration carry strings with units (`"2.5 mL"`);
+they are converted once, here, with pint.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import pint
+
+ureg: pint.UnitRegistry = pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
+ureg.formatter.default_format = "~P"
+Q_ = ureg.Quantity
+
+# The unit each suffix stands for.
+SUFFIX_UNITS: dict[str, str] = {
+    "l": "L",
+    "l_s": "L/s",
+    "g": "g",
+    "s": "s",
+    "c": "degC",
+    "rpm": "rpm",
+    "v": "V",
+    "a": "A",
+    "hz": "Hz",
+    "ohm": "ohm",
+    "v_s": "V/s",
+}
+
+
+class UnitError(ValueError):
+    """A quantity string could not be parsed or has the wrong dimension."""
+
+
+@lru_cache(maxsize=4096)
+def _parse(text: str) -> pint.Quantity:
+    try:
+        q = ureg.Quantity(text)
+    except Exception as exc:  # pint raises several unrelated types
+        raise UnitError(f"cannot parse quantity {text!r}: {exc}") from None
+    if not isinstance(q, pint.Quantity):
+        q = ureg.Quantity(q, "dimensionless")
+    return q
+
+
+def quantity(value: Any) -> pint.Quantity:
+    """Parse a string like '2.5 mL' (or pass a Quantity through)."""
+    if isinstance(value, pint.Quantity):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return ureg.Quantity(value, "dimensionless")
+    if not isinstance(value, str):
+        raise UnitError(f"expected a quantity string with units, got {value!r}")
+    return _parse(value.strip())
+
+
+def to(value: Any, unit: str) -> float:
+    """Convert a quantity (string or Quantity) to a float in `unit`, checking the dimension."""
+    q = quantity(value)
+    try:
+        return float(q.to(unit).magnitude)
+    except pint.DimensionalityError:
+        raise UnitError(
+            f"{value!s} has the wrong dimension: expected {ureg.Unit(unit).dimensionality}, "
+            f"got {q.dimensionality}"
+        ) from None
+
+
+def fmt(value: float, unit: str, digits: int = 4) -> str:
+    """Human form of a float in a given unit, compacted ('0.005 L' -> '5 mL')."""
+    q = ureg.Quantity(value, unit).to_compact()
+    return f"{q.magnitude:.{digits}g} {q.units:~P}"

@@ -1,0 +1,206 @@
+"""The simulated world: materials, reservoirs, vials and what is in them.
+
+Simulated pumps and dispensers move real amounts between vessels, the balance weighs the
+vessel on it, the hotplate sets its temperature and the potentiostat's cell reads its
+electrolyte. Amounts are conserved: every transfer takes from one vessel what it adds to
+another, and impossible moves (taking more than a vessel holds, overfilling one) raise
+`WorldFault` so the simulator can turn them into the instrument's own error (stall, alarm).
+
+Amounts are kept as grams per material. The volume of a vessel is the volume of its liquids
+(mass / density); dissolved solids add mass but, as a stated simplification, no volume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+AMBIENT_C = 22.0
+
+
+class WorldFault(Exception):
+    """A physically impossible move: empty source, overflowing destination, unknown vessel."""
+
+    def __init__(self, message: str, *, kind: str, vessel: str):
+        self.kind = kind  # "empty", "overflow", "unknown"
+        self.vessel = vessel
+        super().__init__(message)
+
+
+@dataclass
+class Material:
+    id: str
+    name: str = ""
+    phase: str = "liquid"  # liquid | solid
+    density_g_ml: float = 1.0
+    molar_mass_g_mol: float | None = None
+
+
+@dataclass
+class Vessel:
+    name: str
+    kind: str = "vial"  # reservoir | vial | waste | syringe | tubing
+    capacity_l: float = 0.02
+    empty_mass_g: float = 0.0
+    contents_g: dict[str, float] = field(default_factory=dict)
+    temperature_c: float = AMBIENT_C
+    stir_rpm: float = 0.0
+
+
+def parse_amount(text: Any) -> tuple[float, str]:
+    """'50 mL' -> (0.05, 'L'); '10 g' -> (10.0, 'g'); numbers are grams."""
+    if isinstance(text, (int, float)):
+        return float(text), "g"
+    value, _, unit = str(text).strip().partition(" ")
+    unit = unit.strip()
+    factors = {"L": (1.0, "L"), "mL": (1e-3, "L"), "uL": (1e-6, "L"), "µL": (1e-6, "L"),
+               "g": (1.0, "g"), "mg": (1e-3, "g"), "kg": (1e3, "g")}
+    if unit not in factors:
+        raise ValueError(f"amount {text!r}: unit must be one of {', '.join(factors)}")
+    f, base = factors[unit]
+    return float(value) * f, base
+
+
+class World:
+    """All vessels of a simulated bench."""
+
+    def __init__(self) -> None:
+        self.materials: dict[str, Material] = {}
+        self.vessels: dict[str, Vessel] = {}
+        self.ledger: list[dict[str, Any]] = []
+        #: where a routing device currently leads: "@sel_valve" -> "vial_1"
+        self.routes: dict[str, str] = {}
+
+    # -- building -----------------------------------------------------------------------
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> World:
+        """Build from plain data: {"materials": {id: {...}}, "vessels": {name: {...}}}.
+        Vessel `capacity` and contents amounts are strings like '20 mL' / '1.5 g'."""
+        world = cls()
+        for mid, m in (spec.get("materials") or {}).items():
+            world.materials[mid] = Material(
+                id=mid,
+                name=m.get("name", mid),
+                phase=m.get("phase", "liquid"),
+                density_g_ml=float(m.get("density_g_ml", 1.0)),
+                molar_mass_g_mol=m.get("molar_mass_g_mol"),
+            )
+        for vname, v in (spec.get("vessels") or {}).items():
+            cap, unit = parse_amount(v.get("capacity", "20 mL"))
+            if unit != "L":
+                raise ValueError(f"vessel {vname}: capacity must be a volume")
+            vessel = Vessel(
+                name=vname,
+                kind=v.get("kind", "vial"),
+                capacity_l=cap,
+                empty_mass_g=float(v.get("empty_mass_g", 0.0)),
+            )
+            world.vessels[vname] = vessel
+            for mid, amount in (v.get("contents") or {}).items():
+                world._ensure_material(mid)
+                qty, unit = parse_amount(amount)
+                grams = qty * 1000 * world.materials[mid].density_g_ml if unit == "L" else qty
+                vessel.contents_g[mid] = vessel.contents_g.get(mid, 0.0) + grams
+        return world
+
+    def _ensure_material(self, mid: str) -> Material:
+        if mid not in self.materials:
+            self.materials[mid] = Material(id=mid, name=mid)
+        return self.materials[mid]
+
+    def resolve(self, target: str) -> str:
+        """A vessel name, following routes: '@sel_valve' is wherever that valve points."""
+        seen = 0
+        while target.startswith("@"):
+            if target[1:] not in self.routes:
+                raise WorldFault(f"{target}: the routing device points nowhere", kind="unknown",
+                                 vessel=target)
+            target = self.routes[target[1:]]
+            seen += 1
+            if seen > 10:
+                raise WorldFault(f"{target}: routing loop", kind="unknown", vessel=target)
+        return target
+
+    def set_route(self, device: str, vessel: str) -> None:
+        """A routing device (selector valve) now leads to `vessel` (itself maybe a route)."""
+        self.routes[device] = vessel
+
+    def vessel(self, name: str) -> Vessel:
+        name = self.resolve(name)
+        try:
+            return self.vessels[name]
+        except KeyError:
+            raise WorldFault(f"no vessel {name!r}", kind="unknown", vessel=name) from None
+
+    def add_vessel(self, name: str, *, kind: str = "syringe", capacity_l: float = 0.005) -> Vessel:
+        """Internal vessels of instruments (a syringe barrel) are vessels too."""
+        if name not in self.vessels:
+            self.vessels[name] = Vessel(name=name, kind=kind, capacity_l=capacity_l)
+        return self.vessels[name]
+
+    # -- reading ------------------------------------------------------------------------
+    def volume_l(self, name: str) -> float:
+        v = self.vessel(name)
+        return sum(
+            g / (self.materials[m].density_g_ml * 1000)
+            for m, g in v.contents_g.items()
+            if self.materials[m].phase == "liquid"
+        )
+
+    def mass_g(self, name: str) -> float:
+        """What a balance under the vessel reads (vessel + contents)."""
+        v = self.vessel(name)
+        return v.empty_mass_g + sum(v.contents_g.values())
+
+    def total_mass_g(self) -> float:
+        return sum(sum(v.contents_g.values()) for v in self.vessels.values())
+
+    def composition(self, name: str) -> dict[str, float]:
+        """Grams of each material in the vessel."""
+        return dict(self.vessel(name).contents_g)
+
+    # -- moving -------------------------------------------------------------------------
+    def move_volume(self, source: str, destination: str, volume_l: float) -> dict[str, float]:
+        """Move a volume of the (well-mixed) liquid from one vessel to another."""
+        if volume_l <= 0:
+            return {}
+        source, destination = self.resolve(source), self.resolve(destination)
+        src, dst = self.vessel(source), self.vessel(destination)
+        available = self.volume_l(source)
+        if volume_l > available * (1 + 1e-9) + 1e-12:
+            raise WorldFault(
+                f"{source} holds {available * 1e3:.4g} mL, cannot take {volume_l * 1e3:.4g} mL",
+                kind="empty", vessel=source,
+            )
+        if self.volume_l(destination) + volume_l > dst.capacity_l * (1 + 1e-9):
+            raise WorldFault(
+                f"{destination} would overflow ({dst.capacity_l * 1e3:.4g} mL capacity)",
+                kind="overflow", vessel=destination,
+            )
+        fraction = min(1.0, volume_l / available) if available > 0 else 0.0
+        portion = {m: g * fraction for m, g in src.contents_g.items()}
+        for m, g in portion.items():
+            src.contents_g[m] -= g
+            if src.contents_g[m] <= 1e-15:
+                del src.contents_g[m]
+            dst.contents_g[m] = dst.contents_g.get(m, 0.0) + g
+        self.ledger.append(
+            {"op": "move_volume", "from": source, "to": destination, "volume_l": volume_l,
+             "grams": portion}
+        )
+        return portion
+
+    def add_solid(self, destination: str, material: str, mass_g: float) -> None:
+        """Dose a solid from a dispenser head (the head is outside the world's vessels)."""
+        destination = self.resolve(destination)
+        dst = self.vessel(destination)
+        self._ensure_material(material)
+        dst.contents_g[material] = dst.contents_g.get(material, 0.0) + mass_g
+        self.ledger.append({"op": "add_solid", "to": destination, "material": material,
+                            "grams": mass_g})
+
+    def set_temperature(self, name: str, temperature_c: float) -> None:
+        self.vessel(name).temperature_c = temperature_c
+
+    def set_stirring(self, name: str, rpm: float) -> None:
+        self.vessel(name).stir_rpm = rpm
