@@ -28,7 +28,7 @@ class SerialConfig(_Strict):
     baudrate: int | None = None
     bytesize: Literal[5, 6, 7, 8] | None = None
     parity: Literal["N", "E", "O"] | None = None
-    stopbits: Literal[1, 1.5, 2] | None = None
+    stopbits: float | None = Field(default=None, description="1, 1.5 or 2")
     xonxoff: bool | None = None
 
 
@@ -166,7 +166,7 @@ def parse_config(data: dict[str, Any], path: str = "<config>") -> BenchConfig:
     except ValidationError as exc:
         errors = exc.errors()
         msgs = "; ".join(f"{_loc(e['loc'])}: {e['msg']}" for e in errors)
-        raise ConfigError(msgs, file=path, key=None if len(errors) != 1 else None) from None
+        raise ConfigError(msgs, file=path) from None
     cfg.path = path
     _check_references(cfg, path)
     return cfg

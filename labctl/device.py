@@ -84,7 +84,9 @@ class Device(ABC):
     #: the wire protocol's name, for provenance.
     protocol: ClassVar[str] = ""
 
-    def __init__(self, spec: DeviceSpec, *, links: LinkPool | None = None, clock: Clock | None = None):
+    def __init__(
+        self, spec: DeviceSpec, *, links: LinkPool | None = None, clock: Clock | None = None
+    ):
         self.spec = spec
         self.name = spec.name
         self.clock: Clock = clock or RealClock()

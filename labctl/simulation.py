@@ -36,7 +36,9 @@ async def start_simulation(cfg: BenchConfig, clock: Clock, only: list[str] | Non
     `.endpoints[name]`, `.world`, `.simulators[name]`, `close()`)."""
     eps = {ep.name: ep for ep in entry_points(group="labctl.simulation")}
     if "bench" not in eps:
-        raise ConfigError("simulate = true but no simulators are installed "
-                          "(entry point labctl.simulation:bench)", file=cfg.path, key="bench.simulate")
+        raise ConfigError(
+            "simulate = true but no simulators are installed (entry point labctl.simulation:bench)",
+            file=cfg.path, key="bench.simulate",
+        )
     start = eps["bench"].load()
     return await start(simulation_spec(cfg, only), clock)

@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import serial
 
@@ -39,7 +41,7 @@ class SerialSettings:
     stopbits: float = 1
     xonxoff: bool = False
 
-    def pyserial_kwargs(self) -> dict[str, object]:
+    def pyserial_kwargs(self) -> dict[str, Any]:
         return {
             "baudrate": self.baudrate,
             "bytesize": self.bytesize,
@@ -127,10 +129,24 @@ async def _open_stream(url: str, settings: SerialSettings) -> _Stream:
         return _ThreadedSerialStream(port)
     import serial_asyncio_fast
 
-    reader, writer = await serial_asyncio_fast.open_serial_connection(
-        url=url, **settings.pyserial_kwargs()
-    )
+    kwargs = settings.pyserial_kwargs()
+    if _is_pty(url) and (settings.parity.upper() != "N" or settings.bytesize != 8):
+        # A pseudo-terminal cannot carry parity (Linux answers EINVAL on reconfiguration);
+        # line settings only matter on real lines, so a pty gets 8N1.
+        log.debug("%s is a pty: %s%s%s not settable, using 8N1", url, settings.bytesize,
+                  settings.parity, settings.stopbits)
+        kwargs = {**kwargs, "parity": serial.PARITY_NONE, "bytesize": 8}
+    reader, writer = await serial_asyncio_fast.open_serial_connection(url=url, **kwargs)
     return _AsyncioStream(reader, writer)
+
+
+def _is_pty(path: str) -> bool:
+    """Unix98 pseudo-terminal slaves live in /dev/pts (major numbers 136-143)."""
+    try:
+        st = os.stat(os.path.realpath(path))
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and 136 <= os.major(st.st_rdev) <= 143
 
 
 @dataclass
@@ -201,7 +217,7 @@ class Link:
                 self.stats.opened_at = time.time()
                 log.debug("%s: opened", self._label)
                 return self._stream
-            except (OSError, serial.SerialException, asyncio.TimeoutError, ValueError) as exc:
+            except (TimeoutError, OSError, serial.SerialException, ValueError) as exc:
                 self.stats.last_error = str(exc)
                 if time.monotonic() + delay > deadline:
                     raise DeviceTimeout(
@@ -262,12 +278,12 @@ class Link:
         stream = await self._ensure_open()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise asyncio.TimeoutError
+            raise TimeoutError
         if self._pending is None:
             self._pending = asyncio.ensure_future(stream.read())
         done, _ = await asyncio.wait({self._pending}, timeout=remaining)
         if not done:
-            raise asyncio.TimeoutError
+            raise TimeoutError
         task, self._pending = self._pending, None
         try:
             data = task.result()
@@ -345,7 +361,7 @@ class Link:
     async def _read_more(self, deadline: float, what: str, timeout: float) -> None:
         try:
             await self._fill(deadline)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             partial = bytes(self._buf)
             raise DeviceTimeout(
                 f"timeout after {timeout:g} s on {self.url}: {what}"

@@ -41,7 +41,7 @@ class UnitError(ValueError):
 @lru_cache(maxsize=4096)
 def _parse(text: str) -> pint.Quantity:
     try:
-        q = ureg.Quantity(text)
+        q: Any = ureg.Quantity(text)
     except Exception as exc:  # pint raises several unrelated types
         raise UnitError(f"cannot parse quantity {text!r}: {exc}") from None
     if not isinstance(q, pint.Quantity):

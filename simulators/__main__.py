@@ -36,9 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Serve a simulated instrument on a pseudo-terminal or TCP.",
     )
     p.add_argument("kind", help=f"instrument kind: {', '.join(sorted(kinds()))}")
-    p.add_argument("--endpoint", default="pty", help="pty (default) or tcp://HOST:PORT (port 0: any)")
+    p.add_argument("--endpoint", default="pty",
+                   help="pty (default) or tcp://HOST:PORT (port 0: any)")
     p.add_argument("--address", default=None, help="bus address / unit id of the instrument")
-    p.add_argument("--time-scale", type=float, default=1.0, help="simulated seconds per wall second")
+    p.add_argument("--time-scale", type=float, default=1.0,
+                   help="simulated seconds per wall second")
     p.add_argument("--option", action="append", type=_option, default=[],
                    help="simulator option KEY=VALUE (VALUE parsed as JSON when it can be)")
     p.add_argument("--log-level", default="WARNING")

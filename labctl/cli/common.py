@@ -35,7 +35,9 @@ ParamOpt = Annotated[
 ]
 
 
-def fail(message: str, code: int = EXIT_INVALID, *, as_json: bool = False, **extra: Any) -> NoReturn:
+def fail(
+    message: str, code: int = EXIT_INVALID, *, as_json: bool = False, **extra: Any
+) -> NoReturn:
     if as_json:
         print(json.dumps({"ok": False, "error": message, **extra}))
     else:

@@ -1,0 +1,5 @@
+"""`python -m labctl` is the `labctl` command."""
+
+from labctl.cli import main
+
+main()
