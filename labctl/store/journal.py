@@ -1,0 +1,230 @@
+"""The run journal (`events.jsonl`): an append-only, crash-safe record of everything a run
+does, written before it is done.
+
+Each event is one JSON line, written with a single `write()` on an `O_APPEND` descriptor, so a
+killed process never leaves half a line. Lines marked durable (anything that precedes an
+action: a transition, a step start) are also fsync'd before `append` returns; the other lines
+(a step's end) are written at once — a killed process keeps them, the page cache does — and
+reach the disk with the next durable line, before the next action starts. A power cut can
+at worst cut the final line short: `read_journal` ignores such a tail and `Journal` trims it
+before appending again, so every line of the file always parses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+#: leaf step kinds: the ones that act (or wait); containers only group them.
+LEAF_KINDS = ("action", "wait", "analysis")
+
+
+def utc_iso(epoch: float | None = None) -> str:
+    """UTC ISO-8601 with milliseconds and a Z ('2025-11-26T03:12:45.123Z')."""
+    t = time.time() if epoch is None else epoch
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _default(obj: Any) -> Any:
+    """JSON fallback for the odd value in an event (paths, enums, pint quantities)."""
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, default=_default, ensure_ascii=False, separators=(",", ":"))
+
+
+class Journal:
+    """Appends events to one run's `events.jsonl`."""
+
+    def __init__(self, path: str | Path, *, fsync: bool = True):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._dirty = False
+        _trim_torn_tail(self.path)
+        for ev in read_journal(self.path):
+            self._seq = max(self._seq, int(ev.get("seq", 0)))
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    def append(self, event: str, *, durable: bool = True, **fields: Any) -> dict[str, Any]:
+        """Write one event line; with `durable` it is on disk when this returns."""
+        with self._lock:
+            if self._fd is None:
+                raise ValueError(f"journal {self.path} is closed")
+            self._seq += 1
+            now = time.time()
+            record = {"seq": self._seq, "t": utc_iso(now), "ts": round(now, 6), "event": event,
+                      **fields}
+            data = (dumps(record) + "\n").encode("utf-8")
+            n = os.write(self._fd, data)
+            if n != len(data):  # regular files do not short-write short of a full disk
+                raise OSError(f"journal {self.path}: short write ({n} of {len(data)} bytes)")
+            if durable and self._fsync:
+                os.fsync(self._fd)
+                self._dirty = False
+            else:
+                self._dirty = True
+            return record
+
+    def sync(self) -> None:
+        """Make every line written so far durable."""
+        with self._lock:
+            if self._fd is not None and self._dirty and self._fsync:
+                os.fsync(self._fd)
+            self._dirty = False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is None:
+                return
+            if self._dirty and self._fsync:
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _trim_torn_tail(path: Path) -> None:
+    """Cut a final line that has no newline (only a power cut can leave one)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        content = f.read()
+        keep = content.rfind(b"\n") + 1
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_journal(path: str | Path) -> list[dict[str, Any]]:
+    """Every complete event line (a torn final line, if any, is left out)."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        return []
+    events: list[dict[str, Any]] = []
+    lines = raw.split(b"\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            ev = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # torn tail: no newline after it
+                break
+            raise ValueError(f"{p}: line {i + 1} is not valid JSON") from None
+        events.append(ev)
+    return events
+
+
+@dataclass
+class StepProgress:
+    """What the journal says of one step."""
+
+    id: str
+    kind: str = "action"
+    #: pending | started | completed | failed | continued (failed, recipe said go on) |
+    #: accepted (in doubt, accepted as it stands by an operator)
+    state: str = "pending"
+    attempts: int = 0
+    started: str | None = None
+    ended: str | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
+class Replay:
+    """A run's progress rebuilt from its journal."""
+
+    run_id: str | None = None
+    state: str = "idle"
+    steps: dict[str, StepProgress] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    finished: dict[str, Any] | None = None
+    events: int = 0
+
+    def _step(self, sid: str, kind: str | None = None) -> StepProgress:
+        if sid not in self.steps:
+            self.steps[sid] = StepProgress(id=sid, kind=kind or "action")
+            self.order.append(sid)
+        elif kind:
+            self.steps[sid].kind = kind
+        return self.steps[sid]
+
+    @property
+    def completed(self) -> list[str]:
+        """Leaf steps done (or accepted as done by an operator)."""
+        return [s for s in self.order
+                if self.steps[s].state in ("completed", "accepted", "continued")
+                and self.steps[s].kind in LEAF_KINDS]
+
+    @property
+    def in_doubt(self) -> list[str]:
+        """Leaf steps started and not finished — a crash hit them mid-action, or they failed
+        and stopped the run: what they did to the world is not known."""
+        return [s for s in self.order
+                if self.steps[s].state in ("started", "failed")
+                and self.steps[s].kind in LEAF_KINDS]
+
+
+def replay(events: list[dict[str, Any]]) -> Replay:
+    """Fold the journal into per-step progress (completed, in doubt, failed)."""
+    r = Replay(events=len(events))
+    for ev in events:
+        kind = ev.get("event")
+        if kind == "run_created":
+            r.run_id = ev.get("run_id")
+        elif kind == "transition":
+            r.state = str(ev.get("dest", r.state))
+        elif kind == "step_started":
+            s = r._step(str(ev["step"]), ev.get("kind"))
+            s.state = "started"
+            s.attempts = max(s.attempts, int(ev.get("attempt", 1)))
+            s.started = s.started or ev.get("t")
+            s.error = None
+        elif kind == "step_finished":
+            s = r._step(str(ev["step"]), ev.get("kind"))
+            s.state = "completed"
+            s.ended = ev.get("t")
+            s.result = ev.get("result")
+        elif kind == "step_failed":
+            s = r._step(str(ev["step"]), ev.get("kind"))
+            s.state = "continued" if ev.get("continued") else "failed"
+            s.ended = ev.get("t")
+            s.error = ev.get("error")
+            r.errors.append({"step": s.id, "error": s.error, "device": ev.get("device")})
+        elif kind == "decision":
+            r.decisions.append(ev)
+            if ev.get("decision") == "accept":
+                r._step(str(ev["step"])).state = "accepted"
+        elif kind == "run_finished":
+            r.finished = ev
+    return r

@@ -1,0 +1,195 @@
+"""One run's folder: `<data-dir>/<run_id>/` with recipe.json, metadata.json, events.jsonl,
+data/ and result.json.
+
+JSON documents are replaced atomically (temp file, fsync, rename, fsync of the folder), so
+a reader — or a crash — only ever sees the old or the new version, never half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from labctl.store.journal import Journal, Replay, _default, read_journal, replay
+
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def new_run_id(recipe_name: str) -> str:
+    """Sortable and readable: '20251126T031245Z-electrolyte_conductivity-3fa9c1'."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    slug = re.sub(r"[^A-Za-z0-9_]+", "_", recipe_name).strip("_")[:40] or "run"
+    return f"{stamp}-{slug}-{secrets.token_hex(3)}"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Replace `path` with `data` as JSON: temp file in the same folder, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=2, default=_default, ensure_ascii=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def csv_columns(path: Path) -> list[dict[str, str | None]]:
+    """Columns of a CSV data file from its header; BDF names carry the unit
+    ('Voltage / V' -> quantity 'Voltage', unit 'V')."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            header = f.readline().strip()
+    except (OSError, UnicodeDecodeError):
+        return []
+    cols: list[dict[str, str | None]] = []
+    for name in (c.strip().strip('"') for c in header.split(",") if c.strip()):
+        quantity, sep, unit = name.rpartition(" / ")
+        cols.append({"name": name, "quantity": quantity if sep else name,
+                     "unit": unit if sep else None})
+    return cols
+
+
+class RunRecord:
+    """The files of one run. Create with `RunRecord.create`, reopen with `RunRecord.open`."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.run_id = folder.name
+        self._journal: Journal | None = None
+
+    # -- paths ---------------------------------------------------------------------------
+    @property
+    def recipe_path(self) -> Path:
+        return self.folder / "recipe.json"
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.folder / "metadata.json"
+
+    @property
+    def events_path(self) -> Path:
+        return self.folder / "events.jsonl"
+
+    @property
+    def result_path(self) -> Path:
+        return self.folder / "result.json"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.folder / "data"
+
+    # -- life cycle ----------------------------------------------------------------------
+    @classmethod
+    def create(cls, data_dir: Path, run_id: str) -> RunRecord:
+        if not RUN_ID_RE.match(run_id):
+            raise ValueError(f"invalid run id {run_id!r}")
+        folder = Path(data_dir) / run_id
+        folder.mkdir(parents=True, exist_ok=False)
+        (folder / "data").mkdir()
+        _fsync_dir(Path(data_dir))
+        return cls(folder)
+
+    @classmethod
+    def open(cls, data_dir: Path, run_id: str) -> RunRecord:
+        if not RUN_ID_RE.match(run_id):
+            raise FileNotFoundError(f"invalid run id {run_id!r}")
+        folder = Path(data_dir) / run_id
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no run {run_id!r} in {data_dir}")
+        return cls(folder)
+
+    @property
+    def journal(self) -> Journal:
+        if self._journal is None:
+            self._journal = Journal(self.events_path)
+        return self._journal
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
+    # -- documents -----------------------------------------------------------------------
+    def write_recipe(self, data: dict[str, Any]) -> None:
+        write_json_atomic(self.recipe_path, data)
+
+    def write_metadata(self, data: dict[str, Any]) -> None:
+        write_json_atomic(self.metadata_path, data)
+
+    def write_result(self, data: dict[str, Any]) -> None:
+        write_json_atomic(self.result_path, data)
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads((self.folder / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        return data
+
+    def events(self) -> list[dict[str, Any]]:
+        return read_journal(self.events_path)
+
+    def replay(self) -> Replay:
+        return replay(self.events())
+
+    def data_path(self, step_id: str, suffix: str = ".bdf.csv") -> Path:
+        """Where a step's measurements go (step ids are made file-name safe)."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", step_id).strip("._") or "step"
+        self.data_dir.mkdir(exist_ok=True)
+        return self.data_dir / f"{safe}{suffix}"
+
+    def data_files(self) -> list[dict[str, Any]]:
+        """Every file under data/ with its size, SHA-256 and columns (for provenance)."""
+        out: list[dict[str, Any]] = []
+        if not self.data_dir.is_dir():
+            return out
+        for p in sorted(self.data_dir.rglob("*")):
+            if not p.is_file() or p.name.startswith("."):
+                continue
+            entry: dict[str, Any] = {
+                "path": str(p.relative_to(self.folder)),
+                "bytes": p.stat().st_size,
+                "sha256": sha256_file(p),
+                "modified": datetime.fromtimestamp(p.stat().st_mtime, UTC).isoformat(),
+            }
+            if p.name.endswith(".csv"):
+                entry["format"] = "BDF (Battery Data Format) CSV" if ".bdf." in p.name else "CSV"
+                entry["columns"] = csv_columns(p)
+            out.append(entry)
+        return out
