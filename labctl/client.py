@@ -1,0 +1,364 @@
+"""Async client SDK for AI servers: drive a bench over MQTT in a few lines.
+
+    async with BenchClient("mqtt://broker:1883", "sim-bench-1") as bench:
+        run = await bench.submit("electrolyte_conductivity", {"salt_mass": "0.3 g"},
+                                 request={"id": "req-42"})
+        result = await run.result()
+
+Every command carries a unique id and an MQTT 5 response topic with correlation data. The
+connection comes back by itself after a broker restart or a network drop; commands still
+waiting for their reply are sent again with the same id, which the agent answers from its
+record instead of acting twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from labctl.errors import LabctlError
+from labctl.mqtt.connection import (
+    BrokerSettings,
+    MqttClient,
+    PublishRefused,
+    subscribe_options,
+)
+from labctl.mqtt.payloads import (
+    AbortCommand,
+    CancelCommand,
+    EstopCommand,
+    ListCommand,
+    PauseCommand,
+    RequestInfo,
+    ResumeCommand,
+    StatusCommand,
+    SubmitCommand,
+    ValidateCommand,
+)
+from labctl.mqtt.topics import Topics
+
+log = logging.getLogger("labctl.client")
+
+
+class CommandError(LabctlError):
+    """The bench answered ok: false (or the broker refused the command)."""
+
+    def __init__(self, code: str, message: str, *, path: str | None = None,
+                 reply: dict[str, Any] | None = None):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.path = path
+        self.reply = reply or {}
+        self.issues: list[dict[str, Any]] = list(self.reply.get("issues") or [])
+
+
+class Run:
+    """A submitted run: its id, where it stood in the queue, and its result to come."""
+
+    def __init__(self, client: BenchClient, run_id: str, queue_position: int | None,
+                 command_id: str, reply: dict[str, Any]):
+        self.client = client
+        self.run_id = run_id
+        self.queue_position = queue_position
+        self.command_id = command_id
+        self.reply = reply
+
+    async def result(self, timeout: float | None = None) -> dict[str, Any]:
+        """The result payload (status, figures of merit, request id, provenance summary)."""
+        fut = self.client._result_future(self.run_id)
+        await self.client._ensure_subscribed(self.client.topics.result(self.run_id))
+        return await asyncio.wait_for(asyncio.shield(fut), timeout)
+
+    async def cancel(self) -> dict[str, Any]:
+        return await self.client.cancel(self.run_id)
+
+    def __repr__(self) -> str:
+        return f"Run({self.run_id!r}, queue_position={self.queue_position})"
+
+
+class BenchClient:
+    """One AI client's connection to one bench, through the broker."""
+
+    def __init__(
+        self,
+        broker_url: str,
+        bench_id: str,
+        *,
+        client_id: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        timeout: float = 30.0,
+        session_expiry_s: int = 600,
+        backoff_max_s: float = 5.0,
+    ):
+        self.settings = BrokerSettings.from_url(broker_url, username=username, password=password,
+                                                tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+        self.topics = Topics(bench_id)
+        self.bench_id = bench_id
+        self.client_id = client_id or f"labctl-client-{uuid.uuid4().hex[:12]}"
+        self.timeout = timeout
+        self.session_expiry_s = session_expiry_s
+        self.backoff_max_s = backoff_max_s
+        self.inbox = self.topics.reply_inbox(self.client_id)
+        self.connected = asyncio.Event()
+        self.connections = 0
+        self.result_deliveries: dict[str, int] = {}
+        self._client: MqttClient | None = None
+        self._subscriptions: set[str] = {self.inbox}
+        self._pending: dict[str, tuple[asyncio.Future[dict[str, Any]], bytes]] = {}
+        self._results: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._event_queues: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._first: asyncio.Future[None] | None = None
+        self._closing = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def __aenter__(self) -> BenchClient:
+        loop = asyncio.get_running_loop()
+        self._first = loop.create_future()
+        self._task = asyncio.create_task(self._connection_loop(), name="bench-client")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._first), self.timeout)
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await self._task
+            self._task = None
+        for fut, _ in self._pending.values():
+            if not fut.done():
+                fut.cancel()
+
+    async def _connection_loop(self) -> None:
+        delay = 0.1
+        while not self._closing:
+            try:
+                client = MqttClient(self.settings, self.client_id,
+                                    session_expiry_s=self.session_expiry_s, clean_start=False)
+                async with client:
+                    self.connections += 1
+                    self._client = client
+                    for topic in sorted(self._subscriptions):
+                        await client.subscribe(
+                            topic, options=subscribe_options(1, retain_handling=1))
+                    self.connected.set()
+                    delay = 0.1
+                    if self._first is not None and not self._first.done():
+                        self._first.set_result(None)
+                    resend = asyncio.create_task(self._resend_pending(client))
+                    try:
+                        async for message in client.messages:
+                            self._dispatch(message)
+                    finally:
+                        resend.cancel()
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                self._client = None
+                if self._first is not None and not self._first.done():
+                    self._first.set_exception(exc)  # the first connection must work
+                    return
+                log.warning("broker %s: %s; reconnecting in %.1f s",
+                            self.settings.url(), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(self.backoff_max_s, delay * 2)
+            finally:
+                self.connected.clear()
+                self._client = None
+
+    async def _resend_pending(self, client: MqttClient) -> None:
+        """After a reconnect: every command still unanswered goes again, same id."""
+        for cid, (fut, payload) in list(self._pending.items()):
+            if not fut.done():
+                try:
+                    await client.publish_checked(self.topics.cmd, payload, qos=1,
+                                                 properties=self._props(cid))
+                except PublishRefused as exc:
+                    fut.set_exception(CommandError("not_authorized", str(exc)))
+                except aiomqtt.MqttError:
+                    return
+
+    # ------------------------------------------------------------------ incoming
+    def _dispatch(self, message: aiomqtt.Message) -> None:
+        topic = str(message.topic)
+        try:
+            body = json.loads(bytes(message.payload)) if isinstance(
+                message.payload, bytes | bytearray) else None
+        except ValueError:
+            log.warning("non-JSON message on %s ignored", topic)
+            return
+        if not isinstance(body, dict):
+            return
+        if topic == self.inbox or topic.startswith(f"{self.topics.prefix}/reply/"):
+            cid = body.get("id")
+            props = message.properties
+            corr = getattr(props, "CorrelationData", None) if props else None
+            if corr:
+                with contextlib.suppress(UnicodeDecodeError):
+                    cid = bytes(corr).decode()
+            entry = self._pending.pop(str(cid), None) if cid is not None else None
+            if entry and not entry[0].done():
+                entry[0].set_result(body)
+        elif topic == self.topics.events:
+            for q in list(self._event_queues):
+                q.put_nowait(body)
+        else:
+            run_id = self.topics.run_id_of_result(topic)
+            if run_id is not None:
+                self.result_deliveries[run_id] = self.result_deliveries.get(run_id, 0) + 1
+                fut = self._result_future(run_id)
+                if not fut.done():
+                    fut.set_result(body)
+
+    def _result_future(self, run_id: str) -> asyncio.Future[dict[str, Any]]:
+        if run_id not in self._results:
+            self._results[run_id] = asyncio.get_running_loop().create_future()
+        return self._results[run_id]
+
+    async def _ensure_subscribed(self, topic: str) -> None:
+        if topic in self._subscriptions:
+            return
+        self._subscriptions.add(topic)
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):  # the reconnect subscribes again
+                await client.subscribe(topic, options=subscribe_options(1, retain_handling=1))
+
+    # ------------------------------------------------------------------ commands
+    def _props(self, command_id: str) -> Properties:
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = self.inbox
+        props.CorrelationData = command_id.encode()
+        props.UserProperty = [("client_id", self.client_id)]
+        return props
+
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex
+
+    async def send(self, command: Any, *, timeout: float | None = None) -> dict[str, Any]:
+        """Send one command model and wait for its reply (raises CommandError on ok: false).
+        The same command object sent twice is the same command: the agent answers once."""
+        return await self.send_raw(command.model_dump_json(exclude_none=True).encode(),
+                                   command.id, timeout=timeout)
+
+    async def send_raw(self, payload: bytes, command_id: str, *,
+                       timeout: float | None = None, check: bool = True) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._pending[command_id] = (fut, payload)
+        try:
+            client = self._client
+            if client is not None and self.connected.is_set():
+                try:
+                    await client.publish_checked(self.topics.cmd, payload, qos=1,
+                                                 properties=self._props(command_id))
+                except PublishRefused as exc:
+                    raise CommandError("not_authorized", str(exc)) from None
+                except aiomqtt.MqttError:
+                    pass  # resent after the reconnect
+            reply = await asyncio.wait_for(asyncio.shield(fut), timeout or self.timeout)
+        finally:
+            self._pending.pop(command_id, None)
+        if check and not reply.get("ok"):
+            err = reply.get("error") or {}
+            raise CommandError(str(err.get("code", "error")), str(err.get("message", "")),
+                               path=err.get("path"), reply=reply)
+        return reply
+
+    async def submit(
+        self,
+        recipe_or_ref: Mapping[str, Any] | str | Path,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        request: Mapping[str, Any] | str | None = None,
+        command_id: str | None = None,
+    ) -> Run:
+        """Queue a run. `recipe_or_ref`: an inline recipe (dict), a recipe file on this
+        machine (Path, sent inline as data), or the name of a recipe in the bench's folder."""
+        cmd = SubmitCommand(command="submit", id=command_id or self.new_id(),
+                            parameters=dict(parameters or {}), request=_request(request),
+                            **_source(recipe_or_ref))
+        reply = await self.send(cmd)
+        run = Run(self, reply["run_id"], reply.get("queue_position"), cmd.id, reply)
+        self._result_future(run.run_id)
+        await self._ensure_subscribed(self.topics.result(run.run_id))
+        return run
+
+    async def validate(self, recipe_or_ref: Mapping[str, Any] | str | Path,
+                       parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        cmd = ValidateCommand(command="validate", id=self.new_id(),
+                              parameters=dict(parameters or {}), **_source(recipe_or_ref))
+        return await self.send(cmd)
+
+    async def status(self) -> dict[str, Any]:
+        reply = await self.send(StatusCommand(command="status", id=self.new_id()))
+        return dict(reply.get("status") or {})
+
+    async def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        reply = await self.send(ListCommand(command="list", id=self.new_id(), limit=limit))
+        return list(reply.get("runs") or [])
+
+    async def pause(self) -> dict[str, Any]:
+        return await self.send(PauseCommand(command="pause", id=self.new_id()))
+
+    async def resume(self) -> dict[str, Any]:
+        return await self.send(ResumeCommand(command="resume", id=self.new_id()))
+
+    async def abort(self) -> dict[str, Any]:
+        return await self.send(AbortCommand(command="abort", id=self.new_id()))
+
+    async def estop(self) -> dict[str, Any]:
+        return await self.send(EstopCommand(command="estop", id=self.new_id()))
+
+    async def cancel(self, run_id: str) -> dict[str, Any]:
+        return await self.send(CancelCommand(command="cancel", id=self.new_id(), run_id=run_id))
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Run events as the bench publishes them, from now on."""
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._event_queues.add(queue)
+        try:
+            await self._ensure_subscribed(self.topics.events)
+            while True:
+                yield await queue.get()
+        finally:
+            self._event_queues.discard(queue)
+
+
+def _source(recipe_or_ref: Mapping[str, Any] | str | Path) -> dict[str, Any]:
+    if isinstance(recipe_or_ref, Path):
+        return {"recipe": json.loads(recipe_or_ref.read_text(encoding="utf-8"))}
+    if isinstance(recipe_or_ref, str):
+        return {"recipe_ref": recipe_or_ref}
+    return {"recipe": dict(recipe_or_ref)}
+
+
+def _request(request: Mapping[str, Any] | str | None) -> RequestInfo | None:
+    if request is None:
+        return None
+    if isinstance(request, str):
+        return RequestInfo(id=request)
+    return RequestInfo(**dict(request))

@@ -1,0 +1,361 @@
+"""The MQTT agent: serves one bench to AI clients through a broker (`labctl serve`).
+
+Exactly once, in effect: incoming commands are acknowledged to the broker (manual PUBACK)
+only after they have been acted on and their reply remembered in the run index, so a crash
+or a dropped link makes the broker redeliver them, and a command id seen before gets its
+first reply again and starts nothing. Results go through a durable outbox and are removed
+only after the broker's PUBACK. The connection is the only thing that comes and goes: the
+bench (and the run in progress) lives outside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections import Counter, deque
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from labctl.mqtt.connection import BrokerSettings, MqttClient, correlation_properties
+from labctl.mqtt.outbox import Outbox
+from labctl.mqtt.payloads import (
+    AbortCommand,
+    CancelCommand,
+    ErrorInfo,
+    EstopCommand,
+    EventPayload,
+    ListCommand,
+    PauseCommand,
+    PayloadError,
+    Reply,
+    ResultPayload,
+    ResumeCommand,
+    StatusCommand,
+    StatusPayload,
+    SubmitCommand,
+    ValidateCommand,
+    decode_command,
+)
+from labctl.mqtt.port import BenchPort, CommandRefused, RecipeSource
+from labctl.mqtt.topics import Topics
+
+log = logging.getLogger("labctl.mqtt.agent")
+
+EVENT_BUFFER = 10_000
+"""Events kept while the broker is away (oldest dropped first; `seq` shows the gap)."""
+EVENT_BATCH = 64
+"""Events in flight at once (QoS 1, acknowledged together)."""
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Agent:
+    """`await Agent(port, BrokerSettings.from_url(url), bench_id="b1", data_dir=d).run()`."""
+
+    def __init__(
+        self,
+        port: BenchPort,
+        broker: BrokerSettings,
+        *,
+        bench_id: str,
+        data_dir: str | Path,
+        client_id: str | None = None,
+        session_expiry_s: int = 7 * 24 * 3600,
+        backoff_initial_s: float = 0.1,
+        backoff_max_s: float = 10.0,
+    ):
+        self.port = port
+        self.broker = broker
+        self.topics = Topics(bench_id)
+        self.bench_id = bench_id
+        self.client_id = client_id or f"labctl-agent-{bench_id}"
+        self.session_expiry_s = session_expiry_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.outbox = Outbox(Path(data_dir) / "mqtt-outbox.sqlite")
+        self.connected = asyncio.Event()
+        self.stats: Counter[str] = Counter()
+        self.result_publications: Counter[str] = Counter()
+        self.connections = 0
+        self._events: deque[bytes] = deque(maxlen=EVENT_BUFFER)
+        self._seq = 0
+        self._wake = asyncio.Event()
+        self._status_dirty = True
+        self._last_status: str | None = None
+        self._stopping = asyncio.Event()
+        self._host = socket.gethostname()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self) -> None:
+        """Serve until stop() (or cancellation); reconnects with backoff meanwhile."""
+        pump = asyncio.create_task(self._pump_events(), name="agent-events")
+        try:
+            await self._connection_loop()
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+            self.outbox.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _connection_loop(self) -> None:
+        delay = self.backoff_initial_s
+        while not self._stopping.is_set():
+            try:
+                await self._session()
+                delay = self.backoff_initial_s
+            except aiomqtt.MqttError as exc:
+                if self._stopping.is_set():
+                    break
+                was = self.connected.is_set()
+                self.connected.clear()
+                if was:
+                    delay = self.backoff_initial_s
+                log.warning("broker %s: %s; reconnecting in %.1f s", self.broker.url(), exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                delay = min(self.backoff_max_s, delay * 2)
+        self.connected.clear()
+
+    async def _session(self) -> None:
+        will = aiomqtt.Will(self.topics.online, b"offline", qos=1, retain=True)
+        client = MqttClient(self.broker, self.client_id, session_expiry_s=self.session_expiry_s,
+                            clean_start=False, will=will, manual_ack=True)
+        async with client:
+            self.connections += 1
+            await client.subscribe(self.topics.cmd, qos=1)
+            await client.publish_checked(self.topics.online, b"online", qos=1, retain=True)
+            self._status_dirty = True
+            self._last_status = None  # republish after every (re)connect
+            self.connected.set()
+            log.info("agent %s connected to %s", self.bench_id, self.broker.url())
+            tasks = [
+                asyncio.create_task(self._serve_commands(client), name="agent-cmd"),
+                asyncio.create_task(self._publisher(client), name="agent-pub"),
+                asyncio.create_task(self._stopping.wait(), name="agent-stop"),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                for t in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                        await t
+            for t in done:
+                if not t.cancelled() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+            if self._stopping.is_set():
+                # A clean goodbye: the will is not sent on a normal DISCONNECT.
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await client.publish_checked(self.topics.online, b"offline", qos=1,
+                                                 retain=True, timeout=2)
+            self.connected.clear()
+
+    # ------------------------------------------------------------------ outgoing
+    async def _pump_events(self) -> None:
+        """Bench events -> the event buffer, the status flag and the result outbox. Runs for
+        the agent's whole life, whether or not the broker is reachable."""
+        async for event in self.port.events():
+            try:
+                self._seq += 1
+                payload = EventPayload(
+                    bench_id=self.bench_id,
+                    seq=self._seq,
+                    time=str(event.get("time") or utc_now()),
+                    type=str(event.get("type") or event.get("event") or "event"),
+                    run_id=event.get("run_id"),
+                    step=event.get("step") or event.get("step_id"),
+                    data={k: v for k, v in event.items()
+                          if k not in ("time", "type", "event", "run_id", "step", "step_id")},
+                )
+                self._events.append(payload.model_dump_json().encode())
+                self._status_dirty = True
+                ended = self.port.is_final(event)
+                if ended is not None:
+                    self._queue_result(ended)
+            except Exception:  # one odd event must not stop the stream
+                log.exception("could not publish event %r", event)
+            self._wake.set()
+
+    def _queue_result(self, run_id: str) -> None:
+        fields = self.port.result(run_id)
+        if fields is None:
+            log.error("run %s ended but has no result", run_id)
+            return
+        payload = ResultPayload(bench_id=self.bench_id, **{**fields, "run_id": run_id})
+        if self.outbox.add(run_id, payload.model_dump(mode="json")):
+            log.info("result of %s queued for publication", run_id)
+
+    def _status_payload(self) -> bytes:
+        fields = dict(self.port.status())
+        fields.setdefault("state", "unknown")
+        payload = StatusPayload(bench_id=self.bench_id, time=utc_now(), **fields)
+        return payload.model_dump_json().encode()
+
+    async def _publisher(self, client: MqttClient) -> None:
+        """Results (durable), then status (retained, on change), then events."""
+        while True:
+            self._wake.clear()
+            for run_id, payload in self.outbox.pending():
+                await client.publish_checked(self.topics.result(run_id), payload, qos=1,
+                                             retain=True)
+                self.outbox.mark_published(run_id)
+                self.result_publications[run_id] += 1
+                self.stats["results"] += 1
+            if self._status_dirty:
+                self._status_dirty = False
+                payload = self._status_payload()
+                body = json.loads(payload)
+                body.pop("time", None)
+                key = json.dumps(body, sort_keys=True)
+                if key != self._last_status:
+                    await client.publish_checked(self.topics.status, payload, qos=1, retain=True)
+                    self._last_status = key
+                    self.stats["status"] += 1
+            while self._events:
+                batch = [self._events[i] for i in range(min(EVENT_BATCH, len(self._events)))]
+                await asyncio.gather(*(client.publish_checked(self.topics.events, p, qos=1)
+                                       for p in batch))
+                for _ in batch:
+                    self._events.popleft()
+                self.stats["events"] += len(batch)
+                if self.outbox.pending() or self._status_dirty:
+                    break
+            if not (self._events or self._status_dirty or self.outbox.pending()):
+                await self._wake.wait()
+
+    # ------------------------------------------------------------------ incoming
+    async def _serve_commands(self, client: MqttClient) -> None:
+        async for message in client.messages:
+            if not message.topic.matches(self.topics.cmd):
+                client.ack(message)
+                continue
+            try:
+                await self._handle(client, message)
+            except aiomqtt.MqttError:
+                raise  # not acknowledged: the broker redelivers it after the reconnect
+            except Exception:  # a bug must not stop the agent
+                log.exception("command on %s failed", message.topic)
+                self.stats["internal_errors"] += 1
+            client.ack(message)
+
+    async def _handle(self, client: MqttClient, message: aiomqtt.Message) -> None:
+        props = message.properties
+        response_topic = getattr(props, "ResponseTopic", None) if props else None
+        correlation = getattr(props, "CorrelationData", None) if props else None
+        payload = message.payload if isinstance(message.payload, bytes | bytearray) else (
+            str(message.payload).encode() if message.payload is not None else b"")
+        try:
+            command = decode_command(bytes(payload))
+        except PayloadError as exc:
+            self.stats["malformed"] += 1
+            if exc.command_id is None and not response_topic:
+                log.warning("malformed command without id ignored: %s", exc.message)
+                return
+            log.warning("malformed command %s: %s", exc.command_id, exc.message)
+            topic = response_topic or self.topics.reply(str(exc.command_id))
+            await self._reply(client, topic, correlation, exc.reply().model_dump(mode="json"))
+            return
+        topic = response_topic or self.topics.reply(command.id)
+        prior = self.port.seen_command(command.id)
+        if prior is not None:
+            self.stats["duplicates"] += 1
+            log.info("duplicate command %s: same reply, nothing done", command.id)
+            await self._reply(client, topic, correlation, prior)
+            return
+        reply = await self._execute(command, message)
+        body = reply.model_dump(mode="json", exclude_none=True)
+        if not (reply.error and reply.error.code == "internal"):  # a retry may succeed
+            self.port.remember_command(command.id, body)
+        self.stats["commands"] += 1
+        await self._reply(client, topic, correlation, body)
+
+    async def _reply(self, client: MqttClient, topic: str, correlation: bytes | None,
+                     body: dict[str, Any]) -> None:
+        await client.publish_checked(topic, json.dumps(body).encode(), qos=1,
+                                     properties=correlation_properties(correlation))
+        self.stats["replies"] += 1
+
+    async def _execute(self, command: Any, message: aiomqtt.Message) -> Reply:
+        name = command.command
+        try:
+            if isinstance(command, SubmitCommand):
+                instigator = {
+                    "kind": "mqtt",
+                    "agent": self.client_id,
+                    "bench_id": self.bench_id,
+                    "host": self._host,
+                    "pid": os.getpid(),
+                    "command_id": command.id,
+                    "client": _user_property(message, "client_id")
+                    or (command.request.client if command.request else None),
+                }
+                submitted = await self.port.submit(
+                    RecipeSource(command.recipe, command.recipe_ref), command.parameters,
+                    instigator=instigator,
+                    request=(command.request.model_dump(exclude_none=True)
+                             if command.request else None),
+                    command_id=command.id,
+                )
+                self._status_dirty = True
+                self._wake.set()
+                return Reply(id=command.id, ok=True, command=name, run_id=submitted.run_id,
+                             queue_position=submitted.queue_position)
+            if isinstance(command, ValidateCommand):
+                issues = await self.port.validate(RecipeSource(command.recipe, command.recipe_ref),
+                                                  command.parameters)
+                if issues:
+                    return Reply(id=command.id, ok=False, command=name, issues=issues,
+                                 error=ErrorInfo(code="invalid_recipe", issues=issues,
+                                                 message=f"{len(issues)} problem(s): "
+                                                 f"{issues[0].path}: {issues[0].message}",
+                                                 path=issues[0].path))
+                return Reply(id=command.id, ok=True, command=name, issues=[])
+            if isinstance(command, PauseCommand):
+                await self.port.pause()
+            elif isinstance(command, ResumeCommand):
+                await self.port.resume()
+            elif isinstance(command, AbortCommand):
+                await self.port.abort()
+            elif isinstance(command, EstopCommand):
+                await self.port.estop()
+            elif isinstance(command, CancelCommand):
+                await self.port.cancel(command.run_id)
+            elif isinstance(command, StatusCommand):
+                status = json.loads(self._status_payload())
+                return Reply(id=command.id, ok=True, command=name, status=status)
+            elif isinstance(command, ListCommand):
+                return Reply(id=command.id, ok=True, command=name,
+                             runs=self.port.list_runs(command.limit))
+            self._status_dirty = True
+            self._wake.set()
+            return Reply(id=command.id, ok=True, command=name,
+                         status=json.loads(self._status_payload()))
+        except CommandRefused as exc:
+            return Reply(id=command.id, ok=False, command=name, issues=exc.issues,
+                         error=ErrorInfo(code=exc.code, message=exc.message, path=exc.path,
+                                         issues=exc.issues))
+        except Exception as exc:
+            log.exception("command %s (%s) failed", command.id, name)
+            return Reply(id=command.id, ok=False, command=name,
+                         error=ErrorInfo(code="internal", message=f"{type(exc).__name__}: {exc}"))
+
+
+def _user_property(message: aiomqtt.Message, key: str) -> str | None:
+    props = message.properties
+    for k, v in (getattr(props, "UserProperty", None) or []) if props else []:
+        if k == key:
+            return str(v)
+    return None

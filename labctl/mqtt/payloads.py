@@ -1,0 +1,276 @@
+"""Pydantic models of every MQTT payload, and the strict decoding of incoming commands.
+
+They are the published contract with AI servers (`labctl schema --mqtt` prints their JSON
+Schemas), so the agent decodes through them and the client SDK encodes through them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+MAX_PAYLOAD_BYTES = 1024 * 1024
+"""Commands larger than this (1 MiB) are refused unread."""
+
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+_RECIPE_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+CommandName = Literal[
+    "submit", "validate", "pause", "resume", "abort", "estop", "cancel", "status", "list"
+]
+
+ErrorCode = Literal[
+    "too_large",        # payload over 1 MiB
+    "bad_json",         # not UTF-8 JSON, or not an object
+    "bad_payload",      # JSON object with wrong/missing fields (path names the field)
+    "unknown_command",
+    "invalid_recipe",   # the recipe or its parameters failed validation (issues listed)
+    "recipe_not_found", # recipe_ref names no recipe of the bench's recipe folder
+    "refused",          # not possible in the bench's present state (e.g. pause when idle)
+    "not_found",        # unknown run id
+    "internal",         # a bug; the agent keeps serving
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RequestInfo(BaseModel):
+    """The AI server's own request id and whatever metadata it wants in the provenance."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str | None = Field(default=None, max_length=256, description="The AI server's request id.")
+    client: str | None = Field(default=None, max_length=256, description="AI client / tenant.")
+
+
+class _CommandBase(_Model):
+    id: str = Field(pattern=_ID_PATTERN, description="Unique command id (also a topic level).")
+
+
+class _RecipeSource(_CommandBase):
+    recipe: dict[str, Any] | None = Field(
+        default=None, description="An inline recipe object (schema labctl.recipe/1).")
+    recipe_ref: str | None = Field(
+        default=None, pattern=_RECIPE_REF_PATTERN,
+        description="Name of a recipe in the bench's recipe folder (no paths).")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Recipe parameter values (strings with units, numbers).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> _RecipeSource:
+        if (self.recipe is None) == (self.recipe_ref is None):
+            raise ValueError("exactly one of 'recipe' and 'recipe_ref' is required")
+        if self.recipe_ref is not None and ".." in self.recipe_ref:
+            raise ValueError("recipe_ref must not contain '..'")
+        return self
+
+
+class SubmitCommand(_RecipeSource):
+    """Queue a run of a recipe; the reply carries its run id and queue position."""
+
+    command: Literal["submit"]
+    request: RequestInfo | None = None
+
+
+class ValidateCommand(_RecipeSource):
+    """Check a recipe and parameters against the bench without running anything."""
+
+    command: Literal["validate"]
+
+
+class PauseCommand(_CommandBase):
+    command: Literal["pause"]
+
+
+class ResumeCommand(_CommandBase):
+    command: Literal["resume"]
+
+
+class AbortCommand(_CommandBase):
+    command: Literal["abort"]
+
+
+class EstopCommand(_CommandBase):
+    command: Literal["estop"]
+
+
+class CancelCommand(_CommandBase):
+    """Remove a queued (not yet started) run."""
+
+    command: Literal["cancel"]
+    run_id: str = Field(pattern=_ID_PATTERN)
+
+
+class StatusCommand(_CommandBase):
+    command: Literal["status"]
+
+
+class ListCommand(_CommandBase):
+    """Recent runs of the bench, newest first."""
+
+    command: Literal["list"]
+    limit: int = Field(default=50, ge=1, le=1000)
+
+
+Command = Annotated[
+    SubmitCommand | ValidateCommand | PauseCommand | ResumeCommand | AbortCommand
+    | EstopCommand | CancelCommand | StatusCommand | ListCommand,
+    Field(discriminator="command"),
+]
+COMMANDS: tuple[str, ...] = CommandName.__args__  # type: ignore[attr-defined]
+_command_adapter: TypeAdapter[Any] = TypeAdapter(Command)
+
+
+class Issue(BaseModel):
+    path: str
+    message: str
+
+
+class ErrorInfo(BaseModel):
+    code: ErrorCode
+    message: str
+    path: str | None = Field(default=None, description="JSON path of the fault, when one.")
+    issues: list[Issue] | None = None
+
+
+class Reply(BaseModel):
+    """The answer to one command (published again, identical, for a duplicate id)."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str | None
+    ok: bool
+    command: str | None = None
+    error: ErrorInfo | None = None
+    run_id: str | None = None
+    queue_position: int | None = Field(default=None, description="0 = running now.")
+    status: dict[str, Any] | None = None
+    runs: list[dict[str, Any]] | None = None
+    issues: list[Issue] | None = None
+
+
+class StatusPayload(BaseModel):
+    """Retained on `status`: what the bench is doing now."""
+
+    model_config = ConfigDict(extra="allow")
+    bench_id: str
+    time: str = Field(description="UTC ISO-8601.")
+    state: str = Field(description="idle, running, pausing, paused, stopping, ...")
+    run_id: str | None = None
+    step: str | None = None
+    progress: float | None = Field(default=None, description="0..1 of the current run.")
+    queue: list[str] = Field(default_factory=list, description="Queued run ids, next first.")
+    devices: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventPayload(BaseModel):
+    """One run event on `events`, as it happens."""
+
+    model_config = ConfigDict(extra="allow")
+    bench_id: str
+    seq: int = Field(description="Per-agent sequence number (gaps mean dropped events).")
+    time: str
+    type: str = Field(description="e.g. run_started, step_started, step_finished, fault.")
+    run_id: str | None = None
+    step: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class ResultPayload(BaseModel):
+    """Retained on `runs/<run_id>/result` (QoS 1): the outcome of one run."""
+
+    model_config = ConfigDict(extra="allow")
+    bench_id: str
+    run_id: str
+    status: str = Field(description="completed, failed or aborted.")
+    request_id: str | None = Field(default=None, description="The AI request this answers.")
+    request: dict[str, Any] | None = None
+    figures_of_merit: dict[str, Any] = Field(default_factory=dict,
+                                             description="name -> {value, unit, ...}.")
+    data_files: list[dict[str, Any]] = Field(default_factory=list,
+                                             description="{path, sha256} per data file.")
+    fidelity: str | None = Field(default=None, description="simulated or physical.")
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    errors: list[Any] = Field(default_factory=list)
+
+
+class PayloadError(Exception):
+    """An incoming payload that cannot be served; `command_id` is set when one was found."""
+
+    def __init__(self, code: ErrorCode, message: str, *, path: str | None = None,
+                 command_id: str | None = None, command: str | None = None):
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+        self.path = path
+        self.command_id = command_id
+        self.command = command
+
+    def reply(self) -> Reply:
+        return Reply(id=self.command_id, ok=False, command=self.command,
+                     error=ErrorInfo(code=self.code, message=self.message, path=self.path))
+
+
+_ID_PEEK = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9][A-Za-z0-9_.:-]{0,127})"')
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def decode_command(payload: bytes) -> Any:
+    """Bytes from `cmd` -> one of the command models; PayloadError (with the command id
+    whenever it can be found) for anything else. Never raises anything else."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        m = _ID_PEEK.search(payload[:4096])
+        raise PayloadError("too_large",
+                           f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES} bytes",
+                           command_id=m.group(1).decode() if m else None)
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        m = _ID_PEEK.search(payload[:4096])
+        raise PayloadError("bad_json", f"not valid UTF-8 JSON: {exc}",
+                           command_id=m.group(1).decode() if m else None) from None
+    if not isinstance(data, dict):
+        raise PayloadError("bad_json", f"a command is a JSON object, not {type(data).__name__}")
+    raw_id = data.get("id")
+    cid = raw_id if isinstance(raw_id, str) and re.match(_ID_PATTERN, raw_id) else None
+    name = data.get("command")
+    cname = name if isinstance(name, str) else None
+    if cname not in COMMANDS:
+        where = "command"
+        msg = (f"unknown command {name!r} (one of {', '.join(COMMANDS)})" if "command" in data
+               else "missing field 'command'")
+        raise PayloadError("unknown_command", msg, path=where, command_id=cid, command=cname)
+    try:
+        return _command_adapter.validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(p for p in first["loc"] if p != cname)
+        path = _loc(loc) or None
+        message = f"{path}: {first['msg']}" if path else first["msg"]
+        if len(exc.errors()) > 1:
+            message += f" (and {len(exc.errors()) - 1} more)"
+        raise PayloadError("bad_payload", message, path=path, command_id=cid,
+                           command=cname) from None
+    except RecursionError:
+        raise PayloadError("bad_payload", "nested too deeply", command_id=cid,
+                           command=cname) from None
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema (draft 2020-12, as pydantic emits) of every payload, by topic role."""
+    return {
+        "cmd": TypeAdapter(Command).json_schema(),
+        "reply": Reply.model_json_schema(),
+        "status": StatusPayload.model_json_schema(),
+        "events": EventPayload.model_json_schema(),
+        "result": ResultPayload.model_json_schema(),
+    }
