@@ -40,7 +40,11 @@ def _root(
 
 
 def _register() -> None:
-    from labctl.cli import devices, sim  # noqa: F401  (sub-commands register on import)
+    from labctl.cli import (  # noqa: F401  (sub-commands register on import)
+        devices,
+        serve_cmd,
+        sim,
+    )
 
 
 def main() -> None:

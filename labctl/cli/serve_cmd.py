@@ -1,0 +1,81 @@
+"""`labctl serve`: the MQTT agent serving one bench to AI clients through a broker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from labctl.cli.app import app
+from labctl.cli.common import (
+    DEFAULT_CONFIG_PATH,
+    EXIT_INVALID,
+    ConfigOpt,
+    DataDirOpt,
+    TimeScaleOpt,
+    fail,
+    load_bench_config,
+)
+
+log = logging.getLogger("labctl.serve")
+
+
+@app.command()
+def serve(
+    broker: Annotated[str, typer.Option("--broker", help="mqtt://HOST:PORT, or mqtts:// for TLS.")],
+    bench_id: Annotated[str | None, typer.Option(
+        "--bench-id", help="Topic prefix labctl/<ID>/ (default: the config's bench.id).")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
+    data_dir: DataDirOpt = Path("runs"),
+    time_scale: TimeScaleOpt = None,
+    username: Annotated[str | None, typer.Option("--username", help="Broker username "
+                                                 "(with the shipped ACL: the bench id).")] = None,
+    password_file: Annotated[Path | None, typer.Option(
+        "--password-file", help="File whose first line is the broker password.")] = None,
+    tls_ca: Annotated[Path | None, typer.Option("--tls-ca", help="CA certificate (PEM).")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(
+        "--tls-cert", help="Client certificate (PEM), when the broker asks for one.")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="Its private key.")] = None,
+    client_id: Annotated[str | None, typer.Option(
+        "--client-id", help="MQTT client id (default labctl-agent-<bench id>); keep it stable "
+        "so the broker keeps the session's queued commands across restarts.")] = None,
+) -> None:
+    """Serve the bench over MQTT until SIGINT/SIGTERM: commands in on labctl/<ID>/cmd,
+    replies, retained status, events, retained results per run, online/offline."""
+    from labctl.mqtt.connection import BrokerSettings, read_password_file
+    from labctl.mqtt.topics import valid_bench_id
+
+    cfg = load_bench_config(config)
+    bid = bench_id or cfg.bench.id
+    if not valid_bench_id(bid):
+        fail(f"--bench-id {bid!r}: letters, digits, '_', '.', '-' only (one topic level)")
+    try:
+        password = read_password_file(password_file) if password_file else None
+        settings = BrokerSettings.from_url(
+            broker, username=username, password=password,
+            tls_ca=str(tls_ca) if tls_ca else None, tls_cert=str(tls_cert) if tls_cert else None,
+            tls_key=str(tls_key) if tls_key else None)
+    except (OSError, ValueError) as exc:
+        fail(str(exc), EXIT_INVALID)
+    asyncio.run(_serve(cfg, settings, bid, data_dir, time_scale, client_id))
+
+
+async def _serve(cfg: object, settings: object, bench_id: str, data_dir: Path,
+                 time_scale: float | None, client_id: str | None) -> None:
+    from labctl.mqtt.agent import Agent
+    from labctl.mqtt.bench_port import open_bench_port
+
+    async with open_bench_port(cfg, data_dir=data_dir, time_scale=time_scale,
+                               bench_id=bench_id) as port:
+        agent = Agent(port, settings, bench_id=bench_id, data_dir=data_dir,  # type: ignore[arg-type]
+                      client_id=client_id)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, agent.stop)
+        print(f"labctl serve: bench {bench_id} on {settings.url()}"  # type: ignore[attr-defined]
+              f" (topics labctl/{bench_id}/...)", flush=True)
+        await agent.run()
