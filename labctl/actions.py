@@ -640,8 +640,7 @@ class SyringeDispense(_SyringeAction):
         await device.dispense(a["volume_l"], flow_l_s=a.get("flow_l_s"))
         if a.get("destination"):
             ctx.record("addition", material=a.get("material"), vessel=a["destination"],
-                       requested=a["volume_l"], actual=a["volume_l"], unit="L",
-                       device=ctx.device_name)
+                       requested=a["volume_l"], actual=a["volume_l"], unit="L")
         return {"volume_l": a["volume_l"], "plunger_volume_l": await device.plunger_volume_l()}
 
 
@@ -695,7 +694,7 @@ class SyringeTransfer(_SyringeAction):
         moved = await device.transfer(a["volume_l"], a["source_port"], a["destination_port"],
                                       flow_l_s=a.get("flow_l_s"))
         ctx.record("addition", material=a.get("material"), vessel=a["destination"],
-                   requested=a["volume_l"], actual=moved, unit="L", device=ctx.device_name)
+                   requested=a["volume_l"], actual=moved, unit="L")
         return {"volume_l": moved}
 
 
@@ -756,7 +755,7 @@ class PumpTransfer(_PumpAction):
         moved = await device.pump_volume(a["volume_l"], a["flow_l_s"],
                                          PumpDirection(a["direction"]))
         ctx.record("addition", material=a.get("material"), vessel=a.get("destination"),
-                   requested=a["volume_l"], actual=moved, unit="L", device=ctx.device_name)
+                   requested=a["volume_l"], actual=moved, unit="L")
         return {"volume_l": moved}
 
 
@@ -874,7 +873,7 @@ class BalanceWeigh(ActionSpec):
 
     async def run(self, device: Any, a: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         mass = await device.weigh(stable=bool(a.get("stable", True)))
-        ctx.record("weighing", vessel=a.get("vessel"), mass_g=mass, device=ctx.device_name)
+        ctx.record("weighing", vessel=a.get("vessel"), mass_g=mass)
         return {"mass_g": mass}
 
     def check(self, dev: DeviceView, a: dict[str, Any]) -> list[ArgIssue]:
@@ -954,7 +953,7 @@ class DispenserDispense(ActionSpec):
     async def run(self, device: Any, a: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         actual = await device.dispense(a["mass_g"], tolerance_pct=a["tolerance_pct"])
         ctx.record("addition", material=a.get("material"), vessel=a.get("vessel"),
-                   requested=a["mass_g"], actual=actual, unit="g", device=ctx.device_name)
+                   requested=a["mass_g"], actual=actual, unit="g")
         return {"requested_g": a["mass_g"], "actual_g": actual}
 
 
@@ -1003,8 +1002,7 @@ class StirrerStir(ActionSpec):
         await device.set_speed(0)
         if t is not None:
             await device.set_temperature(None)
-        ctx.record("mixing", speed_rpm=a["speed_rpm"], duration_s=held, temperature_c=t,
-                   device=ctx.device_name)
+        ctx.record("mixing", speed_rpm=a["speed_rpm"], duration_s=held, temperature_c=t)
         return {"duration_s": held}
 
 
@@ -1096,7 +1094,7 @@ class TcHold(ActionSpec):
         held = await _hold(ctx, a["duration_s"])
         reading = await device.temperature_c()
         ctx.record("heating", temperature_c=a["temperature_c"], duration_s=held,
-                   measured_c=reading, device=ctx.device_name)
+                   measured_c=reading)
         return {"duration_s": held, "temperature_c": reading}
 
 
@@ -1200,7 +1198,7 @@ class _Technique(ActionSpec):
             writer.close()
         ctx.record("measurement", technique=self.name, iri=technique.iri, points=n,
                    vs=a.get("vs"), reference_electrode=a.get("reference_electrode"),
-                   vessel=a.get("vessel"), device=ctx.device_name)
+                   vessel=a.get("vessel"))
         return {"technique": self.name, "points": n}
 
 
@@ -1436,8 +1434,15 @@ for _cls in _ALL:
     ACTIONS.setdefault(_cls.capability, {})[_cls.name] = _cls()
 
 
-def get_action(capability: str, name: str) -> ActionSpec | None:
-    return ACTIONS.get(capability, {}).get(name)
+def get_action(capability: Any, name: str) -> ActionSpec | None:
+    """The spec for a capability name, or for a device (any of its `capabilities`)."""
+    if isinstance(capability, str):
+        return ACTIONS.get(capability, {}).get(name)
+    for cap in getattr(capability, "capabilities", ()):
+        spec = ACTIONS.get(cap, {}).get(name)
+        if spec is not None:
+            return spec
+    return None
 
 
 def catalogue_schema() -> dict[str, Any]:
