@@ -20,7 +20,8 @@ from labctl.store.journal import LEAF_KINDS, replay, utc_iso
 
 SCHEMA = "labctl.run-metadata/1"
 #: record kinds the actions report through ActionContext.record, and where they go
-SECTIONS = {"addition": "additions", "mixing": "mixing", "temperature": "temperatures"}
+SECTIONS = {"addition": "additions", "mixing": "mixing", "heating": "temperatures",
+            "temperature": "temperatures"}
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,669 @@
+"""Run a Plan on a bench's devices: step dispatch, waits, parallel groups, retries and
+timeouts, pause/resume/abort/e-stop, safe state, and the journal of all of it.
+
+The executor knows steps (labctl.recipe's PlannedStep: id, kind, device, action, args,
+duration_s, children, timeout_s, retries, on_error, idempotent, estimated_s) and capability
+actions (labctl.actions' ActionSpec.run(device, args, ctx)); it never knows a vendor.
+Every step start is journaled (fsync'd) before the step is dispatched.
+
+Pause takes effect at the next step boundary of every branch; a wait pauses at once (its
+remaining time is kept), and so does a running action whose device can pause and resume
+(it is paused on the device, and the action parks at its next `ctx.checkpoint()`). Abort
+cancels the running steps, then applies every device's safe state. E-stop applies every
+safe state at once, concurrently with the cancellation, without waiting for anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from labctl.clock import Clock
+from labctl.device import Device
+from labctl.errors import DeviceError, DeviceTimeout, LabctlError, LimitError
+from labctl.run_machine import IllegalTransition, RunMachine, RunState
+from labctl.store.journal import LEAF_KINDS
+from labctl.store.record import RunRecord
+
+log = logging.getLogger("labctl.executor")
+
+EmitFn = Callable[[dict[str, Any]], None]
+SafeStateFn = Callable[[], Awaitable[dict[str, str]]]
+ActionResolver = Callable[[Device, str], Any]
+
+
+class StepFailed(LabctlError):
+    """A step failed for good (retries spent, on_error = abort): names the step, the device
+    and the device's own error (vendor code and text where there is one)."""
+
+    def __init__(self, step_id: str, error: BaseException, *, device: str | None = None,
+                 action: str | None = None):
+        self.step_id = step_id
+        self.error = error
+        self.device = device or getattr(error, "device", None)
+        self.action = action
+        self.code = getattr(error, "code", None)
+        self.vendor_text = getattr(error, "vendor_text", None)
+        what = f"{self.device}.{action}" if self.device and action else (self.device or "step")
+        super().__init__(f"step {step_id} ({what}) failed: {type(error).__name__}: {error}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step_id, "device": self.device, "action": self.action,
+                "type": type(self.error).__name__, "message": str(self.error),
+                "code": self.code, "vendor_text": self.vendor_text}
+
+
+class StepTimeout(DeviceTimeout):
+    """A step ran longer than its `timeout`."""
+
+
+class _Aborted(Exception):
+    """Raised inside the run when an abort has been requested."""
+
+
+@dataclass
+class _Active:
+    """A leaf step in flight."""
+
+    step: Any
+    device: Device | None
+    task: asyncio.Task[Any] | None
+    suspended: bool = False
+    device_paused: bool = False
+    timeout_cm: Any = None
+    timeout_left: float | None = None
+    started_wall: float = field(default_factory=time.monotonic)
+
+
+def _get(step: Any, name: str, default: Any = None) -> Any:
+    if isinstance(step, Mapping):
+        return step.get(name, default)
+    return getattr(step, name, default)
+
+
+def iter_leaves(steps: Collection[Any]) -> list[Any]:
+    """Every leaf step (action, wait, analysis) in plan order."""
+    out: list[Any] = []
+    for s in steps:
+        if _get(s, "kind") in LEAF_KINDS:
+            out.append(s)
+        out.extend(iter_leaves(_get(s, "children") or []))
+    return out
+
+
+def default_action_resolver(device: Device, action: str) -> Any:
+    """The ActionSpec of labctl.actions for a device and an action name."""
+    from labctl.actions import get_action
+
+    spec = get_action(device, action)
+    if spec is None:
+        raise LimitError(f"{device.name} ({', '.join(device.capabilities)}) has no action "
+                         f"{action!r}", device=device.name, parameter="action", value=action)
+    return spec
+
+
+def is_pausable(device: Device | None) -> bool:
+    """Can this device pause mid-move and resume later (not just stop)?"""
+    if device is None:
+        return False
+    return callable(getattr(device, "pause", None)) and callable(getattr(device, "resume", None))
+
+
+class StepContext:
+    """What an action gets besides its device and args (labctl.actions' ActionContext)."""
+
+    def __init__(self, executor: Executor, step: Any, active: _Active | None):
+        self._ex = executor
+        self._step = step
+        self._active = active
+        self.step_id: str = str(_get(step, "id"))
+        self.device_name: str | None = _get(step, "device")
+        self.clock: Clock = executor.clock
+        self.run_id: str = executor.record.run_id
+        self.data_dir = executor.record.data_dir
+        self.data_files: list[str] = []
+
+    def data_path(self, suffix: str = ".bdf.csv") -> Any:
+        return self._ex.record.data_path(self.step_id, suffix)
+
+    def data_writer(self, technique: Any) -> Any:
+        """A BDF writer (labctl.bdf) for this step's data file, flushed at least once a
+        second; the file joins the run's provenance."""
+        from labctl import bdf
+
+        path = self.data_path()
+        self.data_files.append(str(path.relative_to(self._ex.record.folder)))
+        self._ex._log("data_file", durable=False, step=self.step_id,
+                      path=self.data_files[-1],
+                      technique=getattr(technique, "technique", str(technique)))
+        for name in ("BDFWriter", "BdfWriter", "open_writer", "writer"):
+            factory = getattr(bdf, name, None)
+            if factory is None:
+                continue
+            try:
+                return factory(path, technique=technique)
+            except TypeError:
+                return factory(path, technique)
+        raise LabctlError("labctl.bdf has no writer")
+
+    def record(self, kind: str, **fields: Any) -> None:
+        """A fact for the provenance (an addition with requested and actual amounts, a
+        mixing speed, a temperature, a reading). Written to the journal at once."""
+        facts = {"step": self.step_id, "device": self.device_name, **fields}
+        facts.pop("kind", None)
+        self._ex._log("record", durable=False, kind=kind, **facts)
+
+    async def checkpoint(self) -> None:
+        """Where a long action may be paused or stopped: parks here while the run is
+        paused (abort cancels the waiting action)."""
+        await self._ex._park(self._active)
+
+
+class Executor:
+    """Runs one plan once (or resumes it). Owned by a Bench; also usable on its own."""
+
+    def __init__(
+        self,
+        plan: Any,
+        devices: Mapping[str, Device],
+        *,
+        clock: Clock,
+        record: RunRecord,
+        machine: RunMachine,
+        safe_state_all: SafeStateFn | None = None,
+        actions: ActionResolver | None = None,
+        analyses: Mapping[str, Callable[..., Any]] | None = None,
+        emit: EmitFn | None = None,
+        prior_results: Mapping[str, dict[str, Any]] | None = None,
+    ):
+        self.plan = plan
+        self.devices = devices
+        self.clock = clock
+        self.record = record
+        self.machine = machine
+        self._safe_state_all = safe_state_all
+        self._resolve_action = actions or default_action_resolver
+        self._analyses = analyses
+        self._emit = emit
+        self.results: dict[str, dict[str, Any]] = dict(prior_results or {})
+        self.figures: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
+        self._gate = asyncio.Event()
+        self._gate.set()
+        self._pause_requested = asyncio.Event()
+        self._active: dict[str, _Active] = {}
+        self._main: asyncio.Task[Any] | None = None
+        self._stop_reason: str | None = None
+        self._estop = False
+        self._estop_task: asyncio.Task[Any] | None = None
+        self._finished = asyncio.Event()
+        self._skip: set[str] = set()
+        self._leaves = iter_leaves(_get(plan, "steps") or [])
+        self.total_estimate_s = float(
+            _get(plan, "estimated_s") or sum(float(_get(s, "estimated_s") or 0)
+                                             for s in self._leaves)
+        )
+        self.done_estimate_s = 0.0
+        self.steps_done = 0
+        self.started_wall: float | None = None
+        self.outcome: RunState | None = None
+        self.failure: StepFailed | None = None
+        self.safe_state_errors: dict[str, str] = {}
+
+    # -- journal & events ----------------------------------------------------------------
+    def _log(self, event: str, *, durable: bool = True, **fields: Any) -> dict[str, Any]:
+        rec = self.record.journal.append(event, durable=durable, run_id=self.record.run_id,
+                                         **fields)
+        if self._emit is not None:
+            try:
+                self._emit(rec)
+            except Exception:  # a subscriber must never break a run
+                log.exception("event subscriber failed")
+        return rec
+
+    # -- public control ------------------------------------------------------------------
+    @property
+    def state(self) -> RunState:
+        return self.machine.state
+
+    def progress(self) -> dict[str, Any]:
+        """Current steps, fraction done (by estimated time), elapsed and ETA (wall s)."""
+        elapsed = time.monotonic() - self.started_wall if self.started_wall else 0.0
+        total = self.total_estimate_s
+        frac = min(1.0, self.done_estimate_s / total) if total > 0 else (
+            self.steps_done / len(self._leaves) if self._leaves else 0.0)
+        remaining_sim = max(0.0, total - self.done_estimate_s)
+        return {
+            "state": str(self.state),
+            "steps": [{"id": _get(a.step, "id"),
+                       "device": _get(a.step, "device"), "action": _get(a.step, "action"),
+                       "kind": _get(a.step, "kind"), "suspended": a.suspended}
+                      for a in self._active.values()],
+            "steps_done": self.steps_done,
+            "steps_total": len(self._leaves),
+            "fraction": round(frac, 4),
+            "elapsed_s": round(elapsed, 3),
+            "eta_s": round(self.clock.to_wall(remaining_sim), 3),
+        }
+
+    async def pause(self, *, reason: str | None = None) -> RunState:
+        """Pause at the next step boundary; waits and pausable devices pause at once."""
+        await self.machine.request("pause", reason=reason)
+        self._gate.clear()
+        self._pause_requested.set()
+        for sid, act in list(self._active.items()):
+            if is_pausable(act.device) and not act.device_paused and act.task is not None:
+                self._log("device_paused", step=sid, device=act.device.name if act.device
+                          else None)
+                try:
+                    await act.device.pause()  # type: ignore[union-attr]
+                    act.device_paused = True
+                    self._suspend(act)
+                except DeviceError as exc:
+                    self._log("warning", step=sid, message=f"could not pause: {exc}")
+        await self._maybe_paused()
+        return self.state
+
+    async def resume(self, *, reason: str | None = None) -> RunState:
+        await self.machine.request("resume", reason=reason)
+        for sid, act in list(self._active.items()):
+            if act.device_paused and act.device is not None:
+                self._log("device_resumed", step=sid, device=act.device.name)
+                await act.device.resume()  # type: ignore[attr-defined]
+                act.device_paused = False
+        self._pause_requested.clear()
+        for act in list(self._active.values()):
+            self._unsuspend(act)
+        self._gate.set()
+        return self.state
+
+    async def abort(self, *, reason: str = "abort requested") -> RunState:
+        """Cancel the running steps, then safe state for every device; returns once the
+        run has stopped."""
+        await self.machine.request("abort", reason=reason)
+        self._stop_reason = reason
+        if self.started_wall is None:  # never started: nothing to cancel
+            await self._stopped()
+            self._finished.set()
+            return self.state
+        if self._main is not None:
+            self._main.cancel()
+        await self._finished.wait()
+        return self.state
+
+    async def estop(self, *, reason: str = "emergency stop") -> RunState:
+        """Safe state for every device at once, concurrently with cancelling the steps."""
+        self._estop = True
+        self._stop_reason = reason
+        self._log("estop", reason=reason)
+        self._estop_task = asyncio.ensure_future(self._apply_safe_state("estop"))
+        if self.machine.can("abort"):
+            await self.machine.request("abort", reason=reason)
+        if self.started_wall is None:
+            await self._stopped()
+            self._finished.set()
+            return self.state
+        if self._main is not None:
+            self._main.cancel()
+        await self._finished.wait()
+        return self.state
+
+    # -- running -------------------------------------------------------------------------
+    async def execute(self, *, skip: Collection[str] = ()) -> RunState:
+        """Run every step not in `skip` (completed ones when resuming); returns the final
+        state (completed, failed or aborted)."""
+        self._skip = set(skip)
+        self.steps_done = sum(1 for s in self._leaves if _get(s, "id") in self._skip)
+        self.done_estimate_s = sum(float(_get(s, "estimated_s") or 0) for s in self._leaves
+                                   if _get(s, "id") in self._skip)
+        self.started_wall = time.monotonic()
+        try:
+            await self.machine.request("start")
+            self._main = asyncio.ensure_future(self._run_list(_get(self.plan, "steps") or []))
+            try:
+                await self._main
+            except asyncio.CancelledError:
+                if self._stop_reason is None:
+                    raise  # cancelled from outside: propagate after the finally
+                await self._stopped()
+            except StepFailed as exc:
+                await self._failed(exc)
+            else:
+                if self._stop_reason is not None:
+                    await self._stopped()
+                else:
+                    await self.machine.request("complete")
+                    self.outcome = RunState.COMPLETED
+            return self.state
+        except asyncio.CancelledError:
+            # the owner was cancelled (Ctrl-C, shutdown): leave the bench safe.
+            self._stop_reason = self._stop_reason or "cancelled"
+            if self._main is not None and not self._main.done():
+                self._main.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._main
+            with contextlib.suppress(Exception):
+                if self.machine.can("abort"):
+                    await self.machine.request("abort", reason="cancelled")
+                await self._stopped()
+            raise
+        finally:
+            self._finished.set()
+
+    async def _stopped(self) -> None:
+        if self._estop_task is not None:
+            with contextlib.suppress(Exception):
+                self.safe_state_errors.update(await self._estop_task)
+        await self._apply_safe_state("abort" if not self._estop else "estop (after cancel)")
+        if self.machine.can("stopped"):
+            await self.machine.request("stopped", reason=self._stop_reason)
+        self.outcome = RunState.ABORTED
+
+    async def _failed(self, exc: StepFailed) -> None:
+        self.failure = exc
+        self.errors.append(exc.to_dict())
+        await self._apply_safe_state(f"fault in step {exc.step_id}")
+        if self.machine.can("fail"):
+            await self.machine.request("fail", error=exc.to_dict())
+        self.outcome = RunState.FAILED
+
+    async def _apply_safe_state(self, why: str) -> dict[str, str]:
+        if self._safe_state_all is None:
+            return {}
+        self._log("safe_state", reason=why)
+        errors = await self._safe_state_all()
+        self.safe_state_errors.update(errors)
+        self._log("safe_state_done", durable=False, reason=why, errors=errors)
+        return errors
+
+    async def _run_list(self, steps: Collection[Any]) -> None:
+        for step in steps:
+            await self._run_step(step)
+
+    async def _run_step(self, step: Any) -> None:
+        kind = _get(step, "kind")
+        sid = str(_get(step, "id"))
+        if kind == "sequence":
+            if self._all_skipped(step):
+                return
+            self._log("step_started", step=sid, kind=kind, path=_get(step, "path"))
+            await self._run_list(_get(step, "children") or [])
+            self._log("step_finished", durable=False, step=sid, kind=kind)
+        elif kind == "parallel":
+            if self._all_skipped(step):
+                return
+            self._log("step_started", step=sid, kind=kind, path=_get(step, "path"))
+            await self._run_parallel(_get(step, "children") or [])
+            self._log("step_finished", durable=False, step=sid, kind=kind)
+        elif kind in LEAF_KINDS:
+            if sid in self._skip:
+                return
+            await self._boundary()
+            await self._run_leaf(step)
+        else:
+            raise StepFailed(sid, LabctlError(f"unknown step kind {kind!r}"))
+
+    def _all_skipped(self, step: Any) -> bool:
+        leaves = iter_leaves(_get(step, "children") or [])
+        return bool(leaves) and all(_get(s, "id") in self._skip for s in leaves)
+
+    async def _run_parallel(self, children: Collection[Any]) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for child in children:
+                    tg.create_task(self._run_step(child))
+        except BaseExceptionGroup as eg:
+            failures = [e for e in _flatten(eg) if isinstance(e, StepFailed)]
+            if failures:
+                raise failures[0] from None
+            others = [e for e in _flatten(eg) if not isinstance(e, asyncio.CancelledError)]
+            if others:
+                raise others[0] from None
+            raise asyncio.CancelledError from None
+
+    async def _boundary(self) -> None:
+        """Before each leaf step: hold here while paused."""
+        if not self._gate.is_set():
+            await self._maybe_paused()
+            await self._gate.wait()
+        if self._stop_reason is not None:
+            raise asyncio.CancelledError
+
+    async def _park(self, act: _Active | None) -> None:
+        """An action's checkpoint, or a wait: hold while paused, counted as paused."""
+        if self._gate.is_set():
+            return
+        if act is None:
+            await self._gate.wait()
+            return
+        self._suspend(act)
+        await self._maybe_paused()
+        await self._gate.wait()
+        self._unsuspend(act)
+
+    def _suspend(self, act: _Active) -> None:
+        if act.suspended:
+            return
+        act.suspended = True
+        cm = act.timeout_cm
+        if cm is not None and cm.when() is not None:
+            act.timeout_left = max(0.0, cm.when() - asyncio.get_running_loop().time())
+            cm.reschedule(None)
+
+    def _unsuspend(self, act: _Active) -> None:
+        if not act.suspended:
+            return
+        act.suspended = False
+        cm = act.timeout_cm
+        if cm is not None and act.timeout_left is not None:
+            cm.reschedule(asyncio.get_running_loop().time() + act.timeout_left)
+            act.timeout_left = None
+
+    async def _maybe_paused(self) -> None:
+        if self.machine.state == RunState.PAUSING and all(
+            a.suspended for a in self._active.values()
+        ):
+            with contextlib.suppress(IllegalTransition):  # another branch got there first
+                await self.machine.request("paused")
+
+    async def _run_leaf(self, step: Any) -> None:
+        sid = str(_get(step, "id"))
+        kind = _get(step, "kind")
+        device_name = _get(step, "device")
+        device = self.devices.get(device_name) if device_name else None
+        retries = int(_get(step, "retries") or 0)
+        on_error = _get(step, "on_error") or "abort"
+        if on_error == "retry" and retries == 0:
+            retries = 1
+        attempts = 1 + retries
+        timeout_s = _get(step, "timeout_s")
+        for attempt in range(1, attempts + 1):
+            act = _Active(step=step, device=device, task=asyncio.current_task())
+            self._active[sid] = act
+            self._log("step_started", step=sid, kind=kind, path=_get(step, "path"),
+                      device=device_name, action=_get(step, "action"),
+                      args=_jsonable(_get(step, "args") or {}), attempt=attempt,
+                      idempotent=bool(_get(step, "idempotent")))
+            try:
+                if timeout_s:
+                    async with asyncio.timeout(self.clock.to_wall(float(timeout_s))) as cm:
+                        act.timeout_cm = cm
+                        result = await self._dispatch(step, device, act)
+                else:
+                    result = await self._dispatch(step, device, act)
+            except asyncio.CancelledError:
+                self._active.pop(sid, None)
+                self._log("step_cancelled", durable=False, step=sid, kind=kind,
+                          device=device_name, attempt=attempt, reason=self._stop_reason)
+                raise
+            except Exception as exc:  # every failure is recorded and decided on below
+                self._active.pop(sid, None)
+                if isinstance(exc, TimeoutError):
+                    exc = StepTimeout(f"no end within the step timeout of {timeout_s} s",
+                                      device=device_name)
+                last = attempt == attempts or isinstance(exc, LimitError)
+                cont = last and on_error == "continue"
+                self._log("step_failed", step=sid, kind=kind, device=device_name,
+                          action=_get(step, "action"), attempt=attempt,
+                          error=f"{type(exc).__name__}: {exc}",
+                          code=getattr(exc, "code", None),
+                          vendor_text=getattr(exc, "vendor_text", None),
+                          retrying=not last, continued=cont)
+                if device is not None and not isinstance(exc, LimitError):
+                    await self._device_safe(device)
+                if not last:
+                    await self._maybe_paused()
+                    continue
+                failure = StepFailed(sid, exc, device=device_name, action=_get(step, "action"))
+                if cont:
+                    self.errors.append({**failure.to_dict(), "continued": True})
+                    self._leaf_done(step)
+                    await self._maybe_paused()
+                    return
+                raise failure from exc
+            else:
+                self._active.pop(sid, None)
+                result = _jsonable(result or {})
+                self.results[sid] = result
+                self._log("step_finished", durable=False, step=sid, kind=kind,
+                          device=device_name, action=_get(step, "action"), result=result)
+                self._leaf_done(step)
+                await self._maybe_paused()
+                return
+
+    def _leaf_done(self, step: Any) -> None:
+        self.steps_done += 1
+        self.done_estimate_s += float(_get(step, "estimated_s") or 0)
+
+    async def _device_safe(self, device: Device) -> None:
+        try:
+            await asyncio.wait_for(device.safe_state(), timeout=max(5.0, device.spec.timeout_s * 3))
+        except Exception as exc:  # the step already failed; note it and go on
+            self._log("warning", device=device.name, message=f"safe state failed: {exc}")
+
+    async def _dispatch(self, step: Any, device: Device | None, act: _Active) -> Any:
+        kind = _get(step, "kind")
+        if kind == "wait":
+            await self._wait(float(_get(step, "duration_s") or 0.0), act)
+            return {"waited_s": float(_get(step, "duration_s") or 0.0)}
+        if kind == "analysis":
+            return await self._analysis(step)
+        if device is None:
+            raise DeviceError(f"step {_get(step, 'id')}: device {_get(step, 'device')!r} "
+                              "is not connected", device=_get(step, "device"))
+        spec = self._resolve_action(device, str(_get(step, "action")))
+        ctx = StepContext(self, step, act)
+        run = spec.run if hasattr(spec, "run") else spec
+        result = await run(device, _get(step, "args") or {}, ctx)
+        if ctx.data_files and isinstance(result, dict):
+            result.setdefault("data_files", ctx.data_files)
+        return result
+
+    async def _wait(self, duration_s: float, act: _Active) -> None:
+        """Sleep on the clock; a pause freezes the remaining time."""
+        remaining = duration_s
+        while remaining > 0:
+            if not self._gate.is_set():
+                await self._park(act)
+                continue
+            t0 = self.clock.monotonic()
+            sleeper = asyncio.ensure_future(self.clock.sleep(remaining))
+            pauser = asyncio.ensure_future(self._pause_requested.wait())
+            try:
+                await asyncio.wait({sleeper, pauser}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (sleeper, pauser):
+                    if not t.done():
+                        t.cancel()
+            if sleeper.done() and not sleeper.cancelled():
+                return
+            remaining -= self.clock.monotonic() - t0
+
+    async def _analysis(self, step: Any) -> dict[str, Any]:
+        """Figures of merit from the data of earlier steps (labctl.analysis.ANALYSES)."""
+        name = str(_get(step, "action") or _get(step, "analysis"))
+        table = self._analyses
+        if table is None:
+            from labctl.analysis import ANALYSES
+
+            table = ANALYSES
+        if name not in table:
+            raise LabctlError(f"unknown analysis {name!r} (known: {', '.join(sorted(table))})")
+        args = dict(_get(step, "args") or {})
+        files = self._data_files_for(args)
+        fn = table[name]
+        out = fn(files=files, args=args, results=self.results, record=self.record) \
+            if _accepts(fn, "results") else fn(files, **args)
+        if inspect.isawaitable(out):
+            out = await out
+        result = _jsonable(out if isinstance(out, dict) else {"value": out})
+        figs = result.get("figures") if isinstance(result.get("figures"), list) else None
+        for fig in figs or [result]:
+            self.figures.append({"step": str(_get(step, "id")), "analysis": name, **fig})
+        return result
+
+    def _data_files_for(self, args: dict[str, Any]) -> list[str]:
+        """Absolute paths of the data files of the steps an analysis names (`step`,
+        `steps`, `data`, `source`), or of every earlier step when it names none."""
+        refs: list[str] = []
+        for key in ("step", "steps", "data", "source", "from"):
+            v = args.get(key)
+            if isinstance(v, str):
+                refs.append(v)
+            elif isinstance(v, list):
+                refs.extend(str(x) for x in v)
+        chosen = refs or list(self.results)
+        files: list[str] = []
+        for sid in chosen:
+            for rel in (self.results.get(sid) or {}).get("data_files", []):
+                files.append(str(self.record.folder / rel))
+        return files
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _flatten(eg: BaseExceptionGroup[Any]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in eg.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            out.extend(_flatten(e))
+        else:
+            out.append(e)
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    """Results and args as plain JSON data (pydantic models dumped, quantities as text)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if hasattr(value, "to_dict"):
+        return _jsonable(value.to_dict())
+    return str(value)
+
+
+__all__ = [
+    "Executor",
+    "StepContext",
+    "StepFailed",
+    "StepTimeout",
+    "default_action_resolver",
+    "is_pausable",
+    "iter_leaves",
+]
