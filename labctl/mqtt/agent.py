@@ -173,12 +173,13 @@ class Agent:
                 payload = EventPayload(
                     bench_id=self.bench_id,
                     seq=self._seq,
-                    time=str(event.get("time") or utc_now()),
+                    time=str(event.get("t") or event.get("time") or utc_now()),
                     type=str(event.get("type") or event.get("event") or "event"),
                     run_id=event.get("run_id"),
                     step=event.get("step") or event.get("step_id"),
                     data={k: v for k, v in event.items()
-                          if k not in ("time", "type", "event", "run_id", "step", "step_id")},
+                          if k not in ("t", "ts", "time", "type", "event", "run_id", "step",
+                                       "step_id", "bench_id")},
                 )
                 self._events.append(payload.model_dump_json().encode())
                 self._status_dirty = True
@@ -194,14 +195,14 @@ class Agent:
         if fields is None:
             log.error("run %s ended but has no result", run_id)
             return
-        payload = ResultPayload(bench_id=self.bench_id, **{**fields, "run_id": run_id})
+        payload = ResultPayload(**{**fields, "bench_id": self.bench_id, "run_id": run_id})
         if self.outbox.add(run_id, payload.model_dump(mode="json")):
             log.info("result of %s queued for publication", run_id)
 
     def _status_payload(self) -> bytes:
         fields = dict(self.port.status())
         fields.setdefault("state", "unknown")
-        payload = StatusPayload(bench_id=self.bench_id, time=utc_now(), **fields)
+        payload = StatusPayload(**{**fields, "bench_id": self.bench_id, "time": utc_now()})
         return payload.model_dump_json().encode()
 
     async def _publisher(self, client: MqttClient) -> None:
@@ -292,15 +293,17 @@ class Agent:
         name = command.command
         try:
             if isinstance(command, SubmitCommand):
+                client = (_user_property(message, "client_id")
+                          or (command.request.client if command.request else None))
                 instigator = {
-                    "kind": "mqtt",
+                    "kind": "ai",
+                    "id": client or "mqtt-client",
+                    "via": "mqtt",
                     "agent": self.client_id,
                     "bench_id": self.bench_id,
                     "host": self._host,
                     "pid": os.getpid(),
                     "command_id": command.id,
-                    "client": _user_property(message, "client_id")
-                    or (command.request.client if command.request else None),
                 }
                 submitted = await self.port.submit(
                     RecipeSource(command.recipe, command.recipe_ref), command.parameters,

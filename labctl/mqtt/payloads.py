@@ -188,11 +188,12 @@ class ResultPayload(BaseModel):
     status: str = Field(description="completed, failed or aborted.")
     request_id: str | None = Field(default=None, description="The AI request this answers.")
     request: dict[str, Any] | None = None
-    figures_of_merit: dict[str, Any] = Field(default_factory=dict,
-                                             description="name -> {value, unit, ...}.")
+    figures_of_merit: list[dict[str, Any]] = Field(
+        default_factory=list, description="[{name, value, unit, method, ...}] per figure.")
     data_files: list[dict[str, Any]] = Field(default_factory=list,
                                              description="{path, sha256} per data file.")
-    fidelity: str | None = Field(default=None, description="simulated or physical.")
+    fidelity: dict[str, Any] | str | None = Field(
+        default=None, description="Whether the data come from simulators or instruments.")
     provenance: dict[str, Any] = Field(default_factory=dict)
     errors: list[Any] = Field(default_factory=list)
 
