@@ -45,11 +45,13 @@ VALVE_STEP_S = 0.25
 HALF_STEPS_PER_STROKE = 6000  # a full stroke is 6000 half-steps in every resolution mode
 
 # Command characters with the operand each takes: (min, max) or None for no operand;
-# "stroke" means 0..steps-per-stroke of the resolution in force.
+# "stroke" means 0..steps-per-stroke of the resolution in force. P and D take any count:
+# whether the result stays within the stroke is known only when they run.
 _NO_OPERAND = None
 _RANGES: dict[str, tuple[int, int] | str | None] = {
     "Z": (0, 2), "Y": (0, 2), "W": (0, 2), "w": _NO_OPERAND,
-    "A": "stroke", "P": "stroke", "D": "stroke", "a": "stroke", "p": "stroke", "d": "stroke",
+    "A": "stroke", "a": "stroke", "P": (0, 999999), "D": (0, 999999), "p": (0, 999999),
+    "d": (0, 999999),
     "V": (1, 6000), "v": (1, 1000), "c": (1, 2700), "S": (0, 40), "L": (1, 20),
     "N": (0, 2), "k": (0, 120), "M": (0, 30000), "g": _NO_OPERAND, "G": (0, 30000),
     "I": "valve", "O": "valve", "B": _NO_OPERAND, "E": _NO_OPERAND,
@@ -345,6 +347,8 @@ class TriContinentSimulator(Simulator):
             if self.last_executed is None:
                 return 0, ""
             return self._execute(self.last_executed)
+        if any(c in "RXT" and n is not None for c, n in tokens):
+            return 3, ""
         if any(c in "RX" for c, _ in tokens[:-1]) or tokens[-1][0] == "X":
             return 2, ""
         if tokens[-1][0] != "R":
@@ -551,20 +555,23 @@ class TriContinentSimulator(Simulator):
         return None
 
     async def _initialize(self, c: str) -> None:
-        if c != "w" and self.world is not None and self.syringe_l is not None:
-            try:  # the plunger goes home: whatever is in the syringe leaves by the port
-                self._world_dispense(self.world.volume_l(self._syringe), exact=True)
-            except WorldFault:
-                raise _Fail(1) from None
+        """Z/Y home the valve (port 1, or input) and then the plunger; W the plunger only
+        (through the port where the valve is), w the valve only."""
         await self.clock.sleep({"w": VALVE_INIT_S, "W": PLUNGER_INIT_S}.get(c, INIT_S))
         failure = self._take_failure((1,))
         if failure is not None:
             raise _Fail(failure)
-        if c != "w":
-            self.position = 0
-            self.initialized = True
         if c != "W":
             self.valve = 1 if self.valve_kind == "distribution" else "i"
+        if c == "w":
+            return
+        if self.world is not None and self.syringe_l is not None:
+            try:  # the plunger goes home: whatever is in the syringe leaves by the port
+                self._world_dispense(self.world.volume_l(self._syringe), exact=True)
+            except WorldFault:
+                raise _Fail(1) from None
+        self.position = 0
+        self.initialized = True
 
     async def _valve_move(self, c: str, n: int | None) -> None:
         if not self.initialized:
