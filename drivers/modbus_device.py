@@ -54,7 +54,7 @@ from labctl.errors import (
     LimitError,
     ProtocolError,
 )
-from labctl.transport import SerialSettings
+from labctl.transport import SerialSettings, _is_pty
 from labctl.units import to
 
 log = logging.getLogger("labctl.drivers.modbus")
@@ -137,7 +137,8 @@ class Point:
         return raw - 0x100000000 if self.type == "int32" and raw & 0x80000000 else raw
 
     def engineering(self, raw: int) -> float:
-        return raw * self.scale
+        """raw * scale, without binary noise (79.8, not 79.80000000000001)."""
+        return round(raw * self.scale, 9)
 
 
 @dataclass(frozen=True)
@@ -273,9 +274,15 @@ def _make_client(
     if "://" in endpoint or not endpoint:
         raise ConfigError(f"endpoint {endpoint!r}: Modbus needs a serial device path or "
                           "tcp://HOST:PORT")
+    parity, bytesize = serial.parity.upper(), serial.bytesize
+    if _is_pty(endpoint) and (parity, bytesize) != ("N", 8):
+        # a pseudo-terminal cannot carry parity (EINVAL), and on a pty it does not matter
+        log.debug("%s is a pty: %s%s%s not settable, using 8N1", endpoint, bytesize, parity,
+                  serial.stopbits)
+        parity, bytesize = "N", 8
     return AsyncModbusSerialClient(
-        endpoint, framer=FramerType.RTU, baudrate=serial.baudrate, bytesize=serial.bytesize,
-        parity=serial.parity.upper(), stopbits=int(serial.stopbits), timeout=timeout,
+        endpoint, framer=FramerType.RTU, baudrate=serial.baudrate, bytesize=bytesize,
+        parity=parity, stopbits=int(serial.stopbits), timeout=timeout,
         retries=retries, reconnect_delay=0.1, reconnect_delay_max=2.0, name=name,
     )
 
