@@ -49,6 +49,17 @@ class InDoubtError(LabctlError):
         )
 
 
+class NoRunInProgress(IllegalTransition):
+    """Pause, resume or abort asked of a bench that is running nothing."""
+
+    def __init__(self, trigger: str):
+        super().__init__(trigger, RunState.IDLE, ["submit"])
+        self.args = (f"cannot {trigger}: no run is in progress on this bench",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class NothingToResume(LabctlError):
     """The run completed, or is unknown."""
 
@@ -387,14 +398,14 @@ class Bench:
         }
 
     # -- control -------------------------------------------------------------------------
-    def _running(self) -> Executor:
+    def _running(self, trigger: str) -> Executor:
         cur = self.current
         if cur is None or cur.executor is None:
-            raise IllegalTransition("control", RunState.IDLE, ["submit"]) from None
+            raise NoRunInProgress(trigger)
         return cur.executor
 
     async def pause(self) -> RunState:
-        return await self._running().pause()
+        return await self._running("pause").pause()
 
     async def resume(self) -> RunState:
         """Resume the paused run; after an e-stop, release the held queue."""
@@ -403,10 +414,10 @@ class Bench:
             self._publish({"event": "queue_released"})
             self._wake.set()
             return RunState.IDLE
-        return await self._running().resume()
+        return await self._running("resume").resume()
 
     async def abort(self) -> RunState:
-        return await self._running().abort(reason="abort requested by the operator")
+        return await self._running("abort").abort(reason="abort requested by the operator")
 
     async def estop(self) -> RunState:
         """Every device safe at once; the current run ends aborted; the queue is held."""
