@@ -4,6 +4,7 @@ driver against the simulator over real pseudo-terminals."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -548,3 +549,16 @@ async def test_reconnect_to_a_pump_left_in_safe_mode(bench: BenchFactory) -> Non
     await b.pump.connect()  # basic mode configured: SAF0 in a safe packet
     assert b.sim.safe_timeout_s == 0 and not b.pump.safe
     assert (await b.pump.identify()).model == "NE-1000"
+
+
+async def test_random_bytes_never_break_the_simulator(raw: RawFactory) -> None:
+    r = await raw(power_up_alarm=False)
+    rng = random.Random(1000)
+    replies: list[bytes] = []
+    alphabet = b"\x02\x03\r\n 0123456789.*?ADFGILMNOPRSTUVWXadfr\xff\x00"
+    for _ in range(300):
+        chunk = bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+        r.sim.feed(chunk, replies.append)  # must not raise
+    r.sim._buf.clear()  # forget a half packet the noise may have left
+    assert await r.ask(packet(b"0SAF0")) in (b"\x0200S\x03", b"\x0200A?S\x03", b"\x0200A?T\x03")
+    assert await r.ask(b"0VER\r") == b"\x0200SNE1000V3.928\x03"

@@ -4,6 +4,7 @@ against the simulator over real pseudo-terminals, and liquid routed through the 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -390,3 +391,17 @@ async def test_pump_through_the_valve_into_the_selected_vial() -> None:
         await links.close_all()
         for s in served:
             await s.close()
+
+
+async def test_random_bytes_never_break_the_simulator(raw: RawFactory) -> None:
+    r = await raw()
+    rng = random.Random(1000)
+    replies: list[bytes] = []
+    alphabet = b"\r\n *0123456789ABCDEGHIMNOPRSTVWXY\xff\x00"
+    for _ in range(300):
+        chunk = bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 30)))
+        r.sim.feed(chunk, replies.append)  # must not raise
+    r.sim.device_id, r.sim.delimiter, r.sim.mode, r.sim.ifm = None, 1, 3, 0  # noise may set them
+    r.sim._buf.clear()
+    await wait_until(lambda: r.sim.target is None)
+    assert (await r.ask(b"NP\r"))[0].startswith(b"NP")
