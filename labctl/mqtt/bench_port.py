@@ -50,10 +50,13 @@ class BenchServicePort:
         return source.recipe
 
     def _plan(self, source: RecipeSource, parameters: dict[str, Any]) -> Any:
-        from labctl.recipe import RecipeError
+        from labctl.recipe.issues import RecipeError
+        from labctl.recipe.plan import build_plan
 
         try:
-            return self.bench.plan(self._recipe(source), parameters)
+            # includes of an inline recipe resolve inside the recipe folder, nowhere else
+            return build_plan(self._recipe(source), parameters, self.bench.cfg,
+                              base_dir=self.recipes_dir)
         except RecipeError as exc:
             issues = _issues(exc)
             raise CommandRefused("invalid_recipe", f"{len(issues)} problem(s): {issues[0].path}: "
