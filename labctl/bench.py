@@ -216,10 +216,12 @@ class Bench:
         instigator: str | dict[str, Any] | None = None,
         request: dict[str, Any] | None = None,
         run_id: str | None = None,
+        source: str | None = None,
     ) -> str:
         """Validate (unless given a Plan), create the run record, queue it; the run id."""
         params = dict(parameters or {})
-        source = str(plan_or_recipe) if isinstance(plan_or_recipe, (str, Path)) else None
+        if source is None and isinstance(plan_or_recipe, Path):
+            source = str(plan_or_recipe)
         plan = plan_or_recipe if _is_plan(plan_or_recipe) else self.plan(plan_or_recipe, params)
         info = recipe_info(plan)
         record = self.store.create(info["name"], run_id)

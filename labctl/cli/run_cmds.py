@@ -1,0 +1,403 @@
+"""`labctl run`, `labctl resume` and `labctl runs list|show|export`.
+
+`run` validates first (exit 2, nothing started, on any fault), then runs the recipe on the
+bench through the Bench service with a live display, and exits 0 completed, 1 failed,
+3 aborted. Ctrl-C or SIGTERM aborts safely (a second one is an e-stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from labctl.cli.app import app
+from labctl.cli.common import (
+    DEFAULT_CONFIG_PATH,
+    EXIT_ABORTED,
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    ConfigOpt,
+    DataDirOpt,
+    JsonOpt,
+    ParamOpt,
+    TimeScaleOpt,
+    fail,
+    load_bench_config,
+)
+from labctl.errors import ConfigError, LabctlError
+
+DEFAULT_DATA_DIR = Path("runs")
+EXIT_BY_STATUS = {"completed": EXIT_OK, "failed": EXIT_FAILED, "aborted": EXIT_ABORTED}
+
+OperatorOpt = Annotated[str | None, typer.Option(
+    "--operator", help="Who runs this (recorded as the run's instigator; default: $USER).")]
+
+runs_app = typer.Typer(help="Run records: list, show, export.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+
+def parse_params(items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            fail(f"--param {item!r}: expected NAME=VALUE")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _operator(name: str | None) -> str:
+    import getpass
+
+    if name:
+        return name
+    try:
+        return getpass.getuser()
+    except Exception:  # no user database in some containers
+        return "unknown"
+
+
+# ---------------------------------------------------------------- live display
+
+
+class LiveView:
+    """Step, progress bar, elapsed/ETA and the last readings, fed by bench events."""
+
+    def __init__(self, bench: Any, run_id: str):
+        self.bench = bench
+        self.run_id = run_id
+        self.readings: dict[str, str] = {}
+        self.last_event = ""
+        self.t0 = time.monotonic()
+
+    def feed(self, ev: dict[str, Any]) -> None:
+        if ev.get("run_id") not in (None, self.run_id):
+            return
+        kind = ev.get("event")
+        if kind == "record":
+            skip = {"event", "type", "seq", "t", "ts", "run_id", "bench_id", "kind", "step",
+                    "device"}
+            shown = ", ".join(f"{k}={_short(v)}" for k, v in ev.items()
+                              if k not in skip and v is not None)
+            self.readings[f"{ev.get('device') or ev.get('step')} {ev.get('kind')}"] = shown
+        elif kind in ("step_started", "step_finished", "step_failed", "transition"):
+            what = ev.get("step") or f"{ev.get('source')} → {ev.get('dest')}"
+            self.last_event = f"{kind} {what}"
+
+    def render(self) -> Any:
+        st = self.bench.status()
+        run = st.get("run") or {}
+        prog = run.get("progress") or {}
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column()
+        table.add_row("run", f"{self.run_id}  [{run.get('state', st.get('state'))}]")
+        steps = prog.get("steps") or []
+        table.add_row("step", ", ".join(
+            f"{s['id']} ({s.get('device') or s.get('kind')}"
+            f"{'.' + s['action'] if s.get('action') else ''})" for s in steps) or "—")
+        frac = float(prog.get("fraction") or 0.0)
+        bar = ProgressBar(total=1.0, completed=frac, width=40)
+        done, total = prog.get("steps_done", 0), prog.get("steps_total", 0)
+        table.add_row("progress", Group(bar, Text(f"{frac * 100:5.1f} %  steps {done}/{total}")))
+        table.add_row("elapsed / ETA",
+                      f"{time.monotonic() - self.t0:7.1f} s / {prog.get('eta_s', 0):.1f} s")
+        for key, value in list(self.readings.items())[-4:]:
+            table.add_row(key, value)
+        if self.last_event:
+            table.add_row("last", self.last_event)
+        return table
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+# ---------------------------------------------------------------- running
+
+
+async def _drive(bench: Any, start: Any, *, as_json: bool) -> tuple[dict[str, Any], str]:
+    """Start the bench, submit (via `start`), show progress, handle signals; the result."""
+    loop = asyncio.get_running_loop()
+    stopping = {"count": 0}
+    await bench.start()
+    try:
+        run_id = await start(bench)
+    except BaseException:
+        await bench.close()
+        raise
+    err = Console(stderr=True)
+    rec_dir = bench.store.open(run_id).folder
+    if not as_json:
+        err.print(f"run [bold]{run_id}[/bold] — record in {rec_dir}")
+    else:
+        print(json.dumps({"event": "started", "run_id": run_id, "record": str(rec_dir)}),
+              flush=True)
+
+    async def on_signal() -> None:
+        stopping["count"] += 1
+        with contextlib.suppress(LabctlError):
+            if stopping["count"] == 1:
+                err.print("[yellow]stopping: aborting the run safely "
+                          "(again for an emergency stop)…[/yellow]")
+                await bench.abort()
+            else:
+                await bench.estop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(on_signal()))
+    view = LiveView(bench, run_id)
+    watcher: asyncio.Task[Any] | None = None
+
+    async def watch() -> None:
+        async for ev in bench.subscribe():
+            view.feed(ev)
+
+    try:
+        watcher = asyncio.create_task(watch())
+        waiter = asyncio.create_task(bench.wait(run_id))
+        if as_json or not err.is_terminal:
+            result = await waiter
+        else:
+            with Live(view.render(), console=err, refresh_per_second=8, transient=False) as live:
+                while not waiter.done():
+                    await asyncio.wait({waiter}, timeout=0.125)
+                    live.update(view.render())
+            result = waiter.result()
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await bench.close()
+    return result, run_id
+
+
+def _report(result: dict[str, Any], *, as_json: bool) -> int:
+    status = result.get("status", "failed")
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return EXIT_BY_STATUS.get(status, EXIT_FAILED)
+    out = Console()
+    style = {"completed": "green", "failed": "red", "aborted": "yellow"}.get(status, "red")
+    out.print(f"[{style}]run {result.get('run_id')} {status}[/{style}]")
+    figs = result.get("figures_of_merit") or []
+    if figs:
+        table = Table(title="figures of merit")
+        for col in ("quantity", "value", "unit", "method"):
+            table.add_column(col)
+        for f in figs:
+            name = f.get("name") or f.get("quantity") or f.get("analysis") or "?"
+            value = f.get("value")
+            table.add_row(str(name), _short(value) if value is not None else "",
+                          str(f.get("unit") or ""), str(f.get("method") or f.get("analysis")
+                                                        or ""))
+        out.print(table)
+    for e in result.get("errors") or []:
+        out.print(f"[red]error:[/red] {e.get('message') or e}")
+    if result.get("in_doubt"):
+        out.print(f"in-doubt steps: {', '.join(result['in_doubt'])}")
+    out.print(f"fidelity: {(result.get('fidelity') or {}).get('level')}")
+    out.print(f"record: {result.get('record')}")
+    return EXIT_BY_STATUS.get(status, EXIT_FAILED)
+
+
+def _make_bench(config: Path, data_dir: Path, time_scale: float | None, as_json: bool) -> Any:
+    from labctl.bench import Bench
+
+    cfg = load_bench_config(config, as_json=as_json)
+    return Bench(cfg, data_dir=data_dir, time_scale=time_scale)
+
+
+RUN_HELP = (
+    "Validate RECIPE against the bench, then run it, recording everything under "
+    "DATA_DIR/<run_id>/.\n\n"
+    "Exit 0 completed, 1 failed, 2 invalid input (nothing ran), 3 aborted. "
+    "Ctrl-C aborts safely; a second Ctrl-C is an emergency stop."
+)
+RESUME_HELP = (
+    "Continue an interrupted run: completed steps are not repeated, idempotent in-doubt "
+    "steps are re-run, any other in-doubt step needs --accept-in-doubt STEP or --redo STEP "
+    "(exit 2 otherwise).\n\nThe decision is recorded in the run's journal and metadata."
+)
+
+
+@app.command(help=RUN_HELP)
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe file (JSON, labctl.recipe/1).")],
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
+    param: ParamOpt = None,
+    data_dir: DataDirOpt = DEFAULT_DATA_DIR,
+    time_scale: TimeScaleOpt = None,
+    operator: OperatorOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Validate, then run a recipe with a live display."""
+    from labctl.recipe import RecipeError, build_plan
+
+    params = parse_params(param)
+    cfg = load_bench_config(config, as_json=json_out)
+    try:
+        plan = build_plan(recipe, params, cfg)
+    except RecipeError as exc:
+        if json_out:
+            print(json.dumps(exc.to_dict(), indent=2))
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(EXIT_INVALID) from None
+    who = f"operator:{_operator(operator)}"
+    from labctl.bench import Bench
+
+    bench = Bench(cfg, data_dir=data_dir, time_scale=time_scale)
+
+    async def start(b: Any) -> str:
+        rid: str = await b.submit(plan, params, instigator=who, source=str(recipe))
+        return rid
+
+    try:
+        result, _ = asyncio.run(_drive(bench, start, as_json=json_out))
+    except (ConfigError, LabctlError) as exc:
+        fail(str(exc), EXIT_FAILED if not isinstance(exc, ConfigError) else EXIT_INVALID,
+             as_json=json_out)
+    raise typer.Exit(_report(result, as_json=json_out))
+
+
+@app.command(help=RESUME_HELP)
+def resume(
+    run_id: Annotated[str, typer.Argument(help="The run to continue.")],
+    accept_in_doubt: Annotated[list[str] | None, typer.Option(
+        "--accept-in-doubt", help="Mark an in-doubt STEP done as it stands (repeatable).")] = None,
+    redo: Annotated[list[str] | None, typer.Option(
+        "--redo", help="Repeat an in-doubt STEP (repeatable).")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
+    data_dir: DataDirOpt = DEFAULT_DATA_DIR,
+    time_scale: TimeScaleOpt = None,
+    operator: OperatorOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Continue an interrupted run."""
+    from labctl.bench import InDoubtError, NothingToResume
+    from labctl.recipe import RecipeError
+
+    bench = _make_bench(config, data_dir, time_scale, json_out)
+
+    async def start(b: Any) -> str:
+        rid: str = await b.resume_run(run_id, accept_in_doubt=accept_in_doubt or [],
+                                      redo=redo or [], operator=_operator(operator))
+        return rid
+
+    try:
+        result, _ = asyncio.run(_drive(bench, start, as_json=json_out))
+    except InDoubtError as exc:
+        fail(str(exc), EXIT_INVALID, as_json=json_out, in_doubt=exc.steps)
+    except (NothingToResume, RecipeError, ConfigError) as exc:
+        fail(str(exc), EXIT_INVALID, as_json=json_out)
+    except LabctlError as exc:
+        fail(str(exc), EXIT_FAILED, as_json=json_out)
+    raise typer.Exit(_report(result, as_json=json_out))
+
+
+# ---------------------------------------------------------------- records
+
+
+def _store(data_dir: Path) -> Any:
+    from labctl.store import RunStore
+
+    return RunStore(data_dir)
+
+
+@runs_app.command("list")
+def runs_list(
+    data_dir: DataDirOpt = DEFAULT_DATA_DIR,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many (newest first).")] = 50,
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The runs recorded in DATA_DIR (newest first)."""
+    store = _store(data_dir)
+    rows = store.list(limit=limit, status=status)
+    store.close()
+    if json_out:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(title=f"runs in {data_dir}")
+    for col in ("run id", "recipe", "status", "instigator", "created", "fidelity"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["run_id"], r["recipe"], r["status"], r.get("instigator") or "",
+                      r.get("created") or "", r.get("fidelity") or "")
+    Console().print(table)
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="The run.")],
+    data_dir: DataDirOpt = DEFAULT_DATA_DIR,
+    json_out: JsonOpt = False,
+) -> None:
+    """One run: status, figures of merit, steps, errors and where its files are."""
+    store = _store(data_dir)
+    try:
+        info = store.show(run_id)
+    except FileNotFoundError as exc:
+        store.close()
+        fail(str(exc), EXIT_INVALID, as_json=json_out)
+    store.close()
+    if json_out:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    out = Console()
+    meta = info.get("metadata") or {}
+    result = info.get("result") or {}
+    status = result.get("status") or (info.get("index") or {}).get("status")
+    out.print(f"[bold]{run_id}[/bold]  {meta.get('recipe', {}).get('name')}  [{status}]")
+    out.print(f"folder: {info['path']}")
+    table = Table(title="steps")
+    for col in ("step", "device", "action", "status", "started", "ended"):
+        table.add_column(col)
+    for s in meta.get("steps", []):
+        table.add_row(s["id"], str(s.get("device") or ""), str(s.get("action") or s.get("kind")),
+                      str(s.get("status")), str(s.get("started") or ""), str(s.get("ended") or ""))
+    out.print(table)
+    if result:
+        _report(result, as_json=False)
+
+
+@runs_app.command("export")
+def runs_export(
+    run_id: Annotated[str, typer.Argument(help="The run.")],
+    data_dir: DataDirOpt = DEFAULT_DATA_DIR,
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                help="Zip file (default DATA_DIR/RUN_ID.zip).")
+                      ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write a zip of the run folder with an RO-Crate 1.1 ro-crate-metadata.json (Process
+    Run Crate profile)."""
+    store = _store(data_dir)
+    try:
+        path = store.export(run_id, output)
+    except FileNotFoundError as exc:
+        store.close()
+        fail(str(exc), EXIT_INVALID, as_json=json_out)
+    store.close()
+    if json_out:
+        print(json.dumps({"ok": True, "run_id": run_id, "zip": str(path)}))
+    else:
+        print(str(path))
