@@ -129,6 +129,9 @@ class NewEraPump(Pump):
         self._rate_units: str | None = None
         self._last_io = time.monotonic()
         self._keepalive: asyncio.Task[None] | None = None
+        self._resumed = asyncio.Event()  # cleared by pause(): a pending RUN waits for it
+        self._resumed.set()
+        self._stops = 0
 
     def _safe_timeout(self, raw: Any) -> int:
         if raw in (None, False, 0, "0", "", "off"):
@@ -431,7 +434,10 @@ class NewEraPump(Pump):
             await self.command("STP", retries=0)
 
     async def stop(self) -> None:
-        """Stop (STP; a second STP when that only paused the pump)."""
+        """Stop (STP; a second STP when that only paused the pump). A transfer held by
+        `pause()` before its RUN ends without pumping."""
+        self._stops += 1
+        self._resumed.set()
         for _ in range(3):
             prompt, _ = await self.command("STP", retries=0, tolerate_alarm=True)
             if prompt not in (*MOVING, "P"):
@@ -441,7 +447,9 @@ class NewEraPump(Pump):
             raise DeviceFault(f"pump still {self._state_text()} after STP", device=self.name)
 
     async def pause(self) -> None:
-        """One STP: a pumping pump pauses, keeping the remaining volume for `resume`."""
+        """One STP: a pumping pump pauses, keeping the remaining volume for `resume`.
+        A transfer that has not sent RUN yet holds until `resume`."""
+        self._resumed.clear()
         prompt, _ = await self.command("", tolerate_alarm=True)
         if prompt in ("I", "W"):
             await self.command("STP", retries=0, tolerate_alarm=True)
@@ -450,6 +458,7 @@ class NewEraPump(Pump):
 
     async def resume(self) -> None:
         """RUN after `pause()`: pumps the remainder of the target volume."""
+        self._resumed.set()
         prompt, _ = await self.command("")
         if prompt == "P":
             await self.command("RUN", retries=0)
@@ -483,14 +492,17 @@ class NewEraPump(Pump):
         for `resume`), and return the volume DIS reports for the direction."""
         self._check_volume(volume_l)
         self._check_flow(flow_l_s)
+        stops = self._stops  # a stop() from here on cancels the RUN
         await self._ensure_stopped()
         self.alarm = None
         await self.clear_counters()
         await self.set_volume(volume_l)
         await self.set_flow(flow_l_s)
         await self.set_direction(direction)
-        await self.command("RUN", retries=0)
-        await self._wait_stopped(volume_l / flow_l_s)
+        await self._resumed.wait()
+        if self._stops == stops:
+            await self.command("RUN", retries=0)
+            await self._wait_stopped(volume_l / flow_l_s)
         infused, withdrawn = await self.dispensed_l()
         return infused if direction == PumpDirection.INFUSE else withdrawn
 

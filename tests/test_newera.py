@@ -562,3 +562,22 @@ async def test_random_bytes_never_break_the_simulator(raw: RawFactory) -> None:
     r.sim._buf.clear()  # forget a half packet the noise may have left
     assert await r.ask(packet(b"0SAF0")) in (b"\x0200S\x03", b"\x0200A?S\x03", b"\x0200A?T\x03")
     assert await r.ask(b"0VER\r") == b"\x0200SNE1000V3.928\x03"
+
+
+async def test_pause_before_run_holds_the_transfer(bench: BenchFactory) -> None:
+    b = await bench()
+    await b.pump.pause()  # the executor paused while the transfer was being set up
+    task = asyncio.ensure_future(b.pump.pump_volume(0.5e-3, 2e-3 / 60))
+    await wait_until(lambda: b.sim.direction == "INF" and b.sim.volume_value > 0)
+    await asyncio.sleep(0.2)
+    assert b.sim.state == "S" and b.sim.infused_l == 0 and not task.done()
+    await b.pump.resume()
+    assert await asyncio.wait_for(task, 30) == pytest.approx(0.5e-3, rel=1e-3)
+    # a stop while held ends the transfer without pumping
+    await b.pump.pause()
+    seen = b.sim.commands_seen
+    task = asyncio.ensure_future(b.pump.pump_volume(0.5e-3, 2e-3 / 60))
+    await wait_until(lambda: b.sim.commands_seen > seen)  # the transfer has begun
+    await b.pump.safe_state()
+    assert await asyncio.wait_for(task, 30) == 0.0
+    assert b.world.volume_l("coat_vial") == pytest.approx(0.5e-3, rel=1e-6)
