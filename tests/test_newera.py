@@ -581,3 +581,34 @@ async def test_pause_before_run_holds_the_transfer(bench: BenchFactory) -> None:
     await b.pump.safe_state()
     assert await asyncio.wait_for(task, 30) == 0.0
     assert b.world.volume_l("coat_vial") == pytest.approx(0.5e-3, rel=1e-6)
+
+
+async def test_two_pumps_daisy_chained_on_one_line() -> None:
+    clock = ScaledClock(1000)
+    w = world()
+    sims = [NewEraSimulator(clock=clock, address=a, world=w, name=f"p{a}", options={
+        "syringe_diameter": 14.5, "source": "res_teos", "destination": "coat_vial"})
+        for a in (1, 2)]
+    served = await serve(sims, "pty")
+    links = LinkPool()
+    pumps = [NewEraPump(DeviceSpec(name=f"p{a}", driver="newera-ne1000",
+                                   endpoint=served.endpoint, address=a,
+                                   params={"syringe_diameter": "14.5 mm"}),
+                        links=links, clock=clock) for a in (1, 2)]
+    try:
+        for p in pumps:
+            await p.connect()
+        assert pumps[0].link is pumps[1].link
+        await pumps[0].set_flow(1e-3 / 60)
+        await pumps[1].set_flow(2e-3 / 60)
+        assert sims[0].rate_l_s() == pytest.approx(1e-3 / 60)
+        assert sims[1].rate_l_s() == pytest.approx(2e-3 / 60)
+        moved = await asyncio.gather(pumps[0].pump_volume(0.3e-3, 1e-3 / 60),
+                                     pumps[1].pump_volume(0.2e-3, 2e-3 / 60))
+        assert moved == [pytest.approx(0.3e-3, rel=1e-3), pytest.approx(0.2e-3, rel=1e-3)]
+        assert w.volume_l("coat_vial") == pytest.approx(0.5e-3, rel=1e-6)
+    finally:
+        for p in pumps:
+            await p.close()
+        await links.close_all()
+        await served.close()
