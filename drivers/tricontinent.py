@@ -313,7 +313,8 @@ class TriContinentPump(SyringePump):
     async def connect(self) -> None:
         """Open the (shared) link and check that the pump answers `Q`."""
         link = self.open_link()
-        await link.open()
+        async with link.lock:  # pumps of one bus connect concurrently: open the line once
+            await link.open()
         try:
             answer = await self.query("Q")
         except DeviceTimeout as exc:

@@ -218,7 +218,7 @@ class TriContinentSimulator(Simulator):
         self._move: _Move | None = None
         self._deferred_failure: int | None = None
         self._buf = bytearray()
-        #: frames addressed to this pump (recent ones) and every byte count seen on the line
+        #: frames addressed to this pump or its groups (recent ones), bytes seen on the line
         self.received: deque[bytes] = deque(maxlen=1000)
         self.rx_bytes = 0
         if self.world is not None and self.syringe_l is not None:
@@ -291,8 +291,8 @@ class TriContinentSimulator(Simulator):
         except UnicodeDecodeError:
             text = "\x00"  # no command: answers error 2
         answer = addr == self.addr
+        self.received.append(frame)
         if answer:
-            self.received.append(frame)
             injected = self.faults.take_error()
             if injected is not None:
                 code = int(injected)
