@@ -1,0 +1,217 @@
+"""Material bookkeeping over a whole recipe, before anything moves.
+
+Starting from the bench config (reservoir contents, dispenser heads, empty vials), the
+planned steps' material effects are applied in order: volumes leave one vessel and enter
+another, routing devices (selector valves, pump valves) lead somewhere. Taking more than a
+vessel holds, overfilling a vessel, or relying on a route nobody set is reported against
+the step that would do it. What is taken from reservoirs and dispenser heads becomes the
+materials request list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from labctl.actions import Effect
+from labctl.config import BenchConfig
+from labctl.units import fmt, quantity
+
+EPS = 1e-12
+
+
+@dataclass
+class Holding:
+    """A vessel (or a syringe barrel, a dispenser head) as bookkeeping: liquids by
+    volume, solids by mass."""
+
+    name: str
+    kind: str
+    capacity_l: float | None
+    liquids_l: dict[str, float] = field(default_factory=dict)
+    solids_g: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def volume_l(self) -> float:
+        return sum(self.liquids_l.values())
+
+
+@dataclass
+class Use:
+    """An amount of a material taken from one source."""
+
+    material: str
+    source: str
+    amount: float
+    unit: str  # "L" or "g"
+
+
+class Inventory:
+    def __init__(self, cfg: BenchConfig):
+        self.cfg = cfg
+        self.holdings: dict[str, Holding] = {}
+        self.routes: dict[str, str | None] = {}
+        self.uses: dict[tuple[str, str], Use] = {}
+        self.moves: list[dict[str, Any]] = []
+        self._transit: tuple[dict[str, float], dict[str, float]] | None = None
+        for name, v in cfg.vessels.items():
+            cap = _q(v.capacity, "L")
+            h = Holding(name, v.kind, cap)
+            for mid, amount in v.contents.items():
+                vol = _q(amount, "L")
+                if vol is not None:
+                    h.liquids_l[mid] = vol
+                else:
+                    mass = _q(amount, "g")
+                    if mass is not None:
+                        self._add_solid_or_liquid(h, mid, mass)
+            self.holdings[name] = h
+        for dname, d in cfg.devices.items():
+            if d.params.get("syringe_volume") is not None and d.params.get("port_map"):
+                self.holdings[f"#{dname}"] = Holding(
+                    f"{dname} syringe", "syringe", _q(d.params["syringe_volume"], "L"))
+            head = d.params.get("head_material")
+            if head:
+                content = _q(d.params.get("head_content"), "g")
+                h = Holding(dname, "head", None)
+                h.solids_g[str(head)] = content if content is not None else float("inf")
+                self.holdings[f"#{dname}"] = h
+
+    def _add_solid_or_liquid(self, h: Holding, mid: str, mass_g: float) -> None:
+        m = self.cfg.materials.get(mid)
+        if m is not None and m.phase == "liquid" and m.density:
+            dens = _q(m.density, "g/L")
+            if dens:
+                h.liquids_l[mid] = h.liquids_l.get(mid, 0.0) + mass_g / dens
+                return
+        h.solids_g[mid] = h.solids_g.get(mid, 0.0) + mass_g
+
+    # -- routes -------------------------------------------------------------------------
+    def resolve(self, name: str) -> tuple[str | None, str | None]:
+        """(vessel, None) or (None, why not)."""
+        seen = 0
+        while name.startswith("@"):
+            device = name[1:]
+            target = self.routes.get(device)
+            if target is None:
+                why = ("is not set to a known position before this step" if device not in
+                       self.routes else "leads to no vessel the bench knows at this step")
+                return None, f"{device} {why}"
+            name = target
+            seen += 1
+            if seen > 16:
+                return None, f"routing loop through {device}"
+        if name not in self.holdings:
+            return None, f"no vessel {name!r} on the bench"
+        return name, None
+
+    # -- effects ------------------------------------------------------------------------
+    def apply(self, effect: Effect, step_id: str) -> list[tuple[str, str]]:
+        """Apply one effect; returns (argument, message) problems."""
+        if effect.kind == "route":
+            if effect.device:
+                self.routes[effect.device] = effect.target
+            return []
+        if effect.kind == "needs_liquid":
+            vessel, why = self.resolve(effect.destination or "")
+            if vessel is None:
+                return [(effect.arg, why or "")]
+            if self.holdings[vessel].volume_l <= EPS:
+                return [(effect.arg, f"{vessel} holds no liquid at this step")]
+            return []
+        return self._move(effect, step_id)
+
+    def _end(self, name: str | None, expect: str | None, arg: str
+             ) -> tuple[Holding | None, list[tuple[str, str]]]:
+        if name is None:
+            return None, []
+        vessel, why = self.resolve(name)
+        if vessel is None:
+            return None, [(arg, why or "")]
+        if expect is not None and vessel != expect:
+            via = name.lstrip("@")
+            return None, [(arg, f"{expect} is reached through {via}, which leads to "
+                                f"{self.holdings[vessel].name} at this step")]
+        return self.holdings[vessel], []
+
+    def _move(self, e: Effect, step_id: str) -> list[tuple[str, str]]:
+        src, p1 = self._end(e.source, e.expect_source, e.arg)
+        dst, p2 = self._end(e.destination, e.expect_destination, e.arg)
+        problems = p1 + p2
+        if problems:
+            if e.destination is None:
+                self._transit = ({}, {})
+            return problems
+        liquids: dict[str, float] = {}
+        solids: dict[str, float] = {}
+        if e.source is None:
+            liquids, solids = self._transit or ({}, {})
+            self._transit = None
+        elif src is not None and e.solid:
+            mat = e.material or ""
+            have = src.solids_g.get(mat, 0.0)
+            if e.amount > have * (1 + 1e-9) + EPS:
+                problems.append((e.arg, f"{src.name} holds {fmt(have, 'g')} of {mat}, "
+                                        f"cannot dose {fmt(e.amount, 'g')} at this step"))
+                return problems
+            src.solids_g[mat] = have - e.amount
+            solids = {mat: e.amount}
+            self._use(mat, src, e.amount, "g")
+        elif src is not None:
+            have = src.volume_l
+            if e.amount > have * (1 + 1e-9) + EPS:
+                problems.append((e.arg, f"{src.name} holds {fmt(have, 'L')}, cannot take "
+                                        f"{fmt(e.amount, 'L')} at this step"))
+                if e.destination is None:
+                    self._transit = ({}, {})
+                return problems
+            fraction = e.amount / have if have > 0 else 0.0
+            for m, v in list(src.liquids_l.items()):
+                liquids[m] = v * fraction
+                src.liquids_l[m] = v - liquids[m]
+                self._use(m, src, liquids[m], "L")
+            for m, g in list(src.solids_g.items()):
+                solids[m] = g * fraction
+                src.solids_g[m] = g - solids[m]
+        if e.destination is None:
+            self._transit = (liquids, solids)
+            return problems
+        if dst is None:
+            return problems
+        added = sum(liquids.values())
+        if dst.capacity_l is not None and dst.volume_l + added > dst.capacity_l * (1 + 1e-9):
+            problems.append((e.arg, f"{dst.name} would overflow: "
+                                    f"{fmt(dst.volume_l + added, 'L')} in a "
+                                    f"{fmt(dst.capacity_l, 'L')} vessel"))
+        for m, v in liquids.items():
+            dst.liquids_l[m] = dst.liquids_l.get(m, 0.0) + v
+        for m, g in solids.items():
+            dst.solids_g[m] = dst.solids_g.get(m, 0.0) + g
+        self.moves.append({"step": step_id, "to": dst.name,
+                           "liquids_l": {m: v for m, v in liquids.items() if v > EPS},
+                           "solids_g": {m: g for m, g in solids.items() if g > EPS}})
+        return problems
+
+    def _use(self, material: str, src: Holding, amount: float, unit: str) -> None:
+        """Count what leaves a reservoir or a dispenser head (not what moves between
+        vials or passes through a syringe)."""
+        if src.kind not in ("reservoir", "head") or amount <= EPS:
+            return
+        key = (material, src.name)
+        if key not in self.uses:
+            self.uses[key] = Use(material, src.name, 0.0, unit)
+        self.uses[key].amount += amount
+
+    def contents(self, vessel: str) -> dict[str, Any]:
+        h = self.holdings[vessel]
+        return {"volume_l": h.volume_l, "liquids_l": dict(h.liquids_l),
+                "solids_g": dict(h.solids_g)}
+
+
+def _q(value: Any, unit: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(quantity(value).to(unit).magnitude)
+    except Exception:
+        return None

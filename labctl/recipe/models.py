@@ -1,0 +1,179 @@
+"""Pydantic models of the recipe format `"schema": "labctl.recipe/1"`, and its JSON Schema.
+
+These models check the shape only (keys, types, which kind of step); what the values mean
+(units, expressions, devices, limits) is checked by labctl.recipe.validate, which can say
+much more precisely what is wrong and where.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag
+
+SCHEMA_ID = "labctl.recipe/1"
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+#: a step id: a name, no dots or brackets (those join ids in the plan: `cycle[2].stir`)
+StepId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")]
+#: a parameter or loop variable name: usable inside `${…}`
+VarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")]
+Text = Annotated[str, StringConstraints(max_length=10_000)]
+Scalar = str | int | float | bool
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Parameter(_Strict):
+    """A value the AI server (or the operator) fills in; typed, with bounds."""
+
+    type: Literal["quantity", "number", "integer", "string", "enum", "boolean"]
+    unit: str | None = Field(default=None, description="quantity: the unit values must "
+                             "convert to (their dimension), e.g. 'mol/kg'")
+    default: Scalar | None = None
+    min: str | int | float | None = None
+    max: str | int | float | None = None
+    choices: list[str | int | float] | None = None
+    description: Text = ""
+
+
+class Material(_Strict):
+    """What is known of a material the recipe uses and where it sits on the bench."""
+
+    name: Text = ""
+    smiles: str | None = None
+    inchikey: str | None = None
+    supplier: str | None = None
+    lot: str | None = None
+    location: str | None = Field(default=None, description="a vessel (reservoir) or a "
+                                 "device (dispenser) of the bench")
+    description: Text = ""
+
+
+class _StepBase(_Strict):
+    id: StepId
+    description: Text | None = None
+    timeout: str | None = Field(default=None, description="a duration, e.g. '10 min'")
+    retries: int = Field(default=0, ge=0, le=100)
+    on_error: Literal["abort", "continue", "retry"] = "abort"
+    idempotent: bool | None = Field(default=None, description="may be repeated after a "
+                                    "crash; default false for steps that move material")
+
+
+class ActionStep(_StepBase):
+    device: str
+    action: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class WaitStep(_StepBase):
+    wait: str = Field(description="a duration, e.g. '5 min'")
+
+
+class ParallelStep(_StepBase):
+    parallel: list[Step] = Field(min_length=1, max_length=64)
+
+
+class SequenceStep(_StepBase):
+    steps: list[Step] = Field(min_length=1)
+
+
+class RepeatStep(_StepBase):
+    repeat: int | str = Field(description="how many times (or an expression)")
+    var: VarName | None = Field(default=None, description="name of the 0-based iteration "
+                                "index inside the loop")
+    steps: list[Step] = Field(min_length=1)
+
+
+class ForEach(_Strict):
+    var: VarName
+    in_: list[Scalar] = Field(alias="in", min_length=1, max_length=10_000)
+
+
+class ForEachStep(_StepBase):
+    for_each: ForEach
+    steps: list[Step] = Field(min_length=1)
+
+
+class AnalysisStep(_StepBase):
+    analysis: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class IncludeStep(_StepBase):
+    include: str = Field(description="another recipe file, relative to this one")
+    params: dict[str, Scalar] = Field(default_factory=dict)
+
+
+STEP_TAGS = ("ActionStep", "WaitStep", "ParallelStep", "SequenceStep", "RepeatStep",
+             "ForEachStep", "AnalysisStep", "IncludeStep")
+
+
+def step_kind(value: Any) -> str | None:
+    """Which kind of step an object is, from the keys it has."""
+    keys = value.keys() if isinstance(value, dict) else (
+        set(type(value).model_fields) if isinstance(value, BaseModel) else set())
+    for key, tag in (("include", "IncludeStep"), ("parallel", "ParallelStep"),
+                     ("repeat", "RepeatStep"), ("for_each", "ForEachStep"),
+                     ("wait", "WaitStep"), ("analysis", "AnalysisStep"),
+                     ("device", "ActionStep"), ("action", "ActionStep"),
+                     ("steps", "SequenceStep")):
+        if key in keys:
+            return tag
+    return None
+
+
+Step = Annotated[
+    Annotated[ActionStep, Tag("ActionStep")]
+    | Annotated[WaitStep, Tag("WaitStep")]
+    | Annotated[ParallelStep, Tag("ParallelStep")]
+    | Annotated[SequenceStep, Tag("SequenceStep")]
+    | Annotated[RepeatStep, Tag("RepeatStep")]
+    | Annotated[ForEachStep, Tag("ForEachStep")]
+    | Annotated[AnalysisStep, Tag("AnalysisStep")]
+    | Annotated[IncludeStep, Tag("IncludeStep")],
+    Discriminator(
+        step_kind,
+        custom_error_type="step_kind",
+        custom_error_message=("a step needs one of: device + action, wait, parallel, "
+                              "repeat, for_each, steps, analysis, include"),
+    ),
+]
+
+
+class Recipe(_Strict):
+    """A recipe: metadata, typed parameters, materials and ordered steps."""
+
+    model_config = ConfigDict(extra="forbid", title="labctl recipe",
+                              json_schema_extra={"$id": "https://labctl.dev/schema/recipe/1"})
+
+    schema_: Literal["labctl.recipe/1"] = Field(alias="schema")
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    version: str | int = "1"
+    description: Text = ""
+    author: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    parameters: dict[VarName, Parameter] = Field(default_factory=dict)
+    materials: dict[str, Material] = Field(default_factory=dict)
+    steps: list[Step] = Field(min_length=1)
+
+
+for _m in (ParallelStep, SequenceStep, RepeatStep, ForEachStep, Recipe):
+    _m.model_rebuild()
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a recipe, with the action catalogue attached
+    under `x-labctl-actions` for tools that build requests."""
+    from labctl.actions import catalogue_schema
+
+    schema = Recipe.model_json_schema(by_alias=True, mode="validation")
+    out: dict[str, Any] = {"$schema": JSON_SCHEMA_DIALECT}
+    out.update(schema)
+    out["description"] = (
+        "A labctl recipe (labctl.recipe/1). Quantities are strings with units ('2.5 mL', "
+        "'50 mV/s'); `${…}` in a string is an expression over parameters and loop variables.")
+    out["x-labctl-actions"] = catalogue_schema()
+    return out
