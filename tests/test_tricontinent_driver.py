@@ -25,6 +25,7 @@ from labctl.errors import (
     ProtocolError,
 )
 from labctl.transport import LinkPool
+from simulators.base import Simulator
 from simulators.serving import Served, serve
 from simulators.tricontinent import TriContinentSimulator
 from simulators.world import World
@@ -74,10 +75,12 @@ async def open_bus(addresses: tuple[int, ...] = (1,), endpoint: str = "pty",
                    **options: Any) -> Bus:
     clock = ScaledClock(1000)
     world = World.from_spec(WORLD)
-    sims = [TriContinentSimulator(clock=clock, address=a, world=world, name=f"pump{a}",
-                                  options={"syringe_volume": "5 mL", "port_map": PORT_MAP,
-                                           **options})
-            for a in addresses]
+    sims: list[Simulator] = [
+        TriContinentSimulator(clock=clock, address=a, world=world, name=f"pump{a}",
+                              options={"syringe_volume": "5 mL", "port_map": PORT_MAP,
+                                       **options})
+        for a in addresses
+    ]
     return Bus(await serve(sims, endpoint), clock, world)
 
 

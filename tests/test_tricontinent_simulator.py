@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from labctl.clock import ScaledClock
 from labctl.errors import DeviceTimeout
 from labctl.transport import Link
+from simulators.base import Simulator
 from simulators.serving import Served, serve
 from simulators.tricontinent import TriContinentSimulator
 from simulators.world import World
@@ -81,7 +82,7 @@ async def open_line(
     **options: Any,
 ) -> Line:
     clock = ScaledClock(scale)
-    sims = [
+    sims: list[Simulator] = [
         TriContinentSimulator(clock=clock, address=i + 1, world=world, name=f"pump{i + 1}",
                               options=dict(options))
         for i in range(n)
