@@ -1,0 +1,241 @@
+"""Run records: the journal (whole lines, fsync, torn tails, replay of in-doubt steps), the
+SQLite index and command table, atomic JSON documents, provenance assembly and the RO-Crate
+export."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from labctl.store import Journal, RunIndex, RunRecord, RunStore, read_journal, replay
+from labctl.store.provenance import build_metadata, instigator_info, records_from_journal
+from labctl.store.record import csv_columns, new_run_id, write_json_atomic
+
+
+def test_journal_lines_are_whole_json_with_sequence_numbers(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "events.jsonl")
+    j.append("run_created", run_id="r1")
+    j.append("step_started", step="s1", kind="action", args={"volume_l": 0.001})
+    j.append("step_finished", durable=False, step="s1", result={"ok": True})
+    j.close()
+    raw = (tmp_path / "events.jsonl").read_bytes()
+    assert raw.endswith(b"\n") and raw.count(b"\n") == 3
+    evs = [json.loads(line) for line in raw.splitlines()]
+    assert [e["seq"] for e in evs] == [1, 2, 3]
+    assert [e["event"] for e in evs] == ["run_created", "step_started", "step_finished"]
+    assert all(e["t"].endswith("Z") for e in evs)
+    # reopening continues the numbering
+    j2 = Journal(tmp_path / "events.jsonl")
+    assert j2.append("x")["seq"] == 4
+
+
+def test_torn_tail_is_ignored_and_trimmed_before_appending(tmp_path: Path) -> None:
+    p = tmp_path / "events.jsonl"
+    j = Journal(p)
+    j.append("a")
+    j.append("b")
+    j.close()
+    with open(p, "ab") as f:
+        f.write(b'{"seq": 3, "event": "step_sta')  # a power cut mid-line
+    assert [e["event"] for e in read_journal(p)] == ["a", "b"]
+    j = Journal(p)
+    j.append("c")
+    j.close()
+    lines = p.read_bytes().splitlines()
+    assert [json.loads(x)["event"] for x in lines] == ["a", "b", "c"]
+
+
+def test_a_corrupt_line_in_the_middle_is_an_error(tmp_path: Path) -> None:
+    p = tmp_path / "events.jsonl"
+    p.write_bytes(b'{"seq":1,"event":"a"}\nnot json\n{"seq":2,"event":"b"}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        read_journal(p)
+
+
+def test_concurrent_writers_never_interleave_within_a_line(tmp_path: Path) -> None:
+    p = tmp_path / "events.jsonl"
+    code = (
+        "import sys; from labctl.store import Journal\n"
+        "j = Journal(sys.argv[1], fsync=False)\n"
+        "for i in range(300): j.append('w', who=sys.argv[2], i=i, pad='x' * 3000)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(p), str(k)]) for k in range(3)]
+    assert all(pr.wait(60) == 0 for pr in procs)
+    evs = read_journal(p)
+    assert len(evs) == 900
+    for k in range(3):
+        assert [e["i"] for e in evs if e["who"] == str(k)] == list(range(300))
+
+
+def test_replay_finds_completed_and_in_doubt_steps() -> None:
+    evs = [
+        {"event": "run_created", "run_id": "r"},
+        {"event": "step_started", "step": "seq", "kind": "sequence", "t": "1"},
+        {"event": "step_started", "step": "a", "kind": "action", "t": "1"},
+        {"event": "step_finished", "step": "a", "kind": "action", "t": "2",
+         "result": {"volume_l": 0.001}},
+        {"event": "step_started", "step": "b", "kind": "action", "t": "3"},
+        {"event": "step_failed", "step": "b", "kind": "action", "t": "4", "error": "x",
+         "continued": True},
+        {"event": "step_started", "step": "c", "kind": "action", "t": "5"},
+        {"event": "step_failed", "step": "c", "kind": "action", "t": "6", "error": "boom",
+         "retrying": True},
+        {"event": "step_started", "step": "c", "kind": "action", "t": "7", "attempt": 2},
+        {"event": "step_started", "step": "w", "kind": "wait", "t": "8"},
+    ]
+    r = replay(evs)
+    assert r.completed == ["a", "b"]
+    assert r.in_doubt == ["c", "w"]  # the container "seq" is never in doubt itself
+    assert r.steps["c"].attempts == 2 and r.steps["a"].result == {"volume_l": 0.001}
+    evs.append({"event": "decision", "step": "c", "decision": "accept"})
+    assert replay(evs).in_doubt == ["w"]
+    assert replay(evs).completed == ["a", "b", "c"]
+
+
+def test_index_runs_and_commands_survive_reopening(tmp_path: Path) -> None:
+    idx = RunIndex(tmp_path / "runs.sqlite")
+    idx.upsert_run("r1", recipe="x", status="queued", created="2025-01-01T00:00:00Z",
+                   path="/p/r1")
+    idx.upsert_run("r2", recipe="y", status="queued", created="2025-01-02T00:00:00Z",
+                   path="/p/r2")
+    idx.upsert_run("r1", status="completed", figures=[{"name": "sigma", "value": 1.0}])
+    assert idx.seen_command("c1") is None
+    idx.remember_command("c1", {"id": "c1", "ok": True, "run_id": "r1"})
+    idx.remember_command("c1", {"id": "c1", "ok": False})  # the first reply wins
+    idx.close()
+    idx = RunIndex(tmp_path / "runs.sqlite")
+    assert [r["run_id"] for r in idx.list_runs()] == ["r2", "r1"]
+    r1 = idx.get_run("r1")
+    assert r1 is not None and r1["status"] == "completed"
+    assert r1["figures"] == [{"name": "sigma", "value": 1.0}]
+    assert idx.seen_command("c1") == {"id": "c1", "ok": True, "run_id": "r1"}
+    assert [r["run_id"] for r in idx.list_runs(status="queued")] == ["r2"]
+    mode = idx._db.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    with pytest.raises(KeyError):
+        idx.upsert_run("r1", nonsense=1)
+
+
+def test_atomic_json_replaces_whole_files(tmp_path: Path) -> None:
+    p = tmp_path / "result.json"
+    write_json_atomic(p, {"status": "running"})
+    write_json_atomic(p, {"status": "completed", "x": [1, 2]})
+    assert json.loads(p.read_text()) == {"status": "completed", "x": [1, 2]}
+    assert [f.name for f in tmp_path.iterdir()] == ["result.json"]  # no temp files left
+
+
+def test_run_ids_and_folders(tmp_path: Path) -> None:
+    rid = new_run_id("electrolyte conductivity/1")
+    assert "/" not in rid and " " not in rid and "electrolyte_conductivity_1" in rid
+    rec = RunRecord.create(tmp_path, rid)
+    assert rec.data_dir.is_dir()
+    with pytest.raises(FileExistsError):
+        RunRecord.create(tmp_path, rid)
+    with pytest.raises(ValueError):
+        RunRecord.create(tmp_path, "../escape")
+    with pytest.raises(FileNotFoundError):
+        RunRecord.open(tmp_path, "../etc")
+    assert rec.data_path("eis[2]/x").name == "eis_2_x.bdf.csv"
+
+
+def test_data_files_are_hashed_with_their_bdf_columns(tmp_path: Path) -> None:
+    rec = RunRecord.create(tmp_path, "r1")
+    p = rec.data_path("eis")
+    p.write_text("Test Time / s,Frequency / Hz,Real Impedance / ohm,Step ID\n0,1000,12.5,eis\n")
+    [entry] = rec.data_files()
+    import hashlib
+
+    assert entry["sha256"] == hashlib.sha256(p.read_bytes()).hexdigest()
+    assert entry["path"] == "data/eis.bdf.csv"
+    assert entry["columns"][1] == {"name": "Frequency / Hz", "quantity": "Frequency",
+                                   "unit": "Hz"}
+    assert entry["columns"][3]["unit"] is None
+    assert csv_columns(tmp_path / "missing.csv") == []
+
+
+def test_provenance_from_journal_records() -> None:
+    evs = [
+        {"event": "record", "kind": "addition", "t": "2025-01-01T00:00:01.000Z", "seq": 5,
+         "ts": 1.0, "step": "add1", "material": "DMC", "vessel": "vial", "requested": 0.002,
+         "actual": 0.00199, "unit": "L"},
+        {"event": "record", "kind": "mixing", "t": "2025-01-01T00:00:02.000Z", "step": "mix",
+         "speed_rpm": 400, "duration_s": 60},
+        {"event": "record", "kind": "addition", "t": "2025-01-01T00:00:03.000Z", "step": "salt",
+         "material": "LiPF6", "vessel": "vial", "requested": 0.5, "actual": 0.498, "unit": "g"},
+        {"event": "record", "kind": "heating", "t": "2025-01-01T00:00:04.000Z",
+         "temperature_c": 60},
+        {"event": "record", "kind": "weighing", "t": "2025-01-01T00:00:05.000Z", "mass_g": 13},
+    ]
+    out = records_from_journal(evs)
+    assert [(a["order"], a["material"], a["time"]) for a in out["additions"]] == [
+        (1, "DMC", "2025-01-01T00:00:01.000Z"), (2, "LiPF6", "2025-01-01T00:00:03.000Z")]
+    assert out["mixing"][0]["speed_rpm"] == 400
+    assert out["temperatures"][0]["temperature_c"] == 60
+    assert out["observations"][0]["kind"] == "weighing"
+    meta = build_metadata(context={"run_id": "r", "times": {"created": "c"}}, events=evs,
+                          data_files=[], status="completed")
+    assert meta["outcome"]["status"] == "completed" and meta["times"]["created"] == "c"
+    assert instigator_info("ai:client-7", {"id": "req-42", "quantity": "conductivity"}) == {
+        "kind": "ai", "id": "client-7", "request": {"id": "req-42", "quantity": "conductivity"},
+        "request_id": "req-42"}
+    assert instigator_info("alice")["kind"] == "operator"
+
+
+def test_export_writes_an_ro_crate_zip(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    rec = store.create("demo")
+    rec.write_recipe({"recipe": {"name": "demo"}})
+    rec.data_path("eis").write_text("Test Time / s,Voltage / V,Current / A\n0,0,0\n")
+    rec.journal.append("transition", trigger="start", source="ready", dest="running")
+    rec.journal.append("run_finished", status="completed")
+    meta = build_metadata(
+        context={"run_id": rec.run_id, "recipe": {"name": "demo", "sha256": "ab"},
+                 "times": {"created": "c"},
+                 "instigator": {"kind": "ai", "id": "opt-1", "request_id": "q7"},
+                 "instruments": {"potentiostat": {"driver": "palmsens-emstat",
+                                                  "capabilities": ["potentiostat"],
+                                                  "identity": {"model": "EmStat Pico",
+                                                               "serial": "SIM1"}}},
+                 "software": {"version": "0.1.0"}, "fidelity": {"level": "simulated"}},
+        events=rec.events(), data_files=rec.data_files(), status="completed")
+    rec.write_metadata(meta)
+    rec.write_result({"status": "completed"})
+    rec.close()
+    zpath = store.export(rec.run_id, tmp_path / "out.zip")
+    with zipfile.ZipFile(zpath) as z:
+        names = set(z.namelist())
+        crate = json.loads(z.read(f"{rec.run_id}/ro-crate-metadata.json"))
+    assert {f"{rec.run_id}/{n}" for n in ("recipe.json", "metadata.json", "events.jsonl",
+                                          "result.json", "data/eis.bdf.csv")} <= names
+    assert crate["@context"] == "https://w3id.org/ro/crate/1.1/context"
+    graph = {e["@id"]: e for e in crate["@graph"]}
+    assert graph["ro-crate-metadata.json"]["about"] == {"@id": "./"}
+    root = graph["./"]
+    assert {"@id": "https://w3id.org/ro/wfrun/process/0.5"} == root["conformsTo"]
+    [action] = [e for e in crate["@graph"] if e["@type"] == "CreateAction"]
+    assert action["agent"]["@id"] in graph and graph[action["agent"]["@id"]]["identifier"] == "q7"
+    assert {"@id": "#instrument-potentiostat"} in action["instrument"]
+    assert graph["#instrument-potentiostat"]["serialNumber"] == "SIM1"
+    assert {"@id": "data/eis.bdf.csv"} in action["result"]
+    assert action["object"] == [{"@id": "recipe.json"}]
+    assert action["startTime"] and action["endTime"]
+    assert graph["data/eis.bdf.csv"]["sha256"] == meta["data_files"][0]["sha256"]
+    store.close()
+
+
+def test_journal_append_is_on_disk_before_return(tmp_path: Path) -> None:
+    """A durable append survives the writer being killed right after it."""
+    p = tmp_path / "events.jsonl"
+    code = ("import os, sys; from labctl.store import Journal\n"
+            "j = Journal(sys.argv[1]); j.append('step_started', step='s')\n"
+            "os.kill(os.getpid(), 9)\n")
+    pr = subprocess.run([sys.executable, "-c", code, str(p)], check=False, timeout=60)
+    assert pr.returncode == -9
+    assert [e["event"] for e in read_journal(p)] == ["step_started"]
+    assert os.path.getsize(p) == len(p.read_bytes())
