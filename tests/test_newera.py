@@ -18,6 +18,7 @@ from labctl.clock import Clock, ScaledClock
 from labctl.device import DeviceSpec, DeviceState
 from labctl.errors import DeviceBusy, DeviceFault, DeviceTimeout, LimitError, ProtocolError
 from labctl.transport import Link, LinkPool
+from simulators.base import Simulator
 from simulators.newera import NewEraSimulator
 from simulators.serving import Served, serve
 from simulators.world import World
@@ -589,7 +590,7 @@ async def test_two_pumps_daisy_chained_on_one_line() -> None:
     sims = [NewEraSimulator(clock=clock, address=a, world=w, name=f"p{a}", options={
         "syringe_diameter": 14.5, "source": "res_teos", "destination": "coat_vial"})
         for a in (1, 2)]
-    served = await serve(sims, "pty")
+    served = await serve(list[Simulator](sims), "pty")
     links = LinkPool()
     pumps = [NewEraPump(DeviceSpec(name=f"p{a}", driver="newera-ne1000",
                                    endpoint=served.endpoint, address=a,
