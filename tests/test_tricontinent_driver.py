@@ -347,6 +347,8 @@ async def test_queries_survive_lost_truncated_and_garbled_answers(bus: Bus) -> N
     assert await p.plunger_volume_l() == pytest.approx(1 * ML)
     bus.sim.faults.garbage = b"\x00\xff/9junk"
     assert await p.plunger_volume_l() == pytest.approx(1 * ML)
+    bus.sim.faults.delay_s = 0.05  # late, but within the reply timeout
+    assert await p.plunger_volume_l() == pytest.approx(1 * ML)
 
 
 async def test_lost_command_answer_is_a_timeout_not_a_repeat(bus: Bus) -> None:
@@ -429,7 +431,7 @@ async def test_group_initialisation_reports_a_member_that_failed() -> None:
 # -- safe state ---------------------------------------------------------------------------------
 async def test_safe_state_terminates_a_move(bus: Bus) -> None:
     p = await ready(bus)
-    await p.command("V20P3000R")  # 300 simulated seconds
+    await p.command("V1P3000R")  # 6000 simulated seconds
     assert bus.sim.busy
     await p.safe_state()
     assert bus.sim.is_safe()
