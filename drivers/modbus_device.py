@@ -478,7 +478,8 @@ class ModbusDevice(Device):
                 return c.write_register(pt.address, encoded[0], device_id=self.unit)
             return c.write_registers(pt.address, encoded, device_id=self.unit)
 
-        await self._call(f"write {name} = {value}", request, point=name, value=value)
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
+        await self._call(f"write {name} = {shown}", request, point=name, value=value)
 
     def _bits(self, name: str, word: int) -> dict[str, bool]:
         return {b: bool(word >> n & 1) for b, n in self.map.point(name).bits.items()}

@@ -124,10 +124,10 @@ class _Session:
                 self.line.request(self, frame[0], 0, frame[1:-2])
             else:
                 i += 1
-        if final:
+        # bytes not (yet) part of a frame stay until the line falls silent: they may be the
+        # start of a frame with a function code we do not know (answered with 01)
+        if final or len(buf) > 512:
             buf.clear()
-        elif i:
-            del buf[:i]
 
     def _gap_expired(self) -> None:
         """Silence after bytes: a whole frame with a valid CRC whose function code we do not
@@ -145,14 +145,17 @@ class _Session:
         buf = self.buf
         while len(buf) >= 7:
             tid, pid, length, unit = struct.unpack(">HHHB", buf[:7])
-            if pid != 0 or not 2 <= length <= 254:
-                log.debug("MBAP: not Modbus (%r), dropped", bytes(buf))
+            if not 2 <= length <= 254:  # no way to find the next frame: start afresh
+                log.debug("MBAP: bad length in %r, dropped", bytes(buf))
                 buf.clear()
                 return
             if len(buf) < 6 + length:
                 return
             pdu = bytes(buf[7 : 6 + length])
             del buf[: 6 + length]
+            if pid != 0:  # not Modbus: ignored, as the spec says
+                log.debug("MBAP: protocol id %d, ignored", pid)
+                continue
             self.line.request(self, unit, tid, pdu)
 
 
