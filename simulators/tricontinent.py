@@ -270,8 +270,17 @@ class TriContinentSimulator(Simulator):
             self._frame(frame, reply)
 
     def _skip_oem(self) -> bool:
-        """Drop an OEM frame (… ETX checksum) silently; False while it is incomplete."""
+        """Drop an OEM frame ([0xFF] STX … ETX checksum) silently; False while it is
+        incomplete. A lone 0xFF, or an STX followed by a CR before any ETX, is line noise:
+        only that byte goes, so a stray byte cannot make the pump deaf."""
+        if self._buf[0] == 0xFF and len(self._buf) > 1 and self._buf[1] != 0x02:
+            del self._buf[0]
+            return True
         etx = self._buf.find(b"\x03", 1)
+        cr = self._buf.find(b"\r", 1)
+        if cr >= 0 and (etx < 0 or cr < etx):
+            del self._buf[0]
+            return True
         if etx >= 0 and len(self._buf) > etx + 1:
             del self._buf[: etx + 2]
             return True

@@ -154,6 +154,9 @@ async def test_oem_frames_are_ignored_silently(line: Line) -> None:
     await line.send(b"\xff" + oem)
     assert await line.ask(b"/1Q\r") == ans(IDLE)
     assert not line.sim.initialized
+    # stray OEM start bytes do not swallow the DT frames after them
+    assert await line.ask(b"\xff/1Q\r") == ans(IDLE)
+    assert await line.ask(b"\x02/1Q\r") == ans(IDLE)
 
 
 # -- errors -----------------------------------------------------------------------------
