@@ -18,6 +18,8 @@ from labctl.config import BenchConfig
 from labctl.units import fmt, quantity
 
 EPS = 1e-12
+#: stands for liquid a step takes that was not there (already reported)
+SHORTFALL = "(missing)"
 
 
 @dataclass
@@ -159,13 +161,13 @@ class Inventory:
             self._use(mat, src, e.amount, "g")
         elif src is not None:
             have = src.volume_l
+            shortfall = 0.0
             if e.amount > have * (1 + 1e-9) + EPS:
                 problems.append((e.arg, f"{src.name} holds {fmt(have, 'L')}, cannot take "
                                         f"{fmt(e.amount, 'L')} at this step"))
-                if e.destination is None:
-                    self._transit = ({}, {})
-                return problems
-            fraction = e.amount / have if have > 0 else 0.0
+                # carry on as if it had been there, so later steps are not blamed for it
+                shortfall = e.amount - have
+            fraction = min(1.0, e.amount / have) if have > 0 else 0.0
             for m, v in list(src.liquids_l.items()):
                 liquids[m] = v * fraction
                 src.liquids_l[m] = v - liquids[m]
@@ -173,6 +175,8 @@ class Inventory:
             for m, g in list(src.solids_g.items()):
                 solids[m] = g * fraction
                 src.solids_g[m] = g - solids[m]
+            if shortfall > 0:
+                liquids[SHORTFALL] = liquids.get(SHORTFALL, 0.0) + shortfall
         if e.destination is None:
             self._transit = (liquids, solids)
             return problems
@@ -195,7 +199,7 @@ class Inventory:
     def _use(self, material: str, src: Holding, amount: float, unit: str) -> None:
         """Count what leaves a reservoir or a dispenser head (not what moves between
         vials or passes through a syringe)."""
-        if src.kind not in ("reservoir", "head") or amount <= EPS:
+        if src.kind not in ("reservoir", "head") or amount <= EPS or material == SHORTFALL:
             return
         key = (material, src.name)
         if key not in self.uses:

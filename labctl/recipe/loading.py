@@ -104,7 +104,7 @@ def read_file(path: Path, label: str | None = None) -> Document:
 
 def load_source(source: RecipeSource, base_dir: Path | None = None) -> Document:
     """A recipe from a path (Path, or a str that does not start with '{'), JSON text
-    (str/bytes), or already-parsed data (a mapping, e.g. from an MQTT payload)."""
+    (str/bytes), already-parsed data (a mapping, e.g. from an MQTT payload) or a Recipe."""
     if isinstance(source, Path):
         return read_file(source)
     if isinstance(source, bytes):
@@ -120,6 +120,8 @@ def load_source(source: RecipeSource, base_dir: Path | None = None) -> Document:
             return Document(parse_text(source), (base_dir or Path.cwd()).resolve(),
                             "<recipe>", source)
         return read_file(Path(source))
+    if hasattr(source, "model_dump"):  # a labctl.recipe.models.Recipe
+        source = source.model_dump(by_alias=True, exclude_none=True)
     if isinstance(source, Mapping):
         _check_depth_data(source, "<recipe>")
         try:

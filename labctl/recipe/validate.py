@@ -172,6 +172,7 @@ class Compiler:
         self.count = 0
         self.effects: dict[str, list[Effect]] = {}
         self.leaves: dict[str, PlannedStep] = {}
+        self.failed: set[str] = set()  # steps already reported, so references stay quiet
         self.materials: dict[str, Material] = {}
         self.includes: list[str] = []
         self.inlined: dict[str, tuple[dict[str, Any], Mapping[str, Any], Document]] = {}
@@ -304,6 +305,8 @@ class Compiler:
             return None
         if planned is not None:
             self.options(st, planned, p, ctx)
+        else:
+            self.failed.add(ctx.id_prefix + st.id)
         return planned
 
     def options(self, st: Any, planned: PlannedStep, p: str, ctx: _Ctx) -> None:
@@ -485,6 +488,9 @@ class Compiler:
             resolved = []
             for r in ref_list:
                 sid = self._find_step(r, ctx.id_prefix)
+                if sid is None and self._find_step(r, ctx.id_prefix, self.failed):
+                    good = False
+                    continue
                 if sid is None:
                     self.issue(f"{p}.args.{key}", f"no earlier step {r!r} to analyse", ctx.loop)
                     good = False
@@ -508,12 +514,14 @@ class Compiler:
         self.leaves[pid] = planned
         return planned
 
-    def _find_step(self, ref: str, id_prefix: str) -> str | None:
+    def _find_step(self, ref: str, id_prefix: str,
+                   among: Mapping[str, Any] | set[str] | None = None) -> str | None:
         """A step id as written in the recipe, looked up from the innermost scope out."""
+        pool = self.leaves if among is None else among
         parts = id_prefix.split(".")[:-1] if id_prefix else []
         for n in range(len(parts), -1, -1):
             cand = ".".join([*parts[:n], ref])
-            if cand in self.leaves:
+            if cand in pool:
                 return cand
         return None
 
