@@ -60,13 +60,14 @@ class MettlerBalanceSimulator(Simulator):
     default_model: ClassVar[str] = "XPR204S"
     default_capacity_g: ClassVar[float] = 220.0
     default_decimals: ClassVar[int] = 4
+    default_serial: ClassVar[str] = "B123456789"
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         o = self.options
         self.vessel: str | None = o.get("vessel")
         self.model = str(o.get("model", self.default_model))
-        self.serial = str(o.get("serial", "B123456789"))
+        self.serial = str(o.get("serial", self.default_serial))
         self.firmware = str(o.get("firmware", "2.10.3"))
         self.capacity_g = float(o.get("capacity_g", self.default_capacity_g))
         self.decimals = int(o.get("decimals", self.default_decimals))
@@ -361,6 +362,7 @@ class QuantosSimulator(MettlerBalanceSimulator):
     line: ClassVar[str] = "9600 8N1, Xon/Xoff"
     default_model: ClassVar[str] = "XPE206DR"
     default_decimals: ClassVar[int] = 5
+    default_serial: ClassVar[str] = "Q123456789"
 
     DOOR_CLOSED, DOOR_OPEN, DOOR_MOVING = 2, 3, 9
 
