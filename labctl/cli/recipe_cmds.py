@@ -1,0 +1,128 @@
+"""`labctl schema`, `labctl validate` and `labctl plan`: the recipe language on the command
+line. Nothing here touches a device: validation and planning are pure."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from labctl.cli.app import app
+from labctl.cli.common import (
+    DEFAULT_CONFIG_PATH,
+    EXIT_INVALID,
+    EXIT_OK,
+    ConfigOpt,
+    JsonOpt,
+    ParamOpt,
+    fail,
+    load_bench_config,
+)
+
+RecipeArg = Annotated[Path, typer.Argument(help="The recipe (JSON file).")]
+
+
+def _params(items: list[str] | None, as_json: bool) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            fail(f"--param {item!r}: expected NAME=VALUE", EXIT_INVALID, as_json=as_json)
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _plan_or_exit(recipe: Path, config: Path, param: list[str] | None, as_json: bool) -> Any:
+    from labctl.recipe import RecipeError, build_plan
+
+    params = _params(param, as_json)
+    cfg = load_bench_config(config, as_json=as_json)
+    try:
+        return cfg, build_plan(recipe, params, cfg)
+    except RecipeError as exc:
+        if as_json:
+            print(json.dumps(exc.to_dict(), indent=2))
+        else:
+            print(f"{recipe}: {len(exc.issues)} problem{'s' if len(exc.issues) != 1 else ''}",
+                  file=sys.stderr)
+            for issue in exc.issues:
+                print(f"  {issue}", file=sys.stderr)
+        raise typer.Exit(EXIT_INVALID) from None
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema (draft 2020-12) of recipes, with the action catalogue."""
+    from labctl.recipe import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
+def validate(
+    recipe: RecipeArg,
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
+    param: ParamOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check a recipe against a bench: syntax, schema, parameters, expressions, devices,
+    limits, vessels, materials. Exit 0 when valid, 2 with every problem listed."""
+    _cfg, plan = _plan_or_exit(recipe, config, param, json_out)
+    if json_out:
+        print(json.dumps({"ok": True, "errors": [], "sha256": plan.sha256,
+                          "estimated_s": plan.estimated_s}))
+    else:
+        leaves = sum(1 for _ in plan.leaves())
+        print(f"{recipe}: valid ({leaves} steps, about {plan.estimated_s / 60:.1f} min on "
+              f"bench {plan.bench_id})")
+    raise typer.Exit(EXIT_OK)
+
+
+def _rows(steps: list[Any], depth: int = 0) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for s in steps:
+        rows.append(("  " * depth + s.id, s.kind, f"{s.estimated_s:.1f}", s.description))
+        rows += _rows(s.children, depth + 1)
+    return rows
+
+
+@app.command()
+def plan(
+    recipe: RecipeArg,
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
+    param: ParamOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the materials request list "
+                                             "(CSV) and the SOP (Markdown) here.")] = None,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Materials for this many runs.")]
+    = 1,
+    json_out: JsonOpt = False,
+) -> None:
+    """Print the resolved steps with estimated durations and the total; with --out, write
+    the materials request list (CSV) and the standard operating procedure (Markdown)."""
+    from labctl.recipe.sop import write_outputs
+
+    cfg, p = _plan_or_exit(recipe, config, param, json_out)
+    written = [str(x) for x in write_outputs(p, cfg, out, runs)] if out is not None else []
+    if json_out:
+        print(json.dumps({"ok": True, "plan": p.to_dict(), "files": written}, indent=2,
+                         default=str))
+        raise typer.Exit(EXIT_OK)
+    table = Table(title=f"{p.name} v{p.version} on {p.bench_id} — sha256 {p.sha256[:12]}…")
+    for col in ("step", "kind", "est. s", "what"):
+        table.add_column(col, overflow="fold")
+    for row in _rows(p.steps):
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    console.print(f"Total estimated time: {p.estimated_s:.0f} s ({p.estimated_s / 60:.1f} min)")
+    for m in p.materials:
+        if m.amount > 0:
+            console.print(f"  {m.material}: {m.amount:.4g} {m.unit} from {m.source}")
+    for path in written:
+        console.print(f"wrote {path}")
+    raise typer.Exit(EXIT_OK)
