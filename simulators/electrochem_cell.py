@@ -102,8 +102,8 @@ class Cell:
     conductivity: object = None  # Callable[[], tuple[float, float]]
     soc: float = 0.5
     capacity_c: float = 0.0
-    charged_c: float = 0.0  # stored during the current cycle's charge (truth for tests)
-    ledger: list[dict[str, float]] = field(default_factory=list)
+    charge_in_c: float = 0.0  # total charge passed anodically (truth for tests)
+    charge_out_c: float = 0.0  # total charge passed cathodically
 
     def __post_init__(self) -> None:
         self.soc = self.params.initial_soc
@@ -201,6 +201,10 @@ class Cell:
             return
         p = self.params
         q = i_a * dt_s
+        if q > 0:
+            self.charge_in_c += q
+        else:
+            self.charge_out_c -= q
         if q > 0:
             stored = q * p.coulombic_efficiency
             room = (1.0 - self.soc) * self.capacity_c

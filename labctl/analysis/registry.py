@@ -1,0 +1,244 @@
+"""The analyses a recipe can name: `ANALYSES[name](files, **args)` → figures of merit.
+
+`files` is `{step_id: path}` or a list of BDF paths (data/<step_id>.bdf.csv); args are
+quantities with units (strings like "1.0 /cm", "25 degC") or floats already in the unit the
+spec states. The result holds `figures` (each with name, value, unit, method and the
+ontology IRI of formats.md where one exists) and the same figures by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labctl.analysis import cycling, eis, voltammetry
+from labctl.bdf import (
+    APPLIED_POTENTIAL,
+    CURRENT,
+    CYCLE,
+    FREQUENCY,
+    TEMPERATURE,
+    TEST_TIME,
+    VOLTAGE,
+    WE_POTENTIAL,
+    Z_IMAG,
+    Z_REAL,
+    pick,
+    read_bdf,
+)
+
+EMMO_EC = "https://w3id.org/emmo/domain/electrochemistry#"
+IRI_IONIC_CONDUCTIVITY = EMMO_EC + "electrochemistry_25dabdc2_68bf_4a38_8cbe_11be017358bc"
+IRI_COULOMBIC_EFFICIENCY = EMMO_EC + "electrochemistry_a5962e05_466d_46a4_8951_bea59d7326e5"
+IRI_WINDOW = EMMO_EC + "electrochemistry_129926b6_fc30_441d_b359_29b44c988514"
+IRI_CYCLING = EMMO_EC + "electrochemistry_79a8802e_8296_459a_b65d_6e5c79e1bf37"
+
+Files = Mapping[str, Any] | Sequence[Any]
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    unit: str | None = None  # None: taken as it is (text, integer)
+    default: Any = None
+    required: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """One analysis: its arguments (with units) and the function computing it."""
+
+    name: str
+    description: str
+    args: dict[str, ArgSpec]
+    func: Callable[..., list[dict[str, Any]]]
+    iri: str = ""
+    columns: tuple[str, ...] = field(default_factory=tuple)
+
+    def convert(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        from labctl.units import to
+
+        out: dict[str, Any] = {}
+        for name, spec in self.args.items():
+            value = args.get(name, spec.default)
+            if value is None:
+                if spec.required:
+                    raise ValueError(f"{self.name}: argument {name!r} is required")
+                out[name] = None
+                continue
+            if spec.unit is not None and isinstance(value, str):
+                value = to(value, spec.unit)
+            elif spec.unit is not None:
+                value = float(value)
+            out[name] = value
+        return out
+
+    def __call__(self, files: Files, **args: Any) -> dict[str, Any]:
+        known = self.convert(args)
+        figures = self.func(files, **known)
+        return {"analysis": self.name, "figures": figures,
+                **{f["name"]: f for f in figures}}
+
+
+def _paths(files: Files) -> list[tuple[str, Path]]:
+    if isinstance(files, Mapping):
+        return [(str(k), Path(v)) for k, v in files.items()]
+    out = []
+    for p in files:
+        path = Path(p)
+        out.append((path.name.split(".", 1)[0], path))
+    return out
+
+
+def load(files: Files, step: str | None, needs: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+    """The columns of the named step's file, or of the first file having `needs`."""
+    candidates = _paths(files)
+    if step is not None:
+        chosen = [(s, p) for s, p in candidates if s == step]
+        if not chosen:
+            raise ValueError(f"no data file for step {step!r} (have {[s for s, _ in candidates]})")
+        candidates = chosen
+    for sid, path in candidates:
+        cols = read_bdf(path)
+        if all(pick(cols, n) is not None for n in needs):
+            return sid, cols
+    raise ValueError(f"no data file with columns {', '.join(needs)}")
+
+
+def fig(name: str, value: Any, unit: str, method: str, iri: str = "", **extra: Any
+        ) -> dict[str, Any]:
+    return {"name": name, "value": value, "unit": unit, "method": method, "iri": iri, **extra}
+
+
+# -- ionic conductivity ------------------------------------------------------------------------
+
+def ionic_conductivity(files: Files, *, step: str | None = None, cell_constant: float,
+                       temperature: float | None, method: str = "fit") -> list[dict[str, Any]]:
+    sid, cols = load(files, step, (FREQUENCY, Z_REAL, Z_IMAG))
+    f, zr, zi = cols[FREQUENCY], cols[Z_REAL], cols[Z_IMAG]
+    r_hf = eis.hf_intercept(f, zr, zi)
+    figures = [fig("bulk_resistance_intercept", r_hf, "ohm", "high-frequency intercept",
+                   step=sid)]
+    r_b, how = r_hf, "high-frequency intercept of the Nyquist plot"
+    if method == "fit":
+        fit = eis.fit_r_rc_cpe(f, zr, zi)
+        figures.append(fig("bulk_resistance_fit", fit.r0_ohm, "ohm", "R0 + (R_ct||CPE) fit",
+                           step=sid, r_ct_ohm=fit.r_ct_ohm, cpe_q=fit.q, cpe_n=fit.n,
+                           rms_relative=fit.rms_relative, points=fit.points))
+        r_b, how = fit.r0_ohm, "R0 of an R0 + (R_ct||CPE) least-squares fit"
+    elif method != "intercept":
+        raise ValueError(f"method must be 'fit' or 'intercept', got {method!r}")
+    t_k = temperature
+    if t_k is None and TEMPERATURE in cols and np.isfinite(cols[TEMPERATURE]).any():
+        t_k = float(np.nanmean(cols[TEMPERATURE])) + 273.15
+    sigma = eis.conductivity_s_m(cell_constant, r_b)
+    common = {"step": sid, "temperature_k": t_k, "cell_constant_per_m": cell_constant,
+              "bulk_resistance_ohm": r_b}
+    figures += [
+        fig("ionic_conductivity", sigma, "S/m", f"EIS: sigma = K_cell/R_b, R_b from the {how}",
+            IRI_IONIC_CONDUCTIVITY, **common),
+        fig("ionic_conductivity_mS_cm", sigma * 10.0, "mS/cm", "same as ionic_conductivity",
+            IRI_IONIC_CONDUCTIVITY, **common),
+        fig("temperature", t_k, "K", "as given to the analysis"),
+    ]
+    return figures
+
+
+# -- stability window ----------------------------------------------------------------------------
+
+def stability_window(files: Files, *, step: str | None = None, anodic_step: str | None = None,
+                     cathodic_step: str | None = None, threshold: float, area: float,
+                     reference: str | None = None) -> list[dict[str, Any]]:
+    def sweep(s: str | None) -> tuple[str, dict[str, Any]]:
+        return load(files, s, (CURRENT,))
+
+    limits: dict[str, float | None] = {}
+    rates: list[float] = []
+    for direction, s in (("anodic", anodic_step or step), ("cathodic", cathodic_step or step)):
+        sid, cols = sweep(s)
+        e = pick(cols, APPLIED_POTENTIAL, WE_POTENTIAL, VOLTAGE)
+        if e is None:
+            raise ValueError(f"step {sid}: no potential column")
+        limits[direction] = voltammetry.onset_potential(e, cols[CURRENT], area, threshold,
+                                                        direction)
+        rates.append(voltammetry.scan_rate_v_s(cols[TEST_TIME], e))
+    w = voltammetry.Window(limits["anodic"], limits["cathodic"])
+    common = {"threshold_a_m2": threshold, "threshold_mA_cm2": threshold / 10.0,
+              "area_m2": area, "scan_rate_v_s": float(np.nanmedian(rates)),
+              "reference": reference or ""}
+    method = "LSV: first potential where |j| exceeds the threshold current density"
+    return [
+        fig("anodic_limit", w.e_ox_v, "V", method, IRI_WINDOW, **common),
+        fig("cathodic_limit", w.e_red_v, "V", method, IRI_WINDOW, **common),
+        fig("electrochemical_window", w.width_v, "V", "E_ox - E_red, " + method, IRI_WINDOW,
+            **common),
+    ]
+
+
+# -- cycling ------------------------------------------------------------------------------------
+
+def coulombic_efficiency(files: Files, *, step: str | None = None, reference_cycle: int = 1,
+                         end_of_life: float = 80.0) -> list[dict[str, Any]]:
+    sid, cols = load(files, step, (CURRENT, CYCLE))
+    cyc = cycling.charges_per_cycle(cols[TEST_TIME], cols[CURRENT], cols[CYCLE])
+    full = [c for c in cyc if c.charge_ah > 0 and c.discharge_ah > 0]
+    if not full:
+        raise ValueError(f"step {sid}: no cycle with both charge and discharge")
+    ce = [c.efficiency_pct for c in full]
+    ret = cycling.retention_pct(cyc, int(reference_cycle))
+    method = "integral of current per cycle: CE_n = Q_dis,n / Q_ch,n x 100 %"
+    per = {"step": sid, "cycles": [c.cycle for c in full]}
+    last = full[-1].cycle
+    return [
+        fig("coulombic_efficiency", ce[-1], "%", method + f" (cycle {last})",
+            IRI_COULOMBIC_EFFICIENCY, cycle=last, step=sid),
+        fig("coulombic_efficiency_mean", float(np.mean(ce)), "%", method,
+            IRI_COULOMBIC_EFFICIENCY, step=sid),
+        fig("coulombic_efficiency_per_cycle", ce, "%", method, IRI_COULOMBIC_EFFICIENCY, **per),
+        fig("charge_capacity_per_cycle", [c.charge_ah for c in full], "Ah", method,
+            IRI_CYCLING, **per),
+        fig("discharge_capacity_per_cycle", [c.discharge_ah for c in full], "Ah", method,
+            IRI_CYCLING, **per),
+        fig("capacity_retention", ret.get(last), "%",
+            f"Q_dis,n / Q_dis,{int(reference_cycle)} x 100 %", IRI_CYCLING, cycle=last,
+            step=sid),
+        fig("capacity_retention_per_cycle", [ret.get(c.cycle) for c in full], "%",
+            "Q_dis,n / Q_dis,ref x 100 %", IRI_CYCLING, **per),
+        fig("end_of_life_cycle", cycling.end_of_life_cycle(ret, end_of_life), "1",
+            f"first cycle with retention below {end_of_life:g} %", IRI_CYCLING, step=sid),
+    ]
+
+
+_STEP = ArgSpec(None, None, False, "step whose data file to analyse (default: the one "
+                "that has the needed columns)")
+_CE = AnalysisSpec(
+    "coulombic_efficiency", "Coulombic efficiency and capacity retention per cycle (GCPL).",
+    {"step": _STEP, "reference_cycle": ArgSpec(None, 1), "end_of_life": ArgSpec(None, 80.0)},
+    coulombic_efficiency, IRI_COULOMBIC_EFFICIENCY, (CURRENT, CYCLE),
+)
+ANALYSES: dict[str, AnalysisSpec] = {
+    "ionic_conductivity": AnalysisSpec(
+        "ionic_conductivity",
+        "Ionic conductivity sigma = K_cell / R_b from a PEIS spectrum (S/m, with T in K).",
+        {"step": _STEP,
+         "cell_constant": ArgSpec("1/m", "1.0 /cm", False, "cell constant K_cell"),
+         "temperature": ArgSpec("K", None, False, "electrolyte temperature"),
+         "method": ArgSpec(None, "fit", False, "'fit' (R0 + R_ct||CPE) or 'intercept'")},
+        ionic_conductivity, IRI_IONIC_CONDUCTIVITY, (FREQUENCY, Z_REAL, Z_IMAG),
+    ),
+    "stability_window": AnalysisSpec(
+        "stability_window",
+        "Electrochemical stability window from LSV at a threshold current density.",
+        {"step": _STEP, "anodic_step": ArgSpec(), "cathodic_step": ArgSpec(),
+         "threshold": ArgSpec("A/m^2", "0.05 mA/cm^2", False, "current density threshold"),
+         "area": ArgSpec("m^2", "0.196 cm^2", False, "working electrode area"),
+         "reference": ArgSpec(None, "", False, "reference electrode of the potentials")},
+        stability_window, IRI_WINDOW, (CURRENT,),
+    ),
+    "coulombic_efficiency": _CE,
+    "capacity_retention": _CE,
+}
