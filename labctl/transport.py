@@ -171,6 +171,7 @@ class Link:
 
     def __post_init__(self) -> None:
         self.lock = asyncio.Lock()
+        self._open_lock = asyncio.Lock()  # two devices opening a shared bus open it once
         self.stats = LinkStats()
         self._stream: _Stream | None = None
         self._buf = bytearray()
@@ -207,6 +208,12 @@ class Link:
     async def _ensure_open(self) -> _Stream:
         if self._stream is not None:
             return self._stream
+        async with self._open_lock:
+            if self._stream is not None:
+                return self._stream
+            return await self._open_with_backoff()
+
+    async def _open_with_backoff(self) -> _Stream:
         deadline = time.monotonic() + self.reconnect_timeout
         delay = self.backoff_initial
         while True:
@@ -279,14 +286,22 @@ class Link:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(stream.read())
-        done, _ = await asyncio.wait({self._pending}, timeout=remaining)
-        if not done:
-            raise TimeoutError
-        task, self._pending = self._pending, None
         try:
-            data = task.result()
+            if isinstance(stream, _AsyncioStream) and self._pending is None:
+                # Fast path: a StreamReader read can be cancelled without losing bytes (they
+                # stay in its buffer), so no helper task is needed.
+                async with asyncio.timeout(remaining):
+                    data = await stream.read()
+            else:
+                # Threaded reads cannot be cancelled safely: keep the read pending across
+                # timeouts so no bytes are lost.
+                if self._pending is None:
+                    self._pending = asyncio.ensure_future(stream.read())
+                done, _ = await asyncio.wait({self._pending}, timeout=remaining)
+                if not done:
+                    raise TimeoutError
+                task, self._pending = self._pending, None
+                data = task.result()
         except (OSError, serial.SerialException) as exc:
             self.stats.last_error = str(exc)
             log.debug("%s: read failed (%s)", self._label, exc)

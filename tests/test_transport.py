@@ -160,3 +160,14 @@ async def test_every_byte_is_logged_at_debug(
         await link.close()
     text = caplog.text
     assert "dbg > b'hi\\r'" in text and "dbg < b'HI\\r'" in text
+
+
+async def test_concurrent_opens_of_a_shared_link_open_one_stream(pty_server: ByteServer) -> None:
+    link = Link(pty_server.endpoint)
+    try:
+        await asyncio.gather(*(link.open() for _ in range(5)))
+        # one stream: every reply arrives whole at the single reader
+        assert await link.transact(b"once\r", b"\r", 2.0) == b"ONCE\r"
+        assert link.stats.reconnects == 0
+    finally:
+        await link.close()
