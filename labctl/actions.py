@@ -14,6 +14,7 @@ the plan (SI floats under suffixed keys: `volume_l`, `flow_l_s`, `temperature_c`
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -22,7 +23,20 @@ from pydantic import ValidationError
 
 from labctl.clock import Clock
 from labctl.config import BenchConfig, DeviceConfig
-from labctl.units import UnitError, fmt, quantity, ureg
+from labctl.units import UnitError, quantity, ureg
+from labctl.units import fmt as _fmt
+
+_LITRE = re.compile(r"(?<![A-Za-z])([mµunk]?)l(?![A-Za-z])")
+
+
+def litres_upper(text: str) -> str:
+    """'5 ml/min' -> '5 mL/min': the litre symbol the way chemists write it."""
+    return _LITRE.sub(r"\1L", text)
+
+
+def fmt(value: float, unit: str, digits: int = 4) -> str:
+    """labctl.units.fmt with litres written 'L' ('30 mL', '25 mL/min')."""
+    return litres_upper(_fmt(value, unit, digits))
 
 # ---------------------------------------------------------------- the executor's side
 
@@ -214,7 +228,7 @@ def format_quantity(q: pint.Quantity) -> str:
         mag_s = str(int(mag))
     else:
         mag_s = f"{float(mag):.12g}"
-    units = f"{q.units:~}"
+    units = litres_upper(f"{q.units:~}")
     return f"{mag_s} {units}".strip() if units else mag_s
 
 

@@ -368,7 +368,9 @@ def format_value(value: Any) -> str:
     if isinstance(value, pint.Quantity):
         mag = float(value.magnitude)
         mag_s = str(int(mag)) if mag.is_integer() and abs(mag) < 1e15 else f"{mag:.12g}"
-        units = f"{value.units:~}"
+        from labctl.actions import litres_upper
+
+        units = litres_upper(f"{value.units:~}")
         return f"{mag_s} {units}" if units else mag_s
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from labctl.actions import Effect
+from labctl.actions import Effect, fmt
 from labctl.config import BenchConfig
-from labctl.units import fmt, quantity
+from labctl.units import quantity
 
 EPS = 1e-12
 #: stands for liquid a step takes that was not there (already reported)

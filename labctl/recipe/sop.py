@@ -9,9 +9,9 @@ import io
 import re
 from pathlib import Path
 
+from labctl.actions import fmt
 from labctl.config import BenchConfig
 from labctl.recipe.plan import Plan, PlannedStep
-from labctl.units import fmt
 
 CSV_COLUMNS = ("material", "amount", "unit", "where from", "per run")
 

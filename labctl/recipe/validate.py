@@ -26,6 +26,7 @@ from labctl.actions import (
     DeviceView,
     Effect,
     driver_capabilities,
+    fmt,
     get_action,
 )
 from labctl.config import BenchConfig
@@ -60,7 +61,7 @@ from labctl.recipe.models import (
 )
 from labctl.recipe.parameters import resolve_parameters
 from labctl.recipe.plan import MaterialUse, Plan, PlannedStep
-from labctl.units import fmt, quantity
+from labctl.units import quantity
 
 MAX_REPEAT = 10_000
 MAX_STEPS = 100_000
