@@ -302,6 +302,8 @@ class Link:
                     raise TimeoutError
                 task, self._pending = self._pending, None
                 data = task.result()
+        except TimeoutError:  # a subclass of OSError, but not a broken link
+            raise
         except (OSError, serial.SerialException) as exc:
             self.stats.last_error = str(exc)
             log.debug("%s: read failed (%s)", self._label, exc)
