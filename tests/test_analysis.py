@@ -1,0 +1,215 @@
+"""Figures of merit recovered from the simulator's output, where the truth is known: the
+driver measures the simulated cell over a pty, the data go through BDF files, the analyses
+read them back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from drivers.palmsens import EmStat
+from labctl.analysis import ANALYSES
+from labctl.analysis.cycling import charges_per_cycle, end_of_life_cycle, retention_pct
+from labctl.analysis.eis import fit_r_rc_cpe, hf_intercept, r_rc_cpe
+from labctl.analysis.voltammetry import onset_potential
+from labctl.bdf import BdfWriter
+from labctl.clock import ScaledClock
+from labctl.device import DeviceSpec
+from labctl.techniques import GCPL, LSV, PEIS, GCPLPhase, Technique
+from simulators.conductivity import conductivity_s_m
+from simulators.palmsens import EmStatSimulator
+from simulators.serving import serve
+from simulators.world import World
+
+
+def electrolyte_world(ec_g: float, dmc_g: float, salt_g: float, temperature_c: float) -> World:
+    world = World.from_spec({
+        "materials": {"EC": {"density_g_ml": 1.32}, "DMC": {"density_g_ml": 1.07},
+                      "LiPF6": {"phase": "solid", "molar_mass_g_mol": 151.905}},
+        "vessels": {"cell_vial": {"capacity": "20 mL",
+                                  "contents": {"EC": f"{ec_g} g", "DMC": f"{dmc_g} g",
+                                               "LiPF6": f"{salt_g} g"}}},
+    })
+    world.set_temperature("cell_vial", temperature_c)
+    return world
+
+
+class Bench:
+    def __init__(self, sim: EmStatSimulator, dev: EmStat, served: Any):
+        self.sim, self.dev, self.served = sim, dev, served
+
+    async def record(self, tech: Technique, path: Path) -> Path:
+        with BdfWriter(path, tech) as w:
+            async for p in self.dev.measure(tech):
+                w.write(p)
+        return path
+
+
+async def start(world: World | None = None, scale: float = 1000.0, **options: Any) -> Bench:
+    clock = ScaledClock(scale)
+    sim = EmStatSimulator(clock=clock, world=world,
+                          options={"seed": 5, "vessel": "cell_vial", **options})
+    served = await serve([sim], "pty")
+    dev = EmStat(DeviceSpec(name="pstat", driver="palmsens-emstat", endpoint=served.endpoint,
+                            params={"cell_constant": "1.0 /cm"}), clock=clock)
+    await dev.connect()
+    return Bench(sim, dev, served)
+
+
+@pytest.fixture
+async def bench_factory() -> AsyncIterator[Any]:
+    made: list[Bench] = []
+
+    async def make(*args: Any, **kwargs: Any) -> Bench:
+        b = await start(*args, **kwargs)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        await b.dev.open_link().close()
+        await b.served.close()
+
+
+# -- pure functions on synthetic spectra --------------------------------------------------------
+
+def test_fit_recovers_a_known_circuit() -> None:
+    f = np.geomspace(1e5, 1, 41)
+    z = r_rc_cpe(f, 42.0, 300.0, 2e-6, 0.85)
+    fit = fit_r_rc_cpe(f, z.real, z.imag)
+    assert fit.r0_ohm == pytest.approx(42.0, rel=1e-4)
+    assert fit.r_ct_ohm == pytest.approx(300.0, rel=1e-3)
+    assert fit.n == pytest.approx(0.85, abs=1e-3)
+
+
+def test_intercept_with_an_inductive_tail() -> None:
+    f = np.geomspace(1e6, 10, 31)
+    z = r_rc_cpe(f, 50.0, 200.0, 1e-6, 0.9) + 1j * 2 * np.pi * f * 2e-6  # cable inductance
+    r = hf_intercept(f, z.real, z.imag)
+    crossing = np.argmax(z.imag < 0)
+    assert z.real[crossing - 1] <= r <= z.real[crossing] or \
+        z.real[crossing] <= r <= z.real[crossing - 1]
+    assert r == pytest.approx(50.0, rel=0.05)
+
+
+def test_onsets_and_cycling_on_synthetic_data() -> None:
+    e = np.linspace(3.0, 5.0, 201)
+    i = 1e-6 * np.exp((e - 4.5) / 0.1)
+    assert onset_potential(e, i, 1e-4, 0.01, "anodic") == pytest.approx(4.5, abs=2e-3)
+    assert onset_potential(e, i, 1e-4, 1e9, "anodic") is None
+    t = np.arange(0, 40.0)
+    cur = np.where(t % 20 < 10, 1e-3, -0.9e-3)
+    cyc = t // 20 + 1
+    cycles = charges_per_cycle(t, cur, cyc)
+    assert [c.cycle for c in cycles] == [1, 2]
+    assert cycles[1].efficiency_pct == pytest.approx(90.0)
+    assert end_of_life_cycle({1: 100.0, 2: 85.0, 3: 79.0}) == 3
+    assert retention_pct(cycles) == {1: pytest.approx(100.0), 2: pytest.approx(100.0)}
+
+
+def test_registry_names_and_units() -> None:
+    assert {"ionic_conductivity", "stability_window", "coulombic_efficiency"} <= set(ANALYSES)
+    spec = ANALYSES["ionic_conductivity"]
+    assert spec.args["cell_constant"].unit == "1/m"
+    args = spec.convert({"cell_constant": "1.0 /cm", "temperature": "25 degC"})
+    assert args["cell_constant"] == pytest.approx(100.0)
+    assert args["temperature"] == pytest.approx(298.15)
+
+
+# -- on the simulator's output ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("ec,dmc,salt,temp", [
+    (5.0, 5.0, 1.5191, 25.0),  # 1 mol/kg, EC:DMC 1:1, near the optimum
+    (3.0, 7.0, 0.5, 40.0),  # dilute, DMC-rich, warm
+    (7.0, 3.0, 3.5, 10.0),  # concentrated, EC-rich, cold
+])
+async def test_conductivity_recovered_within_2_percent(
+    bench_factory: Any, tmp_path: Path, ec: float, dmc: float, salt: float, temp: float
+) -> None:
+    world = electrolyte_world(ec, dmc, salt, temp)
+    b = await bench_factory(world, redox_concentration=0)
+    path = await b.record(PEIS(amplitude_v=0.01, f_start_hz=1e5, f_end_hz=0.1,
+                               n_frequencies=31), tmp_path / "eis1.bdf.csv")
+    molality = salt / 151.905 / ((ec + dmc) / 1000)
+    truth = conductivity_s_m(molality, ec / (ec + dmc), temp)
+    result = ANALYSES["ionic_conductivity"]({"eis1": path}, cell_constant="1.0 /cm",
+                                            temperature=f"{temp} degC")
+    sigma = result["ionic_conductivity"]
+    assert sigma["unit"] == "S/m" and sigma["iri"].endswith("25dabdc2_68bf_4a38_8cbe_11be017358bc")
+    assert sigma["value"] == pytest.approx(truth, rel=0.02)
+    assert result["ionic_conductivity_mS_cm"]["value"] == pytest.approx(10 * sigma["value"])
+    assert result["temperature"]["value"] == pytest.approx(temp + 273.15)
+    r_int = result["bulk_resistance_intercept"]["value"]
+    assert 100.0 / r_int == pytest.approx(truth, rel=0.02)
+    intercept_only = ANALYSES["ionic_conductivity"]([path], method="intercept")
+    assert intercept_only["ionic_conductivity"]["value"] == pytest.approx(100.0 / r_int)
+
+
+async def test_conductivity_follows_a_change_in_the_vial(bench_factory: Any,
+                                                         tmp_path: Path) -> None:
+    """Salt added between two measurements raises the measured conductivity as the model
+    says it should."""
+    world = electrolyte_world(5.0, 5.0, 0.3, 25.0)
+    b = await bench_factory(world, redox_concentration=0)
+    tech = PEIS(amplitude_v=0.01, f_start_hz=1e5, f_end_hz=1, n_frequencies=21)
+    before = ANALYSES["ionic_conductivity"]([await b.record(tech, tmp_path / "a.bdf.csv")])
+    world.add_solid("cell_vial", "LiPF6", 1.2)
+    after = ANALYSES["ionic_conductivity"]([await b.record(tech, tmp_path / "b.bdf.csv")])
+    s0, s1 = before["ionic_conductivity"]["value"], after["ionic_conductivity"]["value"]
+    assert s0 == pytest.approx(conductivity_s_m(0.3 / 151.905 / 0.01, 0.5, 25), rel=0.02)
+    assert s1 == pytest.approx(conductivity_s_m(1.5 / 151.905 / 0.01, 0.5, 25), rel=0.02)
+
+
+async def test_stability_window_from_lsv(bench_factory: Any, tmp_path: Path) -> None:
+    b = await bench_factory(None, redox_concentration=0)
+    area_m2 = 0.196e-4
+    an = await b.record(LSV(E_begin_v=3.0, E_end_v=5.3, E_step_v=0.002, scan_rate_v_s=0.005),
+                        tmp_path / "lsv_ox.bdf.csv")
+    cat = await b.record(LSV(E_begin_v=3.0, E_end_v=0.3, E_step_v=0.002, scan_rate_v_s=0.005),
+                         tmp_path / "lsv_red.bdf.csv")
+    result = ANALYSES["stability_window"]({"lsv_ox": an, "lsv_red": cat},
+                                          anodic_step="lsv_ox", cathodic_step="lsv_red",
+                                          threshold="0.05 mA/cm^2", area="0.196 cm^2",
+                                          reference="Li/Li+")
+    e_red, e_ox = b.sim.cell.onset_potentials(0.5)  # 0.05 mA/cm² = 0.5 A/m²
+    assert result["anodic_limit"]["value"] == pytest.approx(e_ox, abs=0.01)
+    assert result["cathodic_limit"]["value"] == pytest.approx(e_red, abs=0.01)
+    assert result["electrochemical_window"]["value"] == pytest.approx(e_ox - e_red, abs=0.02)
+    w = result["electrochemical_window"]
+    assert w["scan_rate_v_s"] == pytest.approx(0.005, rel=0.01)
+    assert w["threshold_mA_cm2"] == pytest.approx(0.05) and w["reference"] == "Li/Li+"
+    assert w["area_m2"] == pytest.approx(area_m2)
+
+
+async def test_coulombic_efficiency_and_retention_from_cycling(bench_factory: Any,
+                                                               tmp_path: Path) -> None:
+    b = await bench_factory(None, scale=20000, soc=0.0, coulombic_efficiency=0.97,
+                            capacity_fade=0.02)
+    tech = GCPL(n_cycles=3, phases=[
+        GCPLPhase(mode="cc", current_a=2e-4, upper_cutoff_v=3.45, max_time_s=7200,
+                  sample_interval_s=5),
+        GCPLPhase(mode="rest", max_time_s=60, sample_interval_s=20),
+        GCPLPhase(mode="cc", current_a=-2e-4, lower_cutoff_v=2.55, max_time_s=7200,
+                  sample_interval_s=5),
+    ])
+    path = await b.record(tech, tmp_path / "cycling.bdf.csv")
+    result = ANALYSES["coulombic_efficiency"]([path])
+    snap = b.sim.snapshot()
+    q_ch = sum(result["charge_capacity_per_cycle"]["value"]) * 3600
+    q_dis = sum(result["discharge_capacity_per_cycle"]["value"]) * 3600
+    assert q_ch == pytest.approx(snap["charge_in_c"], rel=0.01)
+    assert q_dis == pytest.approx(snap["charge_out_c"], rel=0.01)
+    ce = result["coulombic_efficiency_per_cycle"]["value"]
+    assert len(ce) == 3
+    assert all(94.0 < x < 99.5 for x in ce)  # the simulated 97 % stored, minus cut-off losses
+    assert result["coulombic_efficiency"]["unit"] == "%"
+    retention = result["capacity_retention_per_cycle"]["value"]
+    assert retention[0] == pytest.approx(100.0)
+    assert retention[2] < retention[1] < 100.0  # the capacity fades
+    assert result["end_of_life_cycle"]["value"] is None
+    assert ANALYSES["capacity_retention"]([path])["capacity_retention"]["value"] == \
+        pytest.approx(retention[2])
