@@ -56,7 +56,9 @@ class IkaHotplate(Stirrer):
         super().__init__(*args, **kwargs)
         p = self.spec.params
         wd = p.get("watchdog")
-        self.watchdog_s: float | None = to(wd, "s") if wd not in (None, "", 0) else None
+        self.watchdog_s: float | None = None
+        if wd not in (None, "", 0):
+            self.watchdog_s = float(wd) if isinstance(wd, (int, float)) else to(wd, "s")
         self.sensor: str = str(p.get("sensor", "medium"))
         if self.sensor not in ("medium", "plate"):
             raise ValueError(f"{self.name}: sensor must be 'medium' or 'plate'")

@@ -93,6 +93,11 @@ class SicsReply:
         return value * UNIT_TO_G[unit]
 
 
+def _seconds(value: Any) -> float:
+    """A duration from the config: a quantity string, or a bare number of seconds."""
+    return float(value) if isinstance(value, (int, float)) else to(value, "s")
+
+
 def echo_for(command: str) -> str:
     """What a reply to `command` starts with: weights answer `S`, `@` answers `I4`, a
     Quantos action echoes its first two numbers, a QRD query itself, a QRD set `QRD`."""
@@ -164,7 +169,7 @@ class MettlerBalance(Balance):
         super().__init__(*args, **kwargs)
         p = self.spec.params
         #: how long the balance may take to settle (its own S/Z/T timeout is shorter)
-        self.stable_wait_s = to(p.get("stable_timeout", "30 s"), "s")
+        self.stable_wait_s = _seconds(p.get("stable_timeout", "30 s"))
         self.capacity_g: float | None = None
         self.grams_forced = False
         self._ends: dict[str, SicsReply] = {}
@@ -337,7 +342,7 @@ class QuantosDispenser(MettlerBalance, Dispenser):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.s_per_mg = to(self.spec.params.get("dose_time_per_100mg", "30 s"), "s") / 100
+        self.s_per_mg = _seconds(self.spec.params.get("dose_time_per_100mg", "30 s")) / 100
         self.max_mass_g = self.limit("max_mass", "g")
         self._dose_lock = asyncio.Lock()
         self._stop_requested = False

@@ -509,7 +509,8 @@ class QuantosSimulator(MettlerBalanceSimulator):
         timeout = self.dose_timeout_s or 3 * expected + 60
         step = max(0.5, 0.02 * self.clock.time_scale)
         self.dosed_g = 0.0
-        record = {"target_g": target_g, "goal_g": goal, "dosed_g": 0.0, "result": None}
+        record: dict[str, Any] = {"target_g": target_g, "goal_g": goal, "dosed_g": 0.0,
+                                  "result": None}
         self.doses.append(record)
         started = self.clock.monotonic()
         last = started

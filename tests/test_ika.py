@@ -235,7 +235,7 @@ async def test_setpoints_heat_and_stir_the_world_vial(bench: Bench) -> None:
     await dev.set_speed(400)
     assert bench.sim.temp_sp_c == 60.0 and bench.sim.heater_on
     assert bench.sim.speed_sp_rpm == 400 and bench.sim.motor_on
-    await wait_for(lambda: bench.world.vessel("vial").temperature_c > 59.0)
+    await wait_for(lambda: bench.world.vessel("vial").temperature_c > 59.5)
     assert await dev.speed_rpm() == 400.0
     assert await dev.medium_temperature_c() > 59.0
     assert await dev.plate_temperature_c() > 59.0
@@ -368,3 +368,25 @@ async def test_watchdog_keepalive_then_crashed_host_leaves_safe_hotplate(
     assert b.sim.snapshot()["error"] == 2
     st = await dev.status()
     assert st.state is DeviceState.FAULT
+
+
+async def test_simulated_bench_config_hotplate_arms_its_watchdog() -> None:
+    """config/sim.toml: the hotplate connects with its 60 s watchdog and heats cell_vial."""
+    from labctl.config import load_config
+    from labctl.instruments import Instruments
+
+    cfg = load_config("config/sim.toml")
+    async with Instruments(cfg, time_scale=100, only=["hotplate"]) as inst:
+        dev = inst.devices["hotplate"]
+        sim = inst.simulation.simulators["hotplate"]
+        assert isinstance(dev, IkaHotplate)
+        assert dev.info is not None and dev.info.model == "RCT digital"
+        await wait_for(lambda: sim.snapshot()["watchdog_mode"] == 1)
+        assert sim.snapshot()["watchdog_s"] == 60
+        with pytest.raises(LimitError):
+            await dev.set_temperature(85)  # max_temperature = 80 degC
+        await dev.set_temperature(40)
+        await dev.set_speed(300)
+        await wait_for(lambda: inst.simulation.world.vessel("cell_vial").stir_rpm == 300)
+        await inst.safe_state_all()
+        assert sim.is_safe()

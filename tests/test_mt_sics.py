@@ -515,3 +515,23 @@ async def test_dispenser_recovers_from_silence_and_garbage(bench: Bench) -> None
         await disp.door_state()
     bench.quantos.faults.silence = False
     assert await disp.dispense(0.02) == pytest.approx(0.02, rel=0.03)
+
+
+async def test_simulated_bench_config_doses_into_cell_vial() -> None:
+    """config/sim.toml: the dispenser doses LiPF6 into cell_vial and reads it back."""
+    from labctl.config import load_config
+    from labctl.instruments import Instruments
+
+    cfg = load_config("config/sim.toml")
+    async with Instruments(cfg, time_scale=1000, only=["balance", "dispenser"]) as inst:
+        disp = inst.devices["dispenser"]
+        bal = inst.devices["balance"]
+        assert isinstance(disp, QuantosDispenser) and isinstance(bal, MettlerBalance)
+        assert disp.info is not None and disp.info.serial
+        assert bal.info is not None and bal.info.model
+        with pytest.raises(LimitError):
+            await disp.dispense(6.0)  # max_mass = 5 g
+        dosed = await disp.dispense(0.25)
+        world = inst.simulation.world
+        assert world.composition("cell_vial")["LiPF6"] == pytest.approx(dosed, abs=1e-5)
+        assert await bal.weigh() == pytest.approx(world.mass_g("coat_vial"))
