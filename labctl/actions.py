@@ -35,8 +35,24 @@ def litres_upper(text: str) -> str:
 
 
 def fmt(value: float, unit: str, digits: int = 4) -> str:
-    """labctl.units.fmt with litres written 'L' ('30 mL', '25 mL/min')."""
-    return litres_upper(_fmt(value, unit, digits))
+    """A value for people, in the unit recipes use for it: flows in mL/min, speeds in rpm,
+    temperatures in °C, durations in s/min/h, otherwise compacted ('30 mL', '5 mg')."""
+    if unit == "L/s":
+        return f"{value * 6e4:.{digits}g} mL/min"
+    if unit == "rpm":
+        return f"{value:.{digits}g} rpm"
+    if unit == "degC":
+        return f"{value:.{digits}g} °C"
+    if unit == "s":
+        if abs(value) < 120:
+            return f"{value:.{digits}g} s"
+        if abs(value) < 7200:
+            return f"{value / 60:.{digits}g} min"
+        return f"{value / 3600:.{digits}g} h"
+    try:
+        return litres_upper(_fmt(value, unit, digits))
+    except Exception:  # odd values (inf) are shown plainly
+        return f"{value:.{digits}g} {unit}"
 
 # ---------------------------------------------------------------- the executor's side
 
@@ -601,7 +617,7 @@ class SyringeAspirate(_SyringeAction):
 
     def describe(self, dev: DeviceView, a: dict[str, Any]) -> str:
         src = f" from {a['source']}" if a.get("source") else ""
-        flow = f" at {fmt(a['flow_l_s'] * 60, 'L')}/min" if a.get("flow_l_s") else ""
+        flow = f" at {fmt(a['flow_l_s'], 'L/s')}" if a.get("flow_l_s") else ""
         return f"Aspirate {fmt(a['volume_l'], 'L')}{src} into {dev.name}{flow}."
 
     async def run(self, device: Any, a: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
@@ -645,7 +661,7 @@ class SyringeDispense(_SyringeAction):
 
     def describe(self, dev: DeviceView, a: dict[str, Any]) -> str:
         dst = f" to {a['destination']}" if a.get("destination") else ""
-        flow = f" at {fmt(a['flow_l_s'] * 60, 'L')}/min" if a.get("flow_l_s") else ""
+        flow = f" at {fmt(a['flow_l_s'], 'L/s')}" if a.get("flow_l_s") else ""
         return f"Dispense {fmt(a['volume_l'], 'L')} from {dev.name}{dst}{flow}."
 
     async def run(self, device: Any, a: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
@@ -696,7 +712,7 @@ class SyringeTransfer(_SyringeAction):
         ]
 
     def describe(self, dev: DeviceView, a: dict[str, Any]) -> str:
-        flow = f" at {fmt(a['flow_l_s'] * 60, 'L')}/min" if a.get("flow_l_s") else ""
+        flow = f" at {fmt(a['flow_l_s'], 'L/s')}" if a.get("flow_l_s") else ""
         via = ""
         for key in ("source", "destination"):
             if a.get(f"{key}_expect"):
@@ -761,7 +777,7 @@ class PumpTransfer(_PumpAction):
 
     def describe(self, dev: DeviceView, a: dict[str, Any]) -> str:
         return (f"Pump {fmt(a['volume_l'], 'L')} from {a.get('source')} to "
-                f"{a.get('destination')} with {dev.name} at {fmt(a['flow_l_s'] * 60, 'L')}/min.")
+                f"{a.get('destination')} with {dev.name} at {fmt(a['flow_l_s'], 'L/s')}.")
 
     async def run(self, device: Any, a: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         from labctl.capabilities.pump import PumpDirection
@@ -784,7 +800,7 @@ class PumpStart(_PumpAction):
         return self._flow_checks(dev, a)
 
     def describe(self, dev: DeviceView, a: dict[str, Any]) -> str:
-        return f"Start {dev.name} ({a['direction']}) at {fmt(a['flow_l_s'] * 60, 'L')}/min."
+        return f"Start {dev.name} ({a['direction']}) at {fmt(a['flow_l_s'], 'L/s')}."
 
     async def run(self, device: Any, a: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         from labctl.capabilities.pump import PumpDirection

@@ -131,7 +131,9 @@ class Inventory:
         if vessel is None:
             return None, [(arg, why or "")]
         if expect is not None and vessel != expect:
-            via = name.lstrip("@")
+            via, hop, hops = name.lstrip("@"), name, 0
+            while hop.startswith("@") and hops < 16:  # the last routing device decides
+                via, hop, hops = hop[1:], self.routes.get(hop[1:]) or "", hops + 1
             return None, [(arg, f"{expect} is reached through {via}, which leads to "
                                 f"{self.holdings[vessel].name} at this step")]
         return self.holdings[vessel], []

@@ -64,7 +64,7 @@ from labctl.recipe.plan import MaterialUse, Plan, PlannedStep
 from labctl.units import quantity
 
 MAX_REPEAT = 10_000
-MAX_STEPS = 100_000
+MAX_STEPS = 50_000
 DATA_REF_KEYS = ("data", "step", "steps", "source")
 
 _DURATION = Arg("duration", "quantity", unit="s", minimum=0.0)
@@ -436,6 +436,8 @@ class Compiler:
             if n > MAX_REPEAT:
                 self.issue(f"{p}.repeat", f"{n} repetitions is more than {MAX_REPEAT}", ctx.loop)
                 return None
+            if self.count + n * _static_size(st.steps) > MAX_STEPS:
+                raise _TooBig(p)
             var = st.var
             bindings = [{var: k} if var else {} for k in range(n)]
             what = f"Repeat {n} times"
@@ -588,6 +590,24 @@ class Compiler:
                         where = f" (step {leaf.id})" if leaf.id != leaf.path else ""
                         self.issue(path, message + where)
         return inv
+
+
+def _static_size(steps: list[Any]) -> int:
+    """Steps a list expands to, counting literal repeat counts (expressions as 1): lets a
+    runaway loop be refused before it is expanded."""
+    total = 0
+    for st in steps:
+        total += 1
+        inner = getattr(st, "steps", None) or getattr(st, "parallel", None) or []
+        size = _static_size(inner) if inner else 0
+        if isinstance(st, RepeatStep):
+            size *= st.repeat if isinstance(st.repeat, int) else 1
+        elif isinstance(st, ForEachStep):
+            size *= len(st.for_each.in_)
+        total += size
+        if total > MAX_STEPS:
+            return total
+    return total
 
 
 def _loop_value(value: Any) -> Any:
