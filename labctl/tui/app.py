@@ -1,0 +1,284 @@
+"""`LabctlApp`: the bench operator's terminal (Textual).
+
+The screen shows what `backend.view` says, redrawing only the panels whose section changed,
+at most `refresh_hz` times a second. Every command goes to the backend in a worker, so a
+slow device or broker never freezes the screen or the keys; e-stop goes out at once, without
+a question, and never waits behind another command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, ClassVar
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Footer
+
+from labctl.tui.backend import BackendError, BenchBackend, BenchDirectory, RecipeEntry
+from labctl.tui.model import BenchView
+from labctl.tui.screens import (
+    BenchPickerScreen,
+    ConfirmScreen,
+    ParameterFormScreen,
+    RecipePickerScreen,
+    RunRecordScreen,
+)
+from labctl.tui.widgets import BenchBar, DevicesPanel, EventLog, LivePlot, QueuePanel, RunPanel
+
+DEVICES_REDRAW_S = 1.0
+"""Device rows are redrawn at least this often even without news: staleness ages."""
+
+
+class LabctlApp(App[None]):
+    CSS_PATH = "labctl.tcss"
+    TITLE = "labctl"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("s", "start", "Start"),
+        Binding("p", "pause", "Pause"),
+        Binding("r", "resume", "Resume"),
+        Binding("a", "abort", "Abort"),
+        Binding("e", "estop", "E-STOP"),
+        Binding("l", "record", "Record"),
+        Binding("q", "quit_app", "Quit"),
+    ]
+
+    def __init__(
+        self,
+        backend: BenchBackend | None = None,
+        *,
+        directory: BenchDirectory | None = None,
+        make_backend: Any = None,
+        refresh_hz: float = 10.0,
+        now: float | None = None,
+    ):
+        """`backend`: the bench to operate; or `directory` + `make_backend(bench_id)` to
+        pick one on a broker first. `now` freezes the clock staleness is judged by
+        (snapshots)."""
+        super().__init__()
+        if backend is None and (directory is None or make_backend is None):
+            raise ValueError("LabctlApp needs a backend, or a bench directory to pick one")
+        self.backend = backend
+        self.directory = directory
+        self.make_backend = make_backend
+        self.refresh_hz = refresh_hz
+        self.now = now
+        self.ready = asyncio.Event()
+        self.start_error: str | None = None
+        self._seen: dict[str, int] = {}
+        self._devices_drawn = 0.0
+        self._closed = False
+
+    # -- layout ---------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield BenchBar(id="bench-bar")
+        with Horizontal(id="main"):
+            yield RunPanel(id="run")
+            with Vertical(id="side"):
+                yield DevicesPanel(id="devices", now=self.now)
+                yield QueuePanel(id="queue")
+        with Horizontal(id="lower"):
+            yield LivePlot(id="plot")
+            yield EventLog(id="events")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        for wid, title in (("#run", "Run"), ("#devices", "Devices"), ("#queue", "Queue"),
+                           ("#plot", "Measurement"), ("#events", "Events")):
+            self.query_one(wid).border_title = title
+        if self.backend is not None:
+            self._attach(self.backend)
+        else:
+            assert self.directory is not None
+            self._open_directory()
+
+    @work(group="attach")
+    async def _open_directory(self) -> None:
+        assert self.directory is not None
+        await self.directory.start()
+        self.push_screen(BenchPickerScreen(self.directory), self._picked)
+
+    def _picked(self, bench_id: str | None) -> None:
+        if bench_id:
+            self._attach(self.make_backend(bench_id))
+
+    def _attach(self, backend: BenchBackend) -> None:
+        self.backend = backend
+        self._draw(force=True)
+        self.set_interval(1.0 / self.refresh_hz, self._tick)
+        self._start_backend()
+
+    @work(group="attach")
+    async def _start_backend(self) -> None:
+        assert self.backend is not None
+        try:
+            await self.backend.start()
+        except Exception as exc:  # shown on screen; the operator can still quit
+            self.start_error = str(exc)
+            self.backend.view.connection = f"failed to start: {exc}"
+            self.backend.view.touch("bench")
+            self.notify(f"could not start: {exc}", severity="error", timeout=30)
+        finally:
+            self.ready.set()
+
+    # -- drawing --------------------------------------------------------------------------
+    @property
+    def view(self) -> BenchView:
+        assert self.backend is not None
+        return self.backend.view
+
+    def _tick(self) -> None:
+        if self.backend is not None:
+            self._draw()
+
+    def _changed(self, section: str) -> bool:
+        v = self.view.versions.get(section, 0)
+        if self._seen.get(section) == v:
+            return False
+        self._seen[section] = v
+        return True
+
+    def _draw(self, force: bool = False) -> None:
+        view = self.view
+        loop_now = asyncio.get_running_loop().time()
+        if self._changed("bench") or force:
+            self.query_one(BenchBar).show(view)
+        run_changed = self._changed("run")
+        if run_changed or force:
+            self.query_one(RunPanel).show(view)
+        devices_due = loop_now - self._devices_drawn >= DEVICES_REDRAW_S
+        if self._changed("devices") or run_changed or devices_due or force:
+            self._devices_drawn = loop_now
+            self.query_one(DevicesPanel).show(view)
+        if self._changed("queue") or force:
+            self.query_one(QueuePanel).show(view)
+        plot = self.query_one(LivePlot)
+        if self._changed("plot") or plot.pending or force:
+            plot.show(view, force=force)
+        if self._changed("events") or force:
+            self.query_one(EventLog).show(view)
+
+    # -- commands -------------------------------------------------------------------------
+    def _usable(self) -> bool:
+        if self.backend is None or not self.ready.is_set() or self.start_error:
+            self.notify("the bench is not connected", severity="warning")
+            return False
+        return True
+
+    @work(group="commands")
+    async def _command(self, name: str, call: Any) -> None:
+        assert self.backend is not None
+        try:
+            await call()
+        except BackendError as exc:
+            self.backend.note(f"{name} refused: {exc}", "warning")
+            self.notify(f"{name}: {exc}", severity="warning")
+        except Exception as exc:  # the screen stays up whatever the bench did
+            self.backend.note(f"{name} failed: {type(exc).__name__}: {exc}", "error")
+            self.notify(f"{name} failed: {exc}", severity="error")
+        else:
+            self.backend.note(f"{name} done")
+
+    def action_pause(self) -> None:
+        if self._usable():
+            assert self.backend is not None
+            self._command("pause", self.backend.pause)
+
+    def action_resume(self) -> None:
+        if self._usable():
+            assert self.backend is not None
+            self._command("resume", self.backend.resume)
+
+    def action_estop(self) -> None:
+        """No question asked: every device to its safe state now."""
+        if self.backend is None:
+            return
+        self.backend.note("E-STOP pressed", "error")
+        self._command("e-stop", self.backend.estop)
+
+    def action_abort(self) -> None:
+        if not self._usable():
+            return
+        run = self.view.run
+        if run is None or not run.active:
+            self.notify("no run in progress to abort", severity="warning")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes and self.backend is not None:
+                self._command("abort", self.backend.abort)
+
+        self.push_screen(ConfirmScreen(
+            f"Abort run {run.run_id} ({run.recipe})?\nThe running step is cancelled and every "
+            "device goes to its safe state.", yes="Abort run", no="Keep running"), answered)
+
+    def action_start(self) -> None:
+        if not self._usable():
+            return
+        assert self.backend is not None
+        backend = self.backend
+
+        def chosen(entry: RecipeEntry | None) -> None:
+            if entry is not None:
+                self.push_screen(ParameterFormScreen(backend, entry), queued)
+
+        def queued(run_id: str | None) -> None:
+            if run_id:
+                backend.note(f"queued run {run_id}")
+                self.notify(f"queued run {run_id}")
+
+        folder = str(backend.recipes_dir)
+        self.push_screen(RecipePickerScreen(folder, backend.recipes()), chosen)
+
+    def action_record(self) -> None:
+        if self._usable():
+            self._show_record()
+
+    @work(group="record", exclusive=True)
+    async def _show_record(self) -> None:
+        assert self.backend is not None
+        try:
+            rec = await self.backend.run_record()
+        except BackendError as exc:
+            self.notify(str(exc), severity="warning")
+            return
+        self.push_screen(RunRecordScreen(rec))
+
+    def action_quit_app(self) -> None:
+        if self.backend is not None and self.view.run_active:
+            local = self.backend.mode == "local"
+            consequence = ("the run is aborted and every device goes to its safe state"
+                           if local else "the run goes on on the bench")
+            self.push_screen(ConfirmScreen(f"A run is active. Quit anyway?\nIf you quit, "
+                                           f"{consequence}.", yes="Quit", no="Stay"),
+                             lambda yes: self._shutdown() if yes else None)
+            return
+        self._shutdown()
+
+    @work(group="quit", exclusive=True)
+    async def _shutdown(self) -> None:
+        await self.close_backend()
+        self.exit()
+
+    async def close_backend(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.backend is not None:
+            with contextlib.suppress(Exception):
+                await self.backend.close()
+        if self.directory is not None:
+            await self.directory.close()
+
+    async def on_unmount(self) -> None:
+        await self.close_backend()  # Ctrl+Q and the like: the bench is still left safe
+
+
+def run_tui(backend: BenchBackend | None = None, **kw: Any) -> None:
+    LabctlApp(backend, **kw).run()
+
+
+__all__ = ["LabctlApp", "run_tui"]

@@ -1,0 +1,153 @@
+"""A recipe's parameters as a form, checked by the bench before anything runs.
+
+Every field starts at the declared default. Start validates on the bench (locally with the
+recipe planner, remotely through the agent) and either queues the run or shows each
+problem under the field its JSON path names (`parameters.flow`); problems elsewhere in the
+recipe (a step's volume over a syringe's size) are listed at the top.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Static
+
+from labctl.tui.backend import BackendError, BenchBackend, Problem, RecipeEntry, RecipeRejected
+
+
+def field_of(path: str, names: list[str]) -> str | None:
+    """`parameters.flow` or `parameters.flow.default` -> `flow` (when it is a field)."""
+    parts = path.split(".")
+    if len(parts) >= 2 and parts[0] == "parameters" and parts[1] in names:
+        return parts[1]
+    return None
+
+
+def describe(name: str, decl: dict[str, Any]) -> str:
+    kind = str(decl.get("type") or "value")
+    unit = f" {decl['unit']}" if decl.get("unit") else ""
+    bits = [f"{name} ({kind}{unit})"]
+    if decl.get("min") is not None or decl.get("max") is not None:
+        bits.append(f"[{decl.get('min', '')} … {decl.get('max', '')}]")
+    if decl.get("choices"):
+        bits.append("one of " + ", ".join(map(str, decl["choices"])))
+    if decl.get("description"):
+        bits.append(f"— {decl['description']}")
+    return " ".join(bits)
+
+
+def initial(decl: dict[str, Any]) -> str:
+    d = decl.get("default")
+    if d is None:
+        return ""
+    if isinstance(d, bool):
+        return "true" if d else "false"
+    return str(d)
+
+
+class ParameterFormScreen(ModalScreen[str | None]):
+    """Dismissed with the queued run's id, or None when cancelled."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+s", "start", "Start run"),
+    ]
+
+    def __init__(self, backend: BenchBackend, entry: RecipeEntry):
+        super().__init__()
+        self.backend = backend
+        self.entry = entry
+        self.names = list(entry.parameters)
+        self.busy = False
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="form-box", classes="dialog"):
+            yield Static(Text(f"{self.entry.name}  ({self.entry.path.name})", style="bold"),
+                         classes="dialog-title")
+            yield Static("", id="form-problems")
+            with VerticalScroll(id="form-fields"):
+                if not self.names:
+                    yield Static("this recipe has no parameters", classes="field-label")
+                for name in self.names:
+                    decl = self.entry.parameters[name]
+                    yield Static(describe(name, decl), classes="field-label")
+                    yield Input(initial(decl), id=f"param-{name}", placeholder=name)
+                    yield Static("", id=f"err-{name}", classes="field-error")
+            with Horizontal(classes="buttons"):
+                yield Button("Start (ctrl+s)", id="form-start", variant="success")
+                yield Button("Cancel (esc)", id="form-cancel")
+
+    def values(self) -> dict[str, Any]:
+        """What the operator typed; an emptied field means the declared default."""
+        out: dict[str, Any] = {}
+        for name in self.names:
+            text = self.query_one(f"#param-{name}", Input).value.strip()
+            if text:
+                out[name] = text
+        return out
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "form-start":
+            self.action_start()
+        else:
+            self.action_cancel()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.action_start()
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    def action_start(self) -> None:
+        if self.busy:
+            return
+        self.busy = True
+        self.query_one("#form-problems", Static).update(Text("checking on the bench…",
+                                                             style="italic"))
+        self._submit(self.values())
+
+    @work(exclusive=True, group="form")
+    async def _submit(self, values: dict[str, Any]) -> None:
+        try:
+            run_id = await self.backend.submit(self.entry.path, values)
+        except RecipeRejected as exc:
+            self.show_problems(exc.problems)
+        except BackendError as exc:
+            self.show_problems([Problem("", str(exc))])
+        else:
+            self.dismiss(run_id)
+        finally:
+            self.busy = False
+
+    def show_problems(self, problems: list[Problem]) -> None:
+        per_field: dict[str, list[str]] = {}
+        general: list[str] = []
+        for p in problems:
+            name = field_of(p.path, self.names)
+            if name is not None:
+                per_field.setdefault(name, []).append(p.message)
+            else:
+                general.append(f"{p.path}: {p.message}" if p.path else p.message)
+        for name in self.names:
+            err = self.query_one(f"#err-{name}", Static)
+            msgs = per_field.get(name)
+            err.update(Text("✖ " + "; ".join(msgs), style="bold") if msgs else "")
+            err.set_class(bool(msgs), "shown")
+            self.query_one(f"#param-{name}", Input).set_class(bool(msgs), "invalid-field")
+        box = self.query_one("#form-problems", Static)
+        if general:
+            box.update(Text("✖ not started:\n" + "\n".join(f"  {g}" for g in general),
+                            style="bold"))
+        elif per_field:
+            box.update(Text("✖ not started: fix the fields marked below", style="bold"))
+        else:
+            box.update("")
+        first = next(iter(per_field), None)
+        if first is not None:
+            self.query_one(f"#param-{first}", Input).focus()

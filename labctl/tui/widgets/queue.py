@@ -1,0 +1,24 @@
+"""Runs waiting their turn on the bench."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from labctl.tui.model import BenchView
+
+
+class QueuePanel(Static):
+    """One line per queued run: position, run id, recipe."""
+
+    def show(self, view: BenchView) -> None:
+        if not view.queue:
+            self.update(Text("queue empty", style="dim"))
+            return
+        t = Text(no_wrap=True, overflow="ellipsis")
+        for i, q in enumerate(view.queue):
+            if i:
+                t.append("\n")
+            pos = "?" if q.position is None else str(q.position)
+            t.append(f"{pos:>2}. {q.run_id}  {q.recipe}")
+        self.update(t)
