@@ -22,7 +22,7 @@ import math
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from pydantic import TypeAdapter
 
@@ -44,8 +44,7 @@ SI_FACTORS: dict[str, float] = {
 NAN_TEXT = "     nan"
 
 
-@dataclass(frozen=True, slots=True)
-class Value:
+class Value(NamedTuple):
     """One decoded package variable: type, value (SI), status bits, range index (or -1)."""
 
     vtype: str
@@ -56,29 +55,32 @@ class Value:
 
 def decode_package(line: str) -> list[Value]:
     """`P` + variables separated by `;` → values. Raises ProtocolError on malformed input."""
-    if not line.startswith("P"):
+    if line[:1] != "P":
         raise ProtocolError(f"not a data package: {line!r}")
     out: list[Value] = []
+    append = out.append
+    factors = SI_FACTORS
     try:
         for var in line[1:].rstrip("\r\n").split(";"):
-            vtype = var[:2]
             body = var[2:10]
             if body == NAN_TEXT:
                 value = math.nan
             else:
                 if len(body) != 8:
                     raise ValueError(var)
-                value = (int(body[:7], 16) - OFFSET) * SI_FACTORS[body[7]]
+                value = (int(body[:7], 16) - OFFSET) * factors[body[7]]
+            if len(var) == 10:
+                append(Value(var[:2], value))
+                continue
             status, rng = 0, -1
-            if len(var) > 10:
-                if var[10] != ",":
-                    raise ValueError(var)
-                for meta in var[11:].split(","):
-                    if meta[:1] == "1":
-                        status = int(meta[1:], 16)
-                    elif meta[:1] == "2":
-                        rng = int(meta[1:], 16)
-            out.append(Value(vtype, value, status, rng))
+            if var[10] != ",":
+                raise ValueError(var)
+            for meta in var[11:].split(","):
+                if meta[:1] == "1":
+                    status = int(meta[1:], 16)
+                elif meta[:1] == "2":
+                    rng = int(meta[1:], 16)
+            append(Value(var[:2], value, status, rng))
     except (ValueError, KeyError, IndexError) as exc:
         raise ProtocolError(f"malformed data package {line!r}: {exc}") from None
     return out
@@ -94,22 +96,25 @@ _FIELDS = {
 
 def to_point(values: list[Value], **context: Any) -> DataPoint:
     """A DataPoint from decoded values; status bits become overload/underload flags and the
-    current range index goes to `extra`."""
-    point = DataPoint(time_s=math.nan, **context)
+    range indices go to `extra`."""
+    kwargs: dict[str, Any] = {"time_s": math.nan, **context}
+    extra: dict[str, Any] = {}
     status = 0
-    for v in values:
-        name = _FIELDS.get(v.vtype)
+    fields = _FIELDS
+    for vtype, value, st, rng in values:
+        name = fields.get(vtype)
         if name is not None:
-            setattr(point, name, v.value)
+            kwargs[name] = value
         else:
-            point.extra[v.vtype] = v.value
-        status |= v.status
-        if v.range_index >= 0:
-            point.extra[f"{v.vtype}_range"] = v.range_index
-    point.overload = bool(status & STATUS_OVERLOAD)
-    point.underload = bool(status & STATUS_UNDERLOAD)
+            extra[vtype] = value
+        status |= st
+        if rng >= 0:
+            extra[vtype + "_range"] = rng
     if status:
-        point.extra["status"] = status
+        extra["status"] = status
+        kwargs["overload"] = bool(status & STATUS_OVERLOAD)
+        kwargs["underload"] = bool(status & STATUS_UNDERLOAD)
+    point = DataPoint(**kwargs, extra=extra)
     zr, zi = point.z_real_ohm, point.z_imag_ohm
     if zr is not None and zi is not None:
         if point.z_abs_ohm is None:

@@ -59,8 +59,9 @@ class CellParams:
 
 def _w_of_exp(y: float) -> float:
     """Lambert W(e^y) for real y, by Newton on w + ln w = y (no overflow for large y)."""
-    if y < -30:
-        return math.exp(y)
+    if y < -8:  # W(x) = x − x² + 1.5x³ − … for small x
+        x = math.exp(y)
+        return x * (1.0 - x + 1.5 * x * x)
     w = y - math.log(y) if y > 1.0 else math.exp(y) / (1.0 + math.exp(y)) + 0.1
     w = max(w, 1e-12)
     for _ in range(50):
@@ -108,14 +109,22 @@ class Cell:
     def __post_init__(self) -> None:
         self.soc = self.params.initial_soc
         self.capacity_c = self.params.capacity_c
+        self._electrolyte: tuple[float, float] | None = None
 
     # -- electrolyte ---------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Read the electrolyte again at the next use (called once per sample)."""
+        self._electrolyte = None
+
     def electrolyte(self) -> tuple[float, float]:
-        """(σ S/m, temperature °C)."""
-        if self.conductivity is None:
-            return 1.15, self.params.temperature_c
-        sigma, temp = self.conductivity()  # type: ignore[operator]
-        return float(sigma), float(temp)
+        """(σ S/m, temperature °C), as read at the last `refresh`."""
+        if self._electrolyte is None:
+            if self.conductivity is None:
+                self._electrolyte = (1.15, self.params.temperature_c)
+            else:
+                sigma, temp = self.conductivity()  # type: ignore[operator]
+                self._electrolyte = (float(sigma), float(temp))
+        return self._electrolyte
 
     def r_s(self) -> float:
         """Ohmic (solution) resistance K_cell/σ; a dry cell is an open circuit (1 TΩ)."""

@@ -30,6 +30,7 @@ import asyncio
 import math
 import random
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -404,6 +405,7 @@ class EmStatSimulator(Simulator):
         self._run: _Run | None = None
         self._task: asyncio.Task[Any] | None = None
         self._abort = False
+        self._last_yield = 0.0
         self.scripts_run = 0
         self.aborts = 0
         self.last_error: str | None = None
@@ -493,6 +495,7 @@ class EmStatSimulator(Simulator):
     # -- running scripts -------------------------------------------------------------------
     def _start_script(self, lines: list[str], reply: Reply) -> None:
         self.scripts_run += 1
+        self.cell.refresh()
         try:
             script = parse_script(lines)
         except ScriptError as exc:
@@ -543,14 +546,20 @@ class EmStatSimulator(Simulator):
             self._check_abort()
             remaining = target - self.clock.monotonic()
             if remaining <= 0:
-                await asyncio.sleep(0)
+                # behind schedule: give the line (and a `Z`) a turn every few milliseconds
+                now = time.monotonic()
+                if now - self._last_yield > 0.002:
+                    self._last_yield = now
+                    await asyncio.sleep(0)
                 break
             wall = self.clock.to_wall(remaining)
+            self._last_yield = time.monotonic()
             await asyncio.sleep(min(wall, 0.05))
             if wall <= 0.05:
                 break
         self._check_abort()
         run.t = target
+        self.cell.refresh()  # the vial may have changed since the last sample
 
     async def _block(self, run: _Run, body: list[Stmt]) -> None:
         for stmt in body:
@@ -742,6 +751,7 @@ class EmStatSimulator(Simulator):
 
     def _single_measurement(self, vtype: str, stmt: Stmt) -> Var:
         self._fault_check(stmt)
+        self.cell.refresh()
         if vtype == "ab":
             e = self.e_set if self.cell_on and self.mode != 6 else self.cell.ocv()
             return self._measure_potential(e)
@@ -945,6 +955,7 @@ class EmStatSimulator(Simulator):
         return self._task is not None and not self._task.done()
 
     def snapshot(self) -> dict[str, Any]:
+        self.cell.refresh()
         el = self.electrolyte()
         return {
             "model": self.model_id,
