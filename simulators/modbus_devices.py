@@ -490,6 +490,8 @@ class ModbusPumpSimulator(ModbusSimulator):
             self._move(volume * 1e-6)
         except WorldFault as exc:
             log.info("%s: stall: %s", self.name, exc)
+            # the head turns until the liquid runs out, whatever the clock's tick
+            self.volume_ul += self._move(volume * 1e-6, partial=True) * 1e6
             self._fault(1)
             return
         self.volume_ul += volume
@@ -498,13 +500,19 @@ class ModbusPumpSimulator(ModbusSimulator):
             self._stop_motor()
             self.target_reached = True
 
-    def _move(self, volume_l: float) -> None:
+    def _move(self, volume_l: float, *, partial: bool = False) -> float:
+        """Move liquid in the world; `partial` moves only what fits. Returns the volume."""
         if self.world is None or not self.source or not self.destination or volume_l <= 0:
-            return
+            return volume_l
         src, dst = self.source, self.destination
         if self.coils[1]:
             src, dst = dst, src
+        if partial:
+            volume_l = self.world.movable_l(src, dst, volume_l)
+            if volume_l <= 0:
+                return 0.0
         self.world.move_volume(src, dst, volume_l)
+        return volume_l
 
     # -- for tests and operators -----------------------------------------------------------
     def set_head_open(self, is_open: bool = True) -> None:

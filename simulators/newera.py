@@ -180,6 +180,15 @@ class NewEraSimulator(Simulator):
                 try:
                     self.world.move_volume(src, dst, dv)
                 except WorldFault as exc:
+                    # the motor turns until the liquid runs out (or the vessel is full),
+                    # whatever the clock's tick: move what fits, count it, then stall
+                    part = self.world.movable_l(src, dst, dv)
+                    if part > 0:
+                        self.world.move_volume(src, dst, part)
+                        if direction == "INF":
+                            self.infused_l += part
+                        else:
+                            self.withdrawn_l += part
                     self._stall(str(exc))
                     return
             if direction == "INF":

@@ -190,6 +190,16 @@ class World:
         )
         return portion
 
+    def movable_l(self, source: str, destination: str, volume_l: float) -> float:
+        """How much of `volume_l` can move before the source runs dry or the destination
+        is full (0 when a route points nowhere): what a pump delivers before it stalls."""
+        try:
+            available = self.volume_l(source)
+            room = self.vessel(destination).capacity_l - self.volume_l(destination)
+        except WorldFault:
+            return 0.0
+        return max(0.0, min(volume_l, available, room))
+
     def add_solid(self, destination: str, material: str, mass_g: float) -> None:
         """Dose a solid from a dispenser head (the head is outside the world's vessels)."""
         destination = self.resolve(destination)
