@@ -30,8 +30,9 @@ class ByteServer:
         self._master: int | None = None
         self._slave: int | None = None
         self._out: bytearray = bytearray()
-        self._tcp: asyncio.base_events.Server | None = None
+        self._tcp: asyncio.Server | None = None
         self._tcp_writers: set[asyncio.StreamWriter] = set()
+        self._tcp_tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.silent_drop = False  # when True, the peer is cut off (disconnect fault)
 
@@ -111,6 +112,9 @@ class ByteServer:
     # -- tcp --------------------------------------------------------------------------
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._tcp_writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tcp_tasks.add(task)  # so close() can end the handler cleanly
 
         def reply(data: bytes) -> None:
             if not writer.is_closing():
@@ -128,6 +132,8 @@ class ByteServer:
             pass
         finally:
             self._tcp_writers.discard(writer)
+            if task is not None:
+                self._tcp_tasks.discard(task)
             writer.close()
 
     # -- common -----------------------------------------------------------------------
@@ -154,8 +160,12 @@ class ByteServer:
             self._tcp.close()
             for w in list(self._tcp_writers):
                 w.close()
+            handlers = list(self._tcp_tasks)
+            for t in handlers:
+                t.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
             with contextlib.suppress(Exception):
-                await self._tcp.wait_closed()
+                await asyncio.wait_for(self._tcp.wait_closed(), 2.0)
             self._tcp = None
         if self._master is not None:
             assert self._loop is not None
