@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal
 from textual.widgets import Footer
 
 from labctl.tui.backend import BackendError, BenchBackend, BenchDirectory, RecipeEntry
@@ -66,23 +66,22 @@ class LabctlApp(App[None]):
         self.make_backend = make_backend
         self.refresh_hz = refresh_hz
         self.now = now
-        self.ready = asyncio.Event()
+        self.backend_ready = asyncio.Event()
         self.start_error: str | None = None
         self._seen: dict[str, int] = {}
         self._devices_drawn = 0.0
-        self._closed = False
+        self._backend_closed = False
 
     # -- layout ---------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield BenchBar(id="bench-bar")
         with Horizontal(id="main"):
             yield RunPanel(id="run")
-            with Vertical(id="side"):
-                yield DevicesPanel(id="devices", now=self.now)
-                yield QueuePanel(id="queue")
-        with Horizontal(id="lower"):
             yield LivePlot(id="plot")
+        yield DevicesPanel(id="devices", now=self.now)
+        with Horizontal(id="lower"):
             yield EventLog(id="events")
+            yield QueuePanel(id="queue")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -90,7 +89,7 @@ class LabctlApp(App[None]):
                            ("#plot", "Measurement"), ("#events", "Events")):
             self.query_one(wid).border_title = title
         if self.backend is not None:
-            self._attach(self.backend)
+            self._operate(self.backend)
         else:
             assert self.directory is not None
             self._open_directory()
@@ -103,9 +102,9 @@ class LabctlApp(App[None]):
 
     def _picked(self, bench_id: str | None) -> None:
         if bench_id:
-            self._attach(self.make_backend(bench_id))
+            self._operate(self.make_backend(bench_id))
 
-    def _attach(self, backend: BenchBackend) -> None:
+    def _operate(self, backend: BenchBackend) -> None:
         self.backend = backend
         self._draw(force=True)
         self.set_interval(1.0 / self.refresh_hz, self._tick)
@@ -122,9 +121,21 @@ class LabctlApp(App[None]):
             self.backend.view.touch("bench")
             self.notify(f"could not start: {exc}", severity="error", timeout=30)
         finally:
-            self.ready.set()
+            self.backend_ready.set()
 
     # -- drawing --------------------------------------------------------------------------
+    def on_resize(self) -> None:
+        self._fit_devices()
+
+    def _fit_devices(self) -> None:
+        """One table row per device, leaving the run (8 lines) and the log (5) their room."""
+        n = len(self.backend.view.devices) if self.backend is not None else 0
+        room = self.size.height - 2 - 8 - 5
+        height = max(5, min(n + 3, room))
+        panel = self.query_one(DevicesPanel)
+        if panel.styles.height is None or panel.styles.height.value != height:
+            panel.styles.height = height
+
     @property
     def view(self) -> BenchView:
         assert self.backend is not None
@@ -153,6 +164,7 @@ class LabctlApp(App[None]):
         if self._changed("devices") or run_changed or devices_due or force:
             self._devices_drawn = loop_now
             self.query_one(DevicesPanel).show(view)
+            self._fit_devices()
         if self._changed("queue") or force:
             self.query_one(QueuePanel).show(view)
         plot = self.query_one(LivePlot)
@@ -163,7 +175,7 @@ class LabctlApp(App[None]):
 
     # -- commands -------------------------------------------------------------------------
     def _usable(self) -> bool:
-        if self.backend is None or not self.ready.is_set() or self.start_error:
+        if self.backend is None or not self.backend_ready.is_set() or self.start_error:
             self.notify("the bench is not connected", severity="warning")
             return False
         return True
@@ -254,19 +266,19 @@ class LabctlApp(App[None]):
                            if local else "the run goes on on the bench")
             self.push_screen(ConfirmScreen(f"A run is active. Quit anyway?\nIf you quit, "
                                            f"{consequence}.", yes="Quit", no="Stay"),
-                             lambda yes: self._shutdown() if yes else None)
+                             lambda yes: self._quit_worker() if yes else None)
             return
-        self._shutdown()
+        self._quit_worker()
 
     @work(group="quit", exclusive=True)
-    async def _shutdown(self) -> None:
+    async def _quit_worker(self) -> None:
         await self.close_backend()
         self.exit()
 
     async def close_backend(self) -> None:
-        if self._closed:
+        if self._backend_closed:
             return
-        self._closed = True
+        self._backend_closed = True
         if self.backend is not None:
             with contextlib.suppress(Exception):
                 await self.backend.close()

@@ -2,7 +2,7 @@
 
 Rows are updated cell by cell (never cleared and rebuilt) so the table stays still at the
 refresh rate. Everything shown in colour is also said in text: a fault row reads `✖ FAULT`,
-a stale reading `~stale 12s`, so the panel reads the same on a monochrome terminal.
+a stale reading `idle~ (stale 12s) …`, so the panel reads the same on a monochrome terminal.
 """
 
 from __future__ import annotations
@@ -15,18 +15,14 @@ from textual.widgets import DataTable
 from labctl.tui.model import STALE_AFTER_S, BenchView, DeviceRow
 from labctl.tui.readings import STATE_SYMBOLS, format_readings
 
-COLUMNS = ("device", "state", "readings")
-
 
 def state_cell(row: DeviceRow, now: float, stale_after_s: float) -> Text:
     sym = STATE_SYMBOLS.get(row.state, "?")
     if row.fault or row.state in ("fault", "offline"):
         return Text(f"{sym} {row.state.upper()}", style="bold reverse")
-    text = Text(f"{sym} {row.state}", style="bold" if row.state == "busy" else "")
     if row.stale(now, stale_after_s):
-        age = row.age_s(now)
-        text.append(" ~stale" + (f" {age:.0f}s" if age is not None else ""), style="italic")
-    return text
+        return Text(f"{sym} {row.state}~", style="italic")
+    return Text(f"{sym} {row.state}", style="bold" if row.state == "busy" else "")
 
 
 def readings_cell(row: DeviceRow, action: str | None, now: float, stale_after_s: float) -> Text:
@@ -36,7 +32,11 @@ def readings_cell(row: DeviceRow, action: str | None, now: float, stale_after_s:
     if row.error and not row.readings:
         return Text(f"no reading: {row.error}", style="italic")
     if row.stale(now, stale_after_s):
-        return Text(line or "no reading yet", style="dim italic")
+        age = row.age_s(now)
+        why = f"stale {age:.0f}s" if age is not None else "stale"
+        if row.error:
+            why += f", {row.error}"
+        return Text(f"({why}) {line or 'no reading yet'}", style="dim italic")
     return Text(line)
 
 
@@ -52,8 +52,9 @@ class DevicesPanel(DataTable[Text]):
         self._cells: dict[tuple[str, str], tuple[str, str, str]] = {}
 
     def on_mount(self) -> None:
-        for c in COLUMNS:
-            self.add_column(c, key=c)
+        self.add_column("device", key="device")
+        self.add_column("state", key="state", width=9)
+        self.add_column("readings", key="readings")
 
     def show(self, view: BenchView) -> None:
         now = self.frozen_now if self.frozen_now is not None else time.time()
@@ -62,7 +63,8 @@ class DevicesPanel(DataTable[Text]):
         if view.run is not None:
             for s in view.run.steps:
                 if s.device and s.state in ("running", "paused", "retrying") and s.action:
-                    doing[s.device] = f"▶{s.action}" if s.state == "running" else f"⏸{s.action}"
+                    doing[s.device] = f"[{s.action}]" if s.state == "running" else (
+                        f"[{s.action} {s.state}]")
         if names != self._names:
             self.clear()
             self._cells.clear()

@@ -7,7 +7,7 @@ from textual.widgets import RichLog
 
 from labctl.tui.model import BenchView, EventLine
 
-LEVEL = {"error": ("!! ", "bold reverse"), "warning": ("!  ", "bold"), "info": ("   ", "")}
+LEVEL = {"error": ("!!", "bold reverse"), "warning": ("! ", "bold"), "info": ("  ", "")}
 
 
 def event_text(line: EventLine) -> Text:

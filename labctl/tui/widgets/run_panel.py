@@ -64,7 +64,7 @@ class RunPanel(Vertical):
         with Horizontal(id="run-progress-row"):
             yield ProgressBar(total=100, show_eta=False, id="run-progress")
             yield Static("", id="run-times")
-        yield DataTable(cursor_type="row", id="run-steps")
+        yield DataTable(cursor_type="row", show_header=False, id="run-steps")
 
     def on_mount(self) -> None:
         table = self.query_one("#run-steps", DataTable)
@@ -86,11 +86,11 @@ class RunPanel(Vertical):
             self._steps(None)
             return
         t = Text(no_wrap=True, overflow="ellipsis")
-        t.append(run.recipe or "recipe", style="bold")
+        t.append(run.state.upper(), style=RUN_STYLE.get(run.state, "bold"))
+        t.append(f"  {run.recipe or 'recipe'}", style="bold")
         if run.version:
             t.append(f" v{run.version}")
-        t.append(f"  {run.run_id}  ")
-        t.append(run.state.upper(), style=RUN_STYLE.get(run.state, "bold"))
+        t.append(f"  {run.run_id}")
         title.update(t)
         shown = ", ".join(f"{k}={_param(v)}" for k, v in run.parameters.items())
         params.update(Text(f"params: {shown}" if shown else "params: (none)",
@@ -98,8 +98,9 @@ class RunPanel(Vertical):
         bar.update(progress=round(100 * run.fraction, 1))
         total = run.steps_total if run.plan_known else None
         steps = f"{run.steps_done}/{total}" if total else f"{run.steps_done} done"
-        times.update(Text(f" {steps}  elapsed {format_duration(run.elapsed_s)}"
-                          f"  ETA {format_duration(run.eta_s)}", no_wrap=True))
+        times.update(Text(f" {steps}  t {format_duration(run.elapsed_s)}"
+                          f"  ETA {format_duration(run.eta_s)}", no_wrap=True,
+                          overflow="ellipsis"))
         self._steps(run)
 
     def _steps(self, run: RunView | None) -> None:
