@@ -46,6 +46,7 @@ def _register() -> None:
         run_cmds,
         serve_cmd,
         sim,
+        tui_cmd,
     )
 
 
