@@ -389,3 +389,13 @@ def test_errors_in_loop_iterations_name_the_iteration() -> None:
     assert [i.path for i in issues] == ["steps[3].steps[0].args.to"]
     assert "cell_vial would overflow" in issues[0].message
     assert "(step fill[4].more)" in issues[0].message
+
+
+def test_material_flow_is_checked_up_to_the_first_rejected_step() -> None:
+    r = copy.deepcopy(BASE)
+    r["steps"] += [EC("a", "5 mL"), EC("b", "5 mL"), EC("c", "5 mL"), EC("d", "5 mL"),
+                   {"id": "odd", "device": "pump_x", "action": "transfer", "args": {}},
+                   EC("e", "5 mL")]
+    issues = validate(r, {}, full_bench())
+    assert [i.path for i in issues] == ["steps[7].device", "steps[6].args.to"]
+    assert "cell_vial would overflow" in issues[1].message

@@ -174,6 +174,8 @@ class Compiler:
         self.effects: dict[str, list[Effect]] = {}
         self.leaves: dict[str, PlannedStep] = {}
         self.failed: set[str] = set()  # steps already reported, so references stay quiet
+        self.seq: dict[str, int] = {}  # planning order of each step id
+        self.first_failure = MAX_STEPS + 1  # planning order of the first rejected step
         self.materials: dict[str, Material] = {}
         self.includes: list[str] = []
         self.inlined: dict[str, tuple[dict[str, Any], Mapping[str, Any], Document]] = {}
@@ -281,6 +283,7 @@ class Compiler:
 
     def step(self, st: Any, p: str, ctx: _Ctx) -> PlannedStep | None:
         self.count += 1
+        order = self.count
         if self.count > MAX_STEPS:
             raise _TooBig(p)
         if isinstance(st, ActionStep):
@@ -306,8 +309,10 @@ class Compiler:
             return None
         if planned is not None:
             self.options(st, planned, p, ctx)
+            self.seq[planned.id] = order
         else:
             self.failed.add(ctx.id_prefix + st.id)
+            self.first_failure = min(self.first_failure, order)
         return planned
 
     def options(self, st: Any, planned: PlannedStep, p: str, ctx: _Ctx) -> None:
@@ -581,6 +586,10 @@ class Compiler:
         blamed: set[str] = set()
         for s in steps:
             for leaf in s.leaves():
+                if self.seq.get(leaf.id, 0) > self.first_failure:
+                    # a step before this one was rejected: what it would have moved is
+                    # unknown, so later shortages or overflows would be guesses
+                    return inv
                 for e in self.effects.get(leaf.id, []):
                     for arg, message in inv.apply(e, leaf.id):
                         path = f"{leaf.path}.args.{arg}" if arg else leaf.path
