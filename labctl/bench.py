@@ -517,16 +517,16 @@ class Bench:
             q.put_nowait(ev)
 
     # -- resuming an interrupted run -----------------------------------------------------
-    async def resume_run(
+    def check_resume(
         self,
         run_id: str,
         *,
         accept_in_doubt: Collection[str] = (),
         redo: Collection[str] = (),
-        operator: str | None = None,
-    ) -> str:
-        """Queue an interrupted (or failed/aborted) run again: completed steps are kept,
-        idempotent in-doubt steps re-run, the others need accept or redo (InDoubtError)."""
+    ) -> tuple[RunRecord, Any, dict[str, Any], Any, list[str]]:
+        """Everything resume needs to know, touching no device and writing nothing:
+        (record, plan, recipe document, journal replay, in-doubt steps). Raises
+        NothingToResume, InDoubtError or RecipeError."""
         try:
             rec = self.store.open(run_id)
         except FileNotFoundError as exc:
@@ -539,7 +539,7 @@ class Bench:
         doc = rec.read_json("recipe.json")
         if doc is None:
             raise NothingToResume(f"run {run_id} has no recipe.json")
-        plan = self.plan(doc["recipe"], doc.get("parameters_submitted") or {})
+        plan = self.plan(*replan_source(doc))
         if doc.get("sha256") and _get(plan, "sha256") and _get(plan, "sha256") != doc["sha256"]:
             raise NothingToResume(
                 f"run {run_id}: the recipe no longer resolves to the recorded one "
@@ -553,6 +553,21 @@ class Bench:
                      and not _idempotent(leaves[s])]
         if undecided:
             raise InDoubtError(run_id, undecided)
+        return rec, plan, doc, r, in_doubt
+
+    async def resume_run(
+        self,
+        run_id: str,
+        *,
+        accept_in_doubt: Collection[str] = (),
+        redo: Collection[str] = (),
+        operator: str | None = None,
+    ) -> str:
+        """Queue an interrupted (or failed/aborted) run again: completed steps are kept,
+        idempotent in-doubt steps re-run, the others need accept or redo (InDoubtError).
+        Each decision is journaled before the run goes on."""
+        rec, plan, doc, r, in_doubt = self.check_resume(
+            run_id, accept_in_doubt=accept_in_doubt, redo=redo)
         who = operator or "unknown"
         journal = rec.journal
         skip = set(r.completed)
@@ -608,6 +623,21 @@ class Bench:
 
     def remember_command(self, command_id: str, reply: dict[str, Any]) -> None:
         self.store.remember_command(command_id, reply)
+
+
+def replan_source(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The recipe and parameters that rebuild a recorded plan: the resolved recipe (what
+    ran, includes inlined — not the files, which may have changed since) with its parameter
+    declarations, and the resolved parameter values."""
+    recipe = dict(doc["recipe"])
+    decls = recipe.get("parameters")
+    if isinstance(decls, dict):
+        recipe["parameters"] = {n: ({k: v for k, v in d.items() if k != "value"}
+                                    if isinstance(d, dict) else d) for n, d in decls.items()}
+    params = doc.get("parameters")
+    if not isinstance(params, dict):
+        params = doc.get("parameters_submitted") or {}
+    return recipe, dict(params)
 
 
 def _idempotent(step: Any) -> bool:

@@ -191,8 +191,8 @@ async def _drive(bench: Any, start: Any, *, as_json: bool) -> tuple[dict[str, An
 
 def _report(result: dict[str, Any], *, as_json: bool) -> int:
     status = result.get("status", "failed")
-    if as_json:
-        print(json.dumps(result, indent=2, default=str))
+    if as_json:  # JSON Lines: the "started" line, then the result
+        print(json.dumps(result, default=str), flush=True)
         return EXIT_BY_STATUS.get(status, EXIT_FAILED)
     out = Console()
     style = {"completed": "green", "failed": "red", "aborted": "yellow"}.get(status, "red")
@@ -296,6 +296,14 @@ def resume(
     from labctl.recipe import RecipeError
 
     bench = _make_bench(config, data_dir, time_scale, json_out)
+    try:  # decisions first: no device is touched while one is missing
+        bench.check_resume(run_id, accept_in_doubt=accept_in_doubt or [], redo=redo or [])
+    except InDoubtError as exc:
+        bench.store.close()
+        fail(str(exc), EXIT_INVALID, as_json=json_out, in_doubt=exc.steps)
+    except (NothingToResume, RecipeError) as exc:
+        bench.store.close()
+        fail(str(exc), EXIT_INVALID, as_json=json_out)
 
     async def start(b: Any) -> str:
         rid: str = await b.resume_run(run_id, accept_in_doubt=accept_in_doubt or [],

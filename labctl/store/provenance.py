@@ -169,6 +169,9 @@ def records_from_journal(events: list[dict[str, Any]]) -> dict[str, list[dict[st
         if section == "observations":
             entry["kind"] = ev.get("kind")
         out[section].append(entry)
+        if section == "mixing" and entry.get("temperature_c") is not None:
+            out["temperatures"].append({**entry, "setpoint_c": entry["temperature_c"],
+                                        "source": "mixing"})
     for i, a in enumerate(out["additions"], start=1):
         a["order"] = i
     return out

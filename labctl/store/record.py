@@ -36,6 +36,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     text = json.dumps(data, indent=2, default=_default, ensure_ascii=False) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
