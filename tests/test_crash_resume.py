@@ -48,8 +48,8 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             endpoints[line["name"]] = line["endpoint"]
         text = SIM_CONFIG.read_text().replace("simulate = true", "simulate = false")
         # the host's clock is real here while the instruments run 1000x faster: a watchdog
-        # fed every 15 real seconds would trip every 60 ms of their time, so none is armed
-        text = text.replace('watchdog = "60 s"\n', "")
+        # fed every 6 real minutes would trip after 1.5 wall seconds, so none is armed
+        text = text.replace('watchdog = "1500 s"\n', "")
         for name, placeholder in (("pump_a", "/dev/ttyUSB0"), ("pump_b", "/dev/ttyUSB1"),
                                   ("hotplate", "/dev/ttyUSB5")):
             text = text.replace(f'endpoint = "{placeholder}"', f'endpoint = "{endpoints[name]}"')
