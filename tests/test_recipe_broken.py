@@ -399,3 +399,18 @@ def test_material_flow_is_checked_up_to_the_first_rejected_step() -> None:
     issues = validate(r, {}, full_bench())
     assert [i.path for i in issues] == ["steps[7].device", "steps[6].args.to"]
     assert "cell_vial would overflow" in issues[1].message
+
+
+def test_analysis_arguments_follow_the_analysis_declaration() -> None:
+    r = copy.deepcopy(BASE)
+    r["steps"] = [EC("ec", "4 mL"),
+                  POT("eis", "peis", amplitude="10 mV", f_start="10 kHz", f_end="10 Hz",
+                      n_frequencies=10),
+                  {"id": "a", "analysis": "ionic_conductivity",
+                   "args": {"step": "eis", "cell_constant": "1 V", "colour": "red"}},
+                  {"id": "b", "analysis": "no_such_analysis"}]
+    r["steps"].insert(0, copy.deepcopy(BASE["steps"][0]))
+    issues = validate(r, {}, full_bench())
+    assert [i.path for i in issues] == ["steps[3].args.cell_constant", "steps[3].args.colour",
+                                        "steps[4].analysis"]
+    assert "unknown analysis 'no_such_analysis'" in issues[2].message

@@ -96,7 +96,8 @@ def test_electrolyte_plan_resolves_parameters_into_si_args() -> None:
     assert eis.retries == 1 and eis.on_error == "retry" and eis.idempotent
     analysis = plan.step("conductivity")
     assert analysis is not None and analysis.kind == "analysis"
-    assert analysis.action == "ionic_conductivity" and analysis.args["data"] == "eis"
+    assert analysis.action == "ionic_conductivity" and analysis.args["step"] == "eis"
+    assert analysis.args["temperature"] == "40 °C"
     assert plan.parameters["salt_molality"] == "1.5 mol / kg"
     assert plan.recipe["parameters"]["ec_fraction"]["value"] == 0.3
 

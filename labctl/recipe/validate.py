@@ -65,7 +65,8 @@ from labctl.units import quantity
 
 MAX_REPEAT = 10_000
 MAX_STEPS = 50_000
-DATA_REF_KEYS = ("data", "step", "steps", "source")
+#: analysis args that name earlier steps (resolved to plan ids)
+DATA_REF_KEYS = ("data", "step", "steps", "source", "anodic_step", "cathodic_step")
 
 _DURATION = Arg("duration", "quantity", unit="s", minimum=0.0)
 _TIMEOUT = Arg("timeout", "quantity", unit="s", minimum=0.0, exclusive_minimum=True)
@@ -481,7 +482,7 @@ class Compiler:
         if not ok:
             return None
         args = _jsonable(args)
-        good = True
+        good = self._analysis_args(st.analysis, args, p, ctx)
         for key in DATA_REF_KEYS:
             if key not in args:
                 continue
@@ -521,6 +522,38 @@ class Compiler:
                               + (f" of {args.get('data')}" if args.get("data") else "") + ".")
         self.leaves[pid] = planned
         return planned
+
+    def _analysis_args(self, name: str, args: dict[str, Any], p: str, ctx: _Ctx) -> bool:
+        """Arguments against the analysis's own declaration, when it has one
+        (labctl.analysis AnalysisSpec.args: name -> ArgSpec(unit, default, required))."""
+        declared = getattr((self.analyses or {}).get(name), "args", None)
+        if not isinstance(declared, dict):
+            return True
+        from labctl.units import to
+
+        good = True
+        for key, value in args.items():
+            if key in DATA_REF_KEYS:
+                continue
+            spec = declared.get(key)
+            if spec is None:
+                self.issue(f"{p}.args.{key}", f"unknown argument {key!r} for analysis {name} "
+                                              f"(arguments: {', '.join(declared)})", ctx.loop)
+                good = False
+                continue
+            unit = getattr(spec, "unit", None)
+            if unit is not None and isinstance(value, str):
+                try:
+                    to(value, unit)
+                except Exception as exc:
+                    self.issue(f"{p}.args.{key}", str(exc), ctx.loop)
+                    good = False
+        for key, spec in declared.items():
+            if getattr(spec, "required", False) and key not in args:
+                self.issue(f"{p}.args", f"missing required argument {key!r} for analysis "
+                                        f"{name}", ctx.loop)
+                good = False
+        return good
 
     def _find_step(self, ref: str, id_prefix: str,
                    among: Mapping[str, Any] | set[str] | None = None) -> str | None:
