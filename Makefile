@@ -16,8 +16,11 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# The main job: formulate an electrolyte and measure its conductivity on the simulated bench,
+# then show the recorded run.
 demo: $(STAMP)
-	$(BIN)/labctl devices --config config/sim.toml
+	$(BIN)/labctl run recipes/electrolyte_conductivity.json --config config/sim.toml --data-dir runs
+	$(BIN)/labctl runs list --data-dir runs --limit 5
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -586,8 +586,9 @@ class Executor:
             remaining -= self.clock.monotonic() - t0
 
     async def _analysis(self, step: Any) -> dict[str, Any]:
-        """Figures of merit from the data of earlier steps (labctl.analysis.ANALYSES)."""
-        name = str(_get(step, "action") or _get(step, "analysis"))
+        """Figures of merit from the data of earlier steps:
+        `labctl.analysis.ANALYSES[name](files, **args)`, files = {step_id: path}."""
+        name = str(_get(step, "analysis") or _get(step, "action"))
         table = self._analyses
         if table is None:
             from labctl.analysis import ANALYSES
@@ -596,41 +597,24 @@ class Executor:
         if name not in table:
             raise LabctlError(f"unknown analysis {name!r} (known: {', '.join(sorted(table))})")
         args = dict(_get(step, "args") or {})
-        files = self._data_files_for(args)
-        fn = table[name]
-        out = fn(files=files, args=args, results=self.results, record=self.record) \
-            if _accepts(fn, "results") else fn(files, **args)
+        out = table[name](self._data_files(), **args)
         if inspect.isawaitable(out):
             out = await out
         result = _jsonable(out if isinstance(out, dict) else {"value": out})
         figs = result.get("figures") if isinstance(result.get("figures"), list) else None
         for fig in figs or [result]:
-            self.figures.append({"step": str(_get(step, "id")), "analysis": name, **fig})
+            self.figures.append({"analysis": name, "analysis_step": str(_get(step, "id")),
+                                 **fig})
         return result
 
-    def _data_files_for(self, args: dict[str, Any]) -> list[str]:
-        """Absolute paths of the data files of the steps an analysis names (`step`,
-        `steps`, `data`, `source`), or of every earlier step when it names none."""
-        refs: list[str] = []
-        for key in ("step", "steps", "data", "source", "from"):
-            v = args.get(key)
-            if isinstance(v, str):
-                refs.append(v)
-            elif isinstance(v, list):
-                refs.extend(str(x) for x in v)
-        chosen = refs or list(self.results)
-        files: list[str] = []
-        for sid in chosen:
-            for rel in (self.results.get(sid) or {}).get("data_files", []):
-                files.append(str(self.record.folder / rel))
+    def _data_files(self) -> dict[str, str]:
+        """{step_id: absolute path} of every data file written so far in this run
+        (including earlier sessions of a resumed run)."""
+        files: dict[str, str] = {}
+        for sid, res in self.results.items():
+            for rel in (res or {}).get("data_files", []):
+                files.setdefault(sid, str(self.record.folder / rel))
         return files
-
-
-def _accepts(fn: Callable[..., Any], name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _flatten(eg: BaseExceptionGroup[Any]) -> list[BaseException]:
