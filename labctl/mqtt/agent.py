@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import socket
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,9 @@ EVENT_BUFFER = 10_000
 """Events kept while the broker is away (oldest dropped first; `seq` shows the gap)."""
 EVENT_BATCH = 64
 """Events in flight at once (QoS 1, acknowledged together)."""
+READ_ONLY = (StatusCommand, ListCommand, ValidateCommand)
+"""Commands that change nothing: their replies are remembered in memory, not in the index."""
+RECENT_READ_ONLY = 10_000
 
 
 def utc_now() -> str:
@@ -92,6 +95,7 @@ class Agent:
         self._status_dirty = True
         self._last_status: str | None = None
         self._stopping = asyncio.Event()
+        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._host = socket.gethostname()
 
     # ------------------------------------------------------------------ lifecycle
@@ -270,7 +274,7 @@ class Agent:
             await self._reply(client, topic, correlation, exc.reply().model_dump(mode="json"))
             return
         topic = response_topic or self.topics.reply(command.id)
-        prior = self.port.seen_command(command.id)
+        prior = self._recent.get(command.id) or self.port.seen_command(command.id)
         if prior is not None:
             self.stats["duplicates"] += 1
             log.info("duplicate command %s: same reply, nothing done", command.id)
@@ -278,7 +282,12 @@ class Agent:
             return
         reply = await self._execute(command, message)
         body = reply.model_dump(mode="json", exclude_none=True)
-        if not (reply.error and reply.error.code == "internal"):  # a retry may succeed
+        if isinstance(command, READ_ONLY):
+            # nothing to do twice: kept in memory only, sparing the index an fsync per query
+            self._recent[command.id] = body
+            while len(self._recent) > RECENT_READ_ONLY:
+                self._recent.popitem(last=False)
+        elif not (reply.error and reply.error.code == "internal"):  # a retry may succeed
             self.port.remember_command(command.id, body)
         self.stats["commands"] += 1
         await self._reply(client, topic, correlation, body)

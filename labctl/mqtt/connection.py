@@ -117,6 +117,7 @@ class MqttClient(aiomqtt.Client):
             socket_options=NODELAY,
             timeout=timeout,
         )
+        self.pending_calls_threshold = 10_000  # events are pipelined on purpose
         self._refusals: dict[int, ReasonCode] = {}
         self._manual_ack = manual_ack
         if manual_ack:
