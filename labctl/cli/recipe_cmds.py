@@ -56,8 +56,16 @@ def _plan_or_exit(recipe: Path, config: Path, param: list[str] | None, as_json: 
 
 
 @app.command()
-def schema() -> None:
+def schema(
+    mqtt: Annotated[bool, typer.Option("--mqtt", help="The schemas of the MQTT payloads "
+                                       "(cmd, reply, status, events, result) instead.")] = False,
+) -> None:
     """Print the JSON Schema (draft 2020-12) of recipes, with the action catalogue."""
+    if mqtt:
+        from labctl.mqtt.payloads import json_schemas
+
+        print(json.dumps(json_schemas(), indent=2))
+        return
     from labctl.recipe import json_schema
 
     print(json.dumps(json_schema(), indent=2))
