@@ -324,9 +324,10 @@ class Effect:
     `expect_source` / `expect_destination` name the vessel a route must lead to.
     kind "route": routing `device` (a valve, a pump's port) now leads to `target` (None =
     unknown or unconnected). kind "needs_liquid": `destination` must hold liquid now.
+    kind "init": `device` is initialised (homed); "needs_init": it must be by now.
     `arg` names the recipe argument to blame."""
 
-    kind: Literal["move", "route", "needs_liquid"]
+    kind: Literal["move", "route", "needs_liquid", "init", "needs_init"]
     source: str | None = None
     destination: str | None = None
     amount: float = 0.0
@@ -548,7 +549,7 @@ class SyringeInitialize(_SyringeAction):
         return 3.0
 
     def effects(self, dev: DeviceView, a: dict[str, Any]) -> list[Effect]:
-        return [Effect("route", device=dev.name, target=None)]
+        return [Effect("init", device=dev.name), Effect("route", device=dev.name, target=None)]
 
     def describe(self, dev: DeviceView, a: dict[str, Any]) -> str:
         return f"Initialise {dev.name} (home plunger and valve)."
@@ -572,7 +573,8 @@ class SyringeValve(_SyringeAction):
         return 0.5
 
     def effects(self, dev: DeviceView, a: dict[str, Any]) -> list[Effect]:
-        return [Effect("route", device=dev.name, target=a.get("leads_to"), arg="port")]
+        return [Effect("needs_init", device=dev.name),
+                Effect("route", device=dev.name, target=a.get("leads_to"), arg="port")]
 
     def describe(self, dev: DeviceView, a: dict[str, Any]) -> str:
         return f"Turn the valve of {dev.name} to port {a.get('port_id')} ({a.get('leads_to')})."
@@ -607,7 +609,7 @@ class SyringeAspirate(_SyringeAction):
             0.5 if a.get("source_port") else 0.0)
 
     def effects(self, dev: DeviceView, a: dict[str, Any]) -> list[Effect]:
-        out = []
+        out = [Effect("needs_init", device=dev.name)]
         if a.get("source_port"):
             out.append(Effect("route", device=dev.name, target=a.get("leads_to"), arg="from"))
         out.append(Effect("move", source=f"@{dev.name}", destination=self._barrel(dev),
@@ -651,7 +653,7 @@ class SyringeDispense(_SyringeAction):
             0.5 if a.get("destination_port") else 0.0)
 
     def effects(self, dev: DeviceView, a: dict[str, Any]) -> list[Effect]:
-        out = []
+        out = [Effect("needs_init", device=dev.name)]
         if a.get("destination_port"):
             out.append(Effect("route", device=dev.name, target=a.get("leads_to"), arg="to"))
         out.append(Effect("move", source=self._barrel(dev), destination=f"@{dev.name}",
@@ -703,6 +705,7 @@ class SyringeTransfer(_SyringeAction):
     def effects(self, dev: DeviceView, a: dict[str, Any]) -> list[Effect]:
         # the source route is read before, the destination route after: both ports are used
         return [
+            Effect("needs_init", device=dev.name),
             Effect("route", device=dev.name, target=a.get("source_leads_to"), arg="from"),
             Effect("move", source=f"@{dev.name}", destination=None, amount=a["volume_l"],
                    expect_source=a.get("source_expect"), arg="from"),

@@ -36,6 +36,7 @@ BASE: dict[str, Any] = {
     },
     "materials": {"EC": {"location": "res_ec"}},
     "steps": [
+        {"id": "init", "device": "pump_ec", "action": "initialize"},
         {"id": "route", "device": "sel_valve", "action": "move",
          "args": {"position": "cell_vial"}},
         {"id": "ec", "device": "pump_ec", "action": "transfer",
@@ -93,62 +94,62 @@ CASES: list[tuple[str, Any, dict[str, str], str, str]] = [
     ("missing name", lambda r: r.pop("name"), {}, "name", "missing required field 'name'"),
     ("unknown top-level field", top(colour="blue"), {}, "colour", "unknown field 'colour'"),
     ("no steps", top(steps=[]), {}, "steps", "at least 1"),
-    ("step of no kind", add({"id": "what"}), {}, "steps[3]", "a step needs one of"),
-    ("bad step id", step(2, id="mix.1"), {}, "steps[2].id", "a step id"),
-    ("duplicate step id", step(2, id="ec"), {}, "steps[2].id", "duplicate step id 'ec'"),
-    ("unknown field in a step", step(2, colour=1), {}, "steps[2].colour", "unknown field"),
-    ("unknown device", step(1, device="pump_x"), {}, "steps[1].device",
+    ("step of no kind", add({"id": "what"}), {}, "steps[4]", "a step needs one of"),
+    ("bad step id", step(3, id="mix.1"), {}, "steps[3].id", "a step id"),
+    ("duplicate step id", step(3, id="ec"), {}, "steps[3].id", "duplicate step id 'ec'"),
+    ("unknown field in a step", step(3, colour=1), {}, "steps[3].colour", "unknown field"),
+    ("unknown device", step(2, device="pump_x"), {}, "steps[2].device",
      "unknown device 'pump_x'"),
-    ("unsupported action", step(1, action="fly"), {}, "steps[1].action",
+    ("unsupported action", step(2, action="fly"), {}, "steps[2].action",
      "does not support action 'fly'"),
-    ("unknown argument", arg(2, "colour", "red"), {}, "steps[2].args.colour",
+    ("unknown argument", arg(3, "colour", "red"), {}, "steps[3].args.colour",
      "unknown argument 'colour'"),
-    ("missing argument", lambda r: r["steps"][1]["args"].pop("from"), {}, "steps[1].args.from",
+    ("missing argument", lambda r: r["steps"][2]["args"].pop("from"), {}, "steps[2].args.from",
      "missing required argument 'from'"),
-    ("wrong dimension", arg(1, "volume", "3 s"), {}, "steps[1].args.volume", "is not a volume"),
-    ("number without unit", arg(1, "volume", 3), {}, "steps[1].args.volume", "needs a unit"),
-    ("unparseable quantity", arg(2, "speed", "fast please"), {}, "steps[2].args.speed",
+    ("wrong dimension", arg(2, "volume", "3 s"), {}, "steps[2].args.volume", "is not a volume"),
+    ("number without unit", arg(2, "volume", 3), {}, "steps[2].args.volume", "needs a unit"),
+    ("unparseable quantity", arg(3, "speed", "fast please"), {}, "steps[3].args.speed",
      "cannot parse quantity"),
     ("volume over syringe", add({"id": "big", "device": "pump_ec", "action": "aspirate",
                                  "args": {"volume": "30 mL", "from": "res_ec"}}), {},
-     "steps[3].args.volume", "30 mL exceeds pump_ec syringe volume 5 mL"),
-    ("flow over max", arg(1, "flow", "100 mL/min"), {}, "steps[1].args.flow",
+     "steps[4].args.volume", "30 mL exceeds pump_ec syringe volume 5 mL"),
+    ("flow over max", arg(2, "flow", "100 mL/min"), {}, "steps[2].args.flow",
      "100 mL/min exceeds pump_ec max_flow 25 mL/min"),
-    ("negative volume", arg(1, "volume", "-1 mL"), {}, "steps[1].args.volume",
+    ("negative volume", arg(2, "volume", "-1 mL"), {}, "steps[2].args.volume",
      "volume must be above 0"),
-    ("stir too fast", arg(2, "speed", "2000 rpm"), {}, "steps[2].args.speed",
+    ("stir too fast", arg(3, "speed", "2000 rpm"), {}, "steps[3].args.speed",
      "exceeds hotplate max_speed 1200 rpm"),
-    ("too hot", arg(2, "temperature", "120 degC"), {}, "steps[2].args.temperature",
+    ("too hot", arg(3, "temperature", "120 degC"), {}, "steps[3].args.temperature",
      "exceeds hotplate max_temperature"),
     ("block over limit", add({"id": "bake", "device": "block_heater",
                               "action": "set_temperature", "args": {"temperature": "200 degC"}}),
-     {}, "steps[3].args.temperature", "exceeds block_heater max_temperature 150"),
+     {}, "steps[4].args.temperature", "exceeds block_heater max_temperature 150"),
     ("dose over max mass", add({"id": "salt", "device": "dispenser", "action": "dispense",
-                                "args": {"mass": "6 g"}}), {}, "steps[3].args.mass",
+                                "args": {"mass": "6 g"}}), {}, "steps[4].args.mass",
      "6 g exceeds dispenser max_mass 5 g"),
     ("dispenser holds another material", add({"id": "salt", "device": "dispenser",
                                               "action": "dispense",
                                               "args": {"mass": "1 g", "material": "NaCl"}}),
-     {}, "steps[3].args.material", "dispenser doses LiPF6, not NaCl"),
-    ("valve position out of range", arg(0, "position", 9), {}, "steps[0].args.position",
+     {}, "steps[4].args.material", "dispenser doses LiPF6, not NaCl"),
+    ("valve position out of range", arg(1, "position", 9), {}, "steps[1].args.position",
      "position 9 does not exist on sel_valve"),
-    ("valve to unknown vessel", arg(0, "position", "bucket"), {}, "steps[0].args.position",
+    ("valve to unknown vessel", arg(1, "position", "bucket"), {}, "steps[1].args.position",
      "no position of sel_valve leads to 'bucket'"),
-    ("unknown source vessel", arg(1, "from", "res_xyz"), {}, "steps[1].args.from",
+    ("unknown source vessel", arg(2, "from", "res_xyz"), {}, "steps[2].args.from",
      "'res_xyz' is neither a port of pump_ec"),
-    ("route set elsewhere", arg(0, "position", "coat_vial"), {}, "steps[1].args.to",
+    ("route set elsewhere", arg(1, "position", "coat_vial"), {}, "steps[2].args.to",
      "cell_vial is reached through sel_valve, which leads to coat_vial"),
-    ("route never set", lambda r: r["steps"].pop(0), {}, "steps[0].args.to",
+    ("route never set", lambda r: r["steps"].pop(1), {}, "steps[1].args.to",
      "sel_valve is not set to a known position"),
     ("overflowing vial", add(EC("a", "5 mL"), EC("b", "5 mL"), EC("c", "5 mL"),
-                             EC("d", "5 mL")), {}, "steps[6].args.to",
+                             EC("d", "5 mL")), {}, "steps[7].args.to",
      "cell_vial would overflow: 22 mL in a 20 mL vessel"),
     ("reservoir runs dry", lambda r: r["steps"].extend(
         [{"id": "to_waste", "device": "sel_valve", "action": "move",
           "args": {"position": "waste"}}]
         + [{"id": f"t{k}", "device": "pump_ec", "action": "transfer",
             "args": {"volume": "17 mL", "from": "res_ec", "to": "waste"}} for k in range(12)]),
-     {}, "steps[15].args.from", "res_ec holds 11 mL, cannot take 17 mL"),
+     {}, "steps[16].args.from", "res_ec holds 11 mL, cannot take 17 mL"),
     ("unknown material", lambda r: r["materials"].update({"NaCl": {"name": "salt"}}), {},
      "materials.NaCl", "unknown material 'NaCl'"),
     ("material at the wrong place", lambda r: r["materials"].update(
@@ -168,68 +169,70 @@ CASES: list[tuple[str, Any, dict[str, str], str, str]] = [
      "parameters.vol.unit", "needs a unit"),
     ("parameter with bad name", lambda r: r["parameters"].update(
         {"2x": {"type": "number", "default": 1}}), {}, "parameters.2x", "not a valid name"),
-    ("bad expression", arg(1, "volume", "${vol * }"), {}, "steps[1].args.volume",
+    ("bad expression", arg(2, "volume", "${vol * }"), {}, "steps[2].args.volume",
      "unexpected end of expression"),
-    ("unknown name in expression", arg(1, "volume", "${vl}"), {}, "steps[1].args.volume",
+    ("unknown name in expression", arg(2, "volume", "${vl}"), {}, "steps[2].args.volume",
      "unknown name 'vl'"),
-    ("__import__ in expression", arg(1, "volume",
+    ("__import__ in expression", arg(2, "volume",
                                      "${__import__('os').system('touch /tmp/labctl_pwned')}"),
-     {}, "steps[1].args.volume", "'__import__' is not allowed"),
-    ("attribute access in expression", arg(1, "volume", "${vol.real}"), {},
-     "steps[1].args.volume", "unexpected character '.'"),
-    ("unknown function", arg(1, "volume", "${exec(vol)}"), {}, "steps[1].args.volume",
+     {}, "steps[2].args.volume", "'__import__' is not allowed"),
+    ("attribute access in expression", arg(2, "volume", "${vol.real}"), {},
+     "steps[2].args.volume", "unexpected character '.'"),
+    ("unknown function", arg(2, "volume", "${exec(vol)}"), {}, "steps[2].args.volume",
      "unknown function 'exec'"),
-    ("division by zero", arg(1, "volume", "${vol / 0}"), {}, "steps[1].args.volume",
+    ("division by zero", arg(2, "volume", "${vol / 0}"), {}, "steps[2].args.volume",
      "division by zero"),
-    ("expression of wrong dimension", arg(1, "volume", "${vol * 2 s}"), {},
-     "steps[1].args.volume", "is not a volume"),
-    ("include with ..", add({"id": "r", "include": "../rinse.json"}), {}, "steps[3].include",
+    ("expression of wrong dimension", arg(2, "volume", "${vol * 2 s}"), {},
+     "steps[2].args.volume", "is not a volume"),
+    ("include with ..", add({"id": "r", "include": "../rinse.json"}), {}, "steps[4].include",
      "'..' is not allowed"),
-    ("include absolute", add({"id": "r", "include": "/etc/passwd"}), {}, "steps[3].include",
+    ("include absolute", add({"id": "r", "include": "/etc/passwd"}), {}, "steps[4].include",
      "must be relative"),
-    ("include missing", add({"id": "r", "include": "nope.json"}), {}, "steps[3].include",
+    ("include missing", add({"id": "r", "include": "nope.json"}), {}, "steps[4].include",
      "no such recipe file"),
     ("parallel branches share a device",
      add({"id": "both", "parallel": [EC("one", "1 mL"), EC("two", "1 mL")]}), {},
-     "steps[3].parallel[1]", "device pump_ec is used by parallel branches 0 and 1"),
+     "steps[4].parallel[1]", "device pump_ec is used by parallel branches 0 and 1"),
     ("parallel branch id duplicate",
      add({"id": "p", "parallel": [{"id": "w", "wait": "1 s"}, {"id": "w", "wait": "2 s"}]}),
-     {}, "steps[3].parallel[1].id", "duplicate step id 'w'"),
+     {}, "steps[4].parallel[1].id", "duplicate step id 'w'"),
     ("repeat too often", add({"id": "loop", "repeat": 100000,
-                              "steps": [{"id": "w", "wait": "1 s"}]}), {}, "steps[3].repeat",
+                              "steps": [{"id": "w", "wait": "1 s"}]}), {}, "steps[4].repeat",
      "more than 10000"),
     ("repeat count not whole", add({"id": "loop", "repeat": "${n / 4}",
                                     "steps": [{"id": "w", "wait": "1 s"}]}), {},
-     "steps[3].repeat", "whole number"),
+     "steps[4].repeat", "whole number"),
     ("loop variable hides a parameter",
      add({"id": "loop", "for_each": {"var": "vol", "in": ["1 mL"]},
-          "steps": [{"id": "w", "wait": "1 s"}]}), {}, "steps[3].for_each.var",
+          "steps": [{"id": "w", "wait": "1 s"}]}), {}, "steps[4].for_each.var",
      "hides a parameter"),
-    ("wait without unit", add({"id": "w", "wait": "5"}), {}, "steps[3].wait",
+    ("wait without unit", add({"id": "w", "wait": "5"}), {}, "steps[4].wait",
      "is not a duration"),
-    ("retry without retries", step(2, on_error="retry"), {}, "steps[2].retries",
+    ("retry without retries", step(3, on_error="retry"), {}, "steps[3].retries",
      "needs retries of at least 1"),
-    ("timeout shorter than the step", step(2, timeout="10 s"), {}, "steps[2].timeout",
+    ("timeout shorter than the step", step(3, timeout="10 s"), {}, "steps[3].timeout",
      "shorter than the step's estimated"),
-    ("bad on_error", step(2, on_error="ignore"), {}, "steps[2].on_error", "abort"),
+    ("bad on_error", step(3, on_error="ignore"), {}, "steps[3].on_error", "abort"),
     ("analysis of a missing step", add({"id": "a", "analysis": "ionic_conductivity",
-                                        "args": {"data": "eis"}}), {}, "steps[3].args.data",
+                                        "args": {"data": "eis"}}), {}, "steps[4].args.data",
      "no earlier step 'eis'"),
     ("analysis of a step without data", add({"id": "a", "analysis": "ionic_conductivity",
                                              "args": {"data": "mix"}}), {},
-     "steps[3].args.data", "step 'mix' records no data"),
+     "steps[4].args.data", "step 'mix' records no data"),
     ("potential step not positive", add(POT("lsv", "lsv", E_begin="3 V", E_end="5 V",
                                             E_step="-5 mV", scan_rate="5 mV/s")), {},
-     "steps[3].args.E_step", "must be above 0"),
+     "steps[4].args.E_step", "must be above 0"),
     ("scan rate of wrong dimension", add(POT("lsv", "lsv", E_begin="3 V", E_end="5 V",
                                              E_step="5 mV", scan_rate="5 mV")), {},
-     "steps[3].args.scan_rate", "is not a scan rate"),
+     "steps[4].args.scan_rate", "is not a scan rate"),
     ("peis with both grids", add(POT("eis", "peis", amplitude="10 mV", f_start="1 kHz",
                                      f_end="1 Hz", n_frequencies=10, points_per_decade=5)), {},
-     "steps[3].args.n_frequencies", "exactly one of n_frequencies and points_per_decade"),
+     "steps[4].args.n_frequencies", "exactly one of n_frequencies and points_per_decade"),
     ("c-rate without capacity", add(POT("cyc", "gcpl", n_cycles=1, phases=[
         {"mode": "cc", "c_rate": "1 /h", "max_time": "1 h", "sample_interval": "10 s"}])), {},
-     "steps[3].args.phases[0].c_rate", "needs nominal_capacity"),
+     "steps[4].args.phases[0].c_rate", "needs nominal_capacity"),
+    ("syringe pump used before initialize", lambda r: r["steps"].pop(0), {}, "steps[1]",
+     "pump_ec is not initialised before this step"),
     ("measuring an empty vial", lambda r: r.update(steps=[
         POT("ocv", "ocv", duration="1 min", sample_interval="1 s")]), {},
      "steps[0]", "cell_vial holds no liquid"),
@@ -247,7 +250,7 @@ def _source(mutation: Any) -> Any:
 
 def test_base_recipe_is_valid() -> None:
     plan = build_plan(copy.deepcopy(BASE), {}, full_bench())
-    assert [s.id for s in plan.leaves()] == ["route", "ec", "mix"]
+    assert [s.id for s in plan.leaves()] == ["init", "route", "ec", "mix"]
 
 
 def test_the_table_is_broad() -> None:
@@ -272,13 +275,13 @@ def test_expression_payload_was_not_executed() -> None:
 
 def test_every_error_is_reported_at_once() -> None:
     r = copy.deepcopy(BASE)
-    r["steps"][1]["device"] = "pump_x"
-    r["steps"][2]["args"]["speed"] = "5000 rpm"
+    r["steps"][2]["device"] = "pump_x"
+    r["steps"][3]["args"]["speed"] = "5000 rpm"
     r["steps"].append({"id": "w", "wait": "${nope}"})
     issues = validate(r, {"vol": "50 mL"}, full_bench())
     paths = [i.path for i in issues]
-    assert paths == ["parameters.vol", "steps[1].device", "steps[2].args.speed",
-                     "steps[3].wait"]
+    assert paths == ["parameters.vol", "steps[2].device", "steps[3].args.speed",
+                     "steps[4].wait"]
 
 
 def test_an_invalid_parameter_does_not_pile_up_follow_on_errors() -> None:
@@ -291,18 +294,18 @@ def test_disabled_device_is_absent() -> None:
     cfg.devices["hotplate"].enabled = False
     issues = validate(copy.deepcopy(BASE), {}, cfg)
     assert [str(i) for i in issues] == [
-        "steps[2].device: device 'hotplate' is disabled on bench sim-bench-1 (enabled = false)"]
+        "steps[3].device: device 'hotplate' is disabled on bench sim-bench-1 (enabled = false)"]
 
 
 def test_errors_inside_an_include_name_the_include(tmp_path: Path) -> None:
     inner = copy.deepcopy(BASE)
-    inner["steps"][2]["args"]["speed"] = "5000 rpm"
+    inner["steps"][3]["args"]["speed"] = "5000 rpm"
     (tmp_path / "inner.json").write_text(json.dumps(inner))
     outer = copy.deepcopy(BASE)
     outer["steps"] = [{"id": "sub", "include": "inner.json", "params": {"vol": "1 mL"}}]
     (tmp_path / "outer.json").write_text(json.dumps(outer))
     issues = validate(tmp_path / "outer.json", {}, full_bench())
-    assert [i.path for i in issues] == ["steps[0].include(inner.json).steps[2].args.speed"]
+    assert [i.path for i in issues] == ["steps[0].include(inner.json).steps[3].args.speed"]
 
 
 def test_include_parameters_are_checked_at_the_include(tmp_path: Path) -> None:
@@ -386,7 +389,7 @@ def test_errors_in_loop_iterations_name_the_iteration() -> None:
     r = copy.deepcopy(BASE)
     r["steps"].append({"id": "fill", "repeat": 6, "steps": [EC("more", "4 mL")]})
     issues = validate(r, {}, full_bench())
-    assert [i.path for i in issues] == ["steps[3].steps[0].args.to"]
+    assert [i.path for i in issues] == ["steps[4].steps[0].args.to"]
     assert "cell_vial would overflow" in issues[0].message
     assert "(step fill[4].more)" in issues[0].message
 
@@ -397,7 +400,7 @@ def test_material_flow_is_checked_up_to_the_first_rejected_step() -> None:
                    {"id": "odd", "device": "pump_x", "action": "transfer", "args": {}},
                    EC("e", "5 mL")]
     issues = validate(r, {}, full_bench())
-    assert [i.path for i in issues] == ["steps[7].device", "steps[6].args.to"]
+    assert [i.path for i in issues] == ["steps[8].device", "steps[7].args.to"]
     assert "cell_vial would overflow" in issues[1].message
 
 
@@ -409,8 +412,8 @@ def test_analysis_arguments_follow_the_analysis_declaration() -> None:
                   {"id": "a", "analysis": "ionic_conductivity",
                    "args": {"step": "eis", "cell_constant": "1 V", "colour": "red"}},
                   {"id": "b", "analysis": "no_such_analysis"}]
-    r["steps"].insert(0, copy.deepcopy(BASE["steps"][0]))
+    r["steps"][:0] = copy.deepcopy(BASE["steps"][:2])
     issues = validate(r, {}, full_bench())
-    assert [i.path for i in issues] == ["steps[3].args.cell_constant", "steps[3].args.colour",
-                                        "steps[4].analysis"]
+    assert [i.path for i in issues] == ["steps[4].args.cell_constant", "steps[4].args.colour",
+                                        "steps[5].analysis"]
     assert "unknown analysis 'no_such_analysis'" in issues[2].message

@@ -65,12 +65,12 @@ def test_validate_invalid_exits_2_with_every_error(bench: Path) -> None:
 
 def test_validate_invalid_text_names_paths(bench: Path, tmp_path: Path) -> None:
     bad = json.loads((RECIPES / "rinse.json").read_text())
-    bad["steps"][1]["device"] = "pump_x"
+    bad["steps"][2]["device"] = "pump_x"
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(bad))
     code, _out, err = run("validate", str(path), "--config", str(bench))
     assert code == 2
-    assert "steps[1].device: unknown device 'pump_x'" in err
+    assert "steps[2].device: unknown device 'pump_x'" in err
 
 
 def test_validate_syntax_error_gives_line_and_column(bench: Path, tmp_path: Path) -> None:

@@ -116,7 +116,7 @@ def test_include_is_inlined_with_prefixed_ids_and_its_own_parameters() -> None:
     rinse = plan.step("rinse")
     assert rinse is not None and rinse.kind == "sequence"
     ids = [s.id for s in rinse.leaves()]
-    assert ids[:4] == ["rinse.drain[0].to_vial", "rinse.drain[0].draw",
+    assert ids[:5] == ["rinse.init", "rinse.drain[0].to_vial", "rinse.drain[0].draw",
                        "rinse.drain[0].to_waste", "rinse.drain[0].out"]
     assert "rinse.drain[2].out" in ids
     draw = plan.step("rinse.drain[1].draw")

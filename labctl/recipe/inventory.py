@@ -53,6 +53,7 @@ class Inventory:
         self.cfg = cfg
         self.holdings: dict[str, Holding] = {}
         self.routes: dict[str, str | None] = {}
+        self.initialized: set[str] = set()
         self.uses: dict[tuple[str, str], Use] = {}
         self.moves: list[dict[str, Any]] = []
         self._transit: tuple[dict[str, float], dict[str, float]] | None = None
@@ -113,6 +114,14 @@ class Inventory:
         if effect.kind == "route":
             if effect.device:
                 self.routes[effect.device] = effect.target
+            return []
+        if effect.kind == "init":
+            self.initialized.add(effect.device or "")
+            return []
+        if effect.kind == "needs_init":
+            if effect.device not in self.initialized:
+                return [("", f"{effect.device} is not initialised before this step (add an "
+                             f"initialize step for it earlier in the recipe)")]
             return []
         if effect.kind == "needs_liquid":
             vessel, why = self.resolve(effect.destination or "")
