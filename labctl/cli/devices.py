@@ -77,7 +77,7 @@ def devices(
             ident = r["identity"] or {}
             status = r.get("status") or {}
             readings = ", ".join(f"{k}={_short(v)}" for k, v in status.get("readings", {}).items())
-            state = r["error"] and f"ERROR: {r['error']}" or status.get("state", "")
+            state = (r["error"] and f"ERROR: {r['error']}") or status.get("state", "")
             table.add_row(r["name"], r["driver"], ident.get("model", ""), ident.get("serial", ""),
                           ident.get("firmware", ""), state, readings)
         Console().print(table)
