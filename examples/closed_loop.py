@@ -64,6 +64,7 @@ async def optimise(args: argparse.Namespace) -> None:
     history: list[tuple[float, float, float]] = []
     async with BenchClient(args.broker, args.bench_id, username=args.username,
                            password=args.password, timeout=60) as bench:
+        await bench.wait_online(timeout=120)
         print(f"bench {args.bench_id} via {args.broker}: state {(await bench.status())['state']}")
         for i in range(1, args.iterations + 1):
             salt, ratio = opt.ask()

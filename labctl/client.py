@@ -118,7 +118,9 @@ class BenchClient:
         self.connections = 0
         self.result_deliveries: dict[str, int] = {}
         self._client: MqttClient | None = None
-        self._subscriptions: set[str] = {self.inbox}
+        self._subscriptions: set[str] = {self.inbox, self.topics.online}
+        self.bench_online = asyncio.Event()
+        self._background: set[asyncio.Future[None]] = set()
         self._pending: dict[str, tuple[asyncio.Future[dict[str, Any]], bytes]] = {}
         self._results: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._event_queues: set[asyncio.Queue[dict[str, Any]]] = set()
@@ -203,6 +205,17 @@ class BenchClient:
     # ------------------------------------------------------------------ incoming
     def _dispatch(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
+        if topic == self.topics.online:
+            if message.payload == b"online":
+                if not self.bench_online.is_set() and self._client is not None:
+                    # the agent (re)started: what it may have missed goes again, same ids
+                    task = asyncio.ensure_future(self._resend_pending(self._client))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+                self.bench_online.set()
+            else:
+                self.bench_online.clear()
+            return
         try:
             body = json.loads(bytes(message.payload)) if isinstance(
                 message.payload, bytes | bytearray) else None
@@ -245,6 +258,10 @@ class BenchClient:
         if client is not None:
             with contextlib.suppress(aiomqtt.MqttError):  # the reconnect subscribes again
                 await client.subscribe(topic, options=subscribe_options(1, retain_handling=1))
+
+    async def wait_online(self, timeout: float | None = None) -> None:
+        """Wait until the bench's agent says it is online (its retained `online` topic)."""
+        await asyncio.wait_for(self.bench_online.wait(), timeout or self.timeout)
 
     # ------------------------------------------------------------------ commands
     def _props(self, command_id: str) -> Properties:
