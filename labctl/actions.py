@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from functools import lru_cache
 from typing import Any, ClassVar, Literal, Protocol
 
 import pint
@@ -49,10 +50,27 @@ def fmt(value: float, unit: str, digits: int = 4) -> str:
         if abs(value) < 7200:
             return f"{value / 60:.{digits}g} min"
         return f"{value / 3600:.{digits}g} h"
+    scales = _SCALES.get(unit)
+    if scales is not None and math.isfinite(value):
+        if value == 0:
+            return f"0 {next(sym for f, sym in scales if f == 1.0)}"
+        for factor, symbol in scales:
+            if abs(value) >= factor or factor == scales[-1][0]:
+                return f"{value / factor:.{digits}g} {symbol}"
     try:
         return litres_upper(_fmt(value, unit, digits))
     except Exception:  # odd values (inf) are shown plainly
         return f"{value:.{digits}g} {unit}"
+
+
+#: prefixes for the common units, cheaper than pint's to_compact (plans have many steps)
+_SCALES: dict[str, tuple[tuple[float, str], ...]] = {
+    "L": ((1.0, "L"), (1e-3, "mL"), (1e-6, "µL"), (1e-9, "nL")),
+    "g": ((1e3, "kg"), (1.0, "g"), (1e-3, "mg"), (1e-6, "µg")),
+    "V": ((1.0, "V"), (1e-3, "mV"), (1e-6, "µV")),
+    "A": ((1.0, "A"), (1e-3, "mA"), (1e-6, "µA"), (1e-9, "nA"), (1e-12, "pA")),
+    "Hz": ((1e6, "MHz"), (1e3, "kHz"), (1.0, "Hz"), (1e-3, "mHz"), (1e-6, "µHz")),
+}
 
 # ---------------------------------------------------------------- the executor's side
 
@@ -341,6 +359,19 @@ class Effect:
     solid: bool = False
 
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that say something (for the plan and the record)."""
+        out = {}
+        for f in _EFFECT_FIELDS:
+            value = getattr(self, f)
+            if value not in (None, "", False):
+                out[f] = value
+        return out
+
+
+_EFFECT_FIELDS = tuple(f.name for f in fields(Effect))
+
+
 @dataclass(frozen=True)
 class DeviceView:
     """One configured device as validation sees it: config only, no I/O."""
@@ -354,22 +385,10 @@ class DeviceView:
         return self.config.params.get(key, default)
 
     def param_q(self, key: str, unit: str) -> float | None:
-        raw = self.config.params.get(key)
-        if raw is None:
-            return None
-        try:
-            return float(quantity(raw).to(unit).magnitude)
-        except Exception:
-            return None
+        return _converted(self.config.params.get(key), unit)
 
     def limit(self, key: str, unit: str) -> float | None:
-        raw = self.config.limits.get(key)
-        if raw is None:
-            return None
-        try:
-            return float(quantity(raw).to(unit).magnitude)
-        except Exception:
-            return None
+        return _converted(self.config.limits.get(key), unit)
 
     @property
     def port_map(self) -> dict[str, str]:
@@ -378,6 +397,21 @@ class DeviceView:
 
     def vessel_exists(self, name: str) -> bool:
         return name in self.bench.vessels
+
+
+def _converted(raw: Any, unit: str) -> float | None:
+    """A config value ('5 mL', 25) in `unit`, None when absent or not convertible."""
+    if raw is None or isinstance(raw, (bool, dict, list)):
+        return None
+    return _converted_cached(raw if isinstance(raw, str) else float(raw), unit)
+
+
+@lru_cache(maxsize=1024)
+def _converted_cached(raw: str | float, unit: str) -> float | None:
+    try:
+        return float(quantity(raw).to(unit).magnitude)
+    except Exception:
+        return None
 
 
 ArgIssue = tuple[str, str]  # (argument name, message)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -381,8 +381,7 @@ class Compiler:
             args=_jsonable(args), estimated_s=float(spec.estimate_s(view, args)),
             description=spec.describe(view, args), moves_material=spec.moves_material,
             idempotent=not spec.moves_material,
-            effects=[{k: v for k, v in asdict(e).items() if v not in (None, "", False)}
-                     for e in effects],
+            effects=[e.to_dict() for e in effects],
         )
         self.effects[pid] = effects
         self.leaves[pid] = planned
