@@ -230,7 +230,9 @@ class NewEraPump(Pump):
         if prompt.startswith("A?"):
             code = prompt[2]
             self.alarm = code
-            log.warning("%s: alarm A?%s (%s)", self.name, code, ALARMS.get(code, "unknown"))
+            # the power-up reset alarm is expected on every connect: not worth a warning
+            level = logging.INFO if code == "R" else logging.WARNING
+            log.log(level, "%s: alarm A?%s (%s)", self.name, code, ALARMS.get(code, "unknown"))
         else:
             self.last_prompt = prompt
         if data.startswith("?"):
