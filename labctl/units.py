@@ -14,7 +14,16 @@ from typing import Any
 
 import pint
 
-ureg: pint.UnitRegistry = pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
+def _make_registry() -> pint.UnitRegistry:
+    """Pint parses its definition files on every start (~0.5 s); its disk cache makes every
+    `labctl` command start faster. A read-only home just means no cache."""
+    try:
+        return pint.UnitRegistry(autoconvert_offset_to_baseunit=True, cache_folder=":auto:")
+    except Exception:  # pint's cache layer can fail in odd ways; the plain registry works
+        return pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
+
+
+ureg: pint.UnitRegistry = _make_registry()
 ureg.formatter.default_format = "~P"
 Q_ = ureg.Quantity
 
