@@ -16,6 +16,8 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
+from textual.css.query import NoMatches
+from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer
 
 from labctl.tui.backend import BackendError, BenchBackend, BenchDirectory, RecipeEntry
@@ -142,7 +144,9 @@ class LabctlApp(App[None]):
         return self.backend.view
 
     def _tick(self) -> None:
-        if self.backend is not None:
+        if self.backend is None or not isinstance(self.screen, ModalScreen | Screen):
+            return
+        with contextlib.suppress(NoMatches):  # shutting down: the panels are gone
             self._draw()
 
     def _changed(self, section: str) -> bool:

@@ -162,6 +162,15 @@ class BenchBackend(ABC):
         self.view.log(EventLine(utc_iso().split("T", 1)[1][:8], "operator", text, level))
 
 
+async def _stop_tasks(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel and reap; cancel again if a task swallowed the first one."""
+    while tasks:
+        for t in tasks:
+            t.cancel()
+        await asyncio.wait(tasks, timeout=1.0)
+        tasks[:] = [t for t in tasks if not t.done()]
+
+
 # ---------------------------------------------------------------- local bench
 
 class LocalBackend(BenchBackend):
@@ -227,12 +236,7 @@ class LocalBackend(BenchBackend):
         self._tasks.append(asyncio.create_task(self._refresh(), name="tui-refresh"))
 
     async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(BaseException):
-                await t
-        self._tasks.clear()
+        await _stop_tasks(self._tasks)
         if self._own_bench and self.bench is not None:
             await self.bench.close()  # aborts a run in progress and applies safe states
         self.view.connected = False
@@ -310,9 +314,10 @@ class LocalBackend(BenchBackend):
         while True:
             row = self.view.devices[name]
             try:
-                st = await asyncio.wait_for(dev.status(), self.poll_timeout_s)
-            except asyncio.CancelledError:
-                raise
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+                # races the reply, and the poller would then outlive close()
+                async with asyncio.timeout(self.poll_timeout_s):
+                    st = await dev.status()
             except Exception as exc:  # kept: last reading, marked stale
                 row.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             else:
@@ -383,7 +388,8 @@ class LocalBackend(BenchBackend):
         from labctl.run_machine import IllegalTransition
 
         try:
-            return await asyncio.wait_for(aw, COMMAND_TIMEOUT_S)
+            async with asyncio.timeout(COMMAND_TIMEOUT_S):
+                return await aw
         except (IllegalTransition, NothingToResume) as exc:
             raise BackendError(str(exc)) from None
         except TimeoutError:
@@ -489,13 +495,12 @@ class RemoteBackend(BenchBackend):
             raise BackendError(f"cannot reach the broker {self.settings.url()}: {exc}") from None
         self._task = asyncio.create_task(self._watch(), name="tui-remote-watch")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._first.wait(), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                await self._first.wait()
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+            await _stop_tasks([self._task])
         if self.client is not None:
             with contextlib.suppress(Exception):
                 await self.client.close()
@@ -644,7 +649,8 @@ class RemoteBackend(BenchBackend):
         from labctl.client import CommandError
 
         try:
-            return await asyncio.wait_for(aw, self.timeout_s + 1)
+            async with asyncio.timeout(self.timeout_s + 1):
+                return await aw
         except CommandError as exc:
             if exc.issues:
                 raise RecipeRejected([Problem(str(i.get("path") or ""), str(i.get("message")))
@@ -744,9 +750,7 @@ class BenchDirectory:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+            await _stop_tasks([self._task])
 
     async def _watch(self) -> None:
         import aiomqtt
