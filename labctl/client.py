@@ -31,6 +31,7 @@ from labctl.mqtt.connection import (
     BrokerSettings,
     MqttClient,
     PublishRefused,
+    cancel_and_wait,
     subscribe_options,
 )
 from labctl.mqtt.payloads import (
@@ -146,9 +147,7 @@ class BenchClient:
     async def close(self) -> None:
         self._closing = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         for fut, _ in self._pending.values():
             if not fut.done():

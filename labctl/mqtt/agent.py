@@ -23,7 +23,12 @@ from typing import Any
 
 import aiomqtt
 
-from labctl.mqtt.connection import BrokerSettings, MqttClient, correlation_properties
+from labctl.mqtt.connection import (
+    BrokerSettings,
+    MqttClient,
+    cancel_and_wait,
+    correlation_properties,
+)
 from labctl.mqtt.outbox import Outbox
 from labctl.mqtt.payloads import (
     AbortCommand,
@@ -105,9 +110,7 @@ class Agent:
         try:
             await self._connection_loop()
         finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            await cancel_and_wait(pump)
             self.outbox.close()
 
     def stop(self) -> None:
@@ -155,8 +158,7 @@ class Agent:
                 for t in tasks:
                     t.cancel()
                 for t in tasks:
-                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                        await t
+                    await cancel_and_wait(t)
             for t in done:
                 if not t.cancelled() and t.exception() is not None:
                     raise t.exception()  # type: ignore[misc]

@@ -173,6 +173,17 @@ class MqttClient(aiomqtt.Client):
             self._client.ack(message.mid, message.qos)
 
 
+async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
+    """Cancel a task and wait until it has ended. Cancels again while it lives on: on
+    Python < 3.12 asyncio.wait_for (which aiomqtt awaits PUBACKs with) can swallow a
+    cancellation that races with the completion of what it waits for."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    with contextlib.suppress(BaseException):
+        task.result()
+
+
 def response_properties(response_topic: str, correlation: bytes) -> Properties:
     props = Properties(PacketTypes.PUBLISH)
     props.ResponseTopic = response_topic
