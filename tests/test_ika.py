@@ -371,7 +371,7 @@ async def test_watchdog_keepalive_then_crashed_host_leaves_safe_hotplate(
 
 
 async def test_simulated_bench_config_hotplate_arms_its_watchdog() -> None:
-    """config/sim.toml: the hotplate connects with its 60 s watchdog and heats cell_vial."""
+    """config/sim.toml: the hotplate connects with its configured watchdog and heats cell_vial."""
     from labctl.config import load_config
     from labctl.instruments import Instruments
 
@@ -382,7 +382,10 @@ async def test_simulated_bench_config_hotplate_arms_its_watchdog() -> None:
         assert isinstance(dev, IkaHotplate)
         assert dev.info is not None and dev.info.model == "RCT digital"
         await wait_for(lambda: sim.snapshot()["watchdog_mode"] == 1)
-        assert sim.snapshot()["watchdog_s"] == 60
+        from labctl.units import to
+
+        configured = to(cfg.devices["hotplate"].params["watchdog"], "s")
+        assert sim.snapshot()["watchdog_s"] == configured
         with pytest.raises(LimitError):
             await dev.set_temperature(85)  # max_temperature = 80 degC
         await dev.set_temperature(40)
