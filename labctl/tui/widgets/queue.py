@@ -20,5 +20,5 @@ class QueuePanel(Static):
             if i:
                 t.append("\n")
             pos = "?" if q.position is None else str(q.position)
-            t.append(f"{pos:>2}. {q.run_id}  {q.recipe}")
+            t.append(f"{pos:>2}. {q.recipe or '?'}  {q.run_id}")
         self.update(t)
