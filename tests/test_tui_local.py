@@ -208,3 +208,24 @@ async def test_silent_device_is_shown_stale_while_the_rest_goes_on(tmp_path) -> 
         valve.faults.silence = False
         await until(pilot, lambda: not be.view.devices["sel_valve"].stale(),
                     "the valve to answer again")
+
+
+async def test_live_plot_follows_a_linear_sweep(tmp_path) -> None:
+    be = backend(tmp_path, time_scale=100.0)
+    app = LabctlApp(be)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        await be.submit(TUI_RECIPES / "tui_lsv.json", {"scan_rate": "5 mV/s"})
+        # points on screen while the sweep is still running: the plot is live
+        await until(pilot, lambda: step_state(be, "sweep") == "running"
+                    and be.view.measurement is not None and len(be.view.measurement.xs) > 5,
+                    "points during the sweep")
+        await until(pilot, lambda: run_state(be) in ("completed", "failed", "aborted"), "end")
+        assert run_state(be) == "completed"
+        await pilot.pause(0.5)
+        m = be.view.measurement
+        assert m is not None and m.technique == "lsv" and m.step == "sweep"
+        assert len(m.xs) == 301  # 3.0 V to 4.5 V in 5 mV steps, every row of the data file
+        assert min(m.xs) == pytest.approx(3.0) and max(m.xs) == pytest.approx(4.5)
+        text = screen_text(app)
+        assert "LSV sweep  (301 points)" in text and "E / V" in text

@@ -289,6 +289,7 @@ def apply_event(view: BenchView, ev: dict[str, Any]) -> None:
         result = ev.get("result")
         if isinstance(result, dict):
             run.result = result
+        run.eta_s = 0.0
         if run.state == "completed":
             run.fraction = 1.0
         view.touch("bench")

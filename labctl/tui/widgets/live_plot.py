@@ -49,11 +49,23 @@ class LivePlot(PlotextPlot):
         title, xlabel, ylabel = m.axes
         where = f" {m.step}" if m.step else ""
         plt.title(f"{title}{where}  ({len(m.xs)} points)")
+        ys = m.ys
+        if ylabel.endswith("/ A") and ys:  # currents read better as µA, nA
+            factor, prefix = _prefix(max(abs(y) for y in ys))
+            ys = [y / factor for y in ys]
+            ylabel = ylabel[:-1] + prefix + "A"
         plt.xlabel(xlabel)
         plt.ylabel(ylabel)
         if m.xs:
             if title.startswith("EIS"):
-                plt.scatter(m.xs, m.ys, marker="dot")
+                plt.scatter(m.xs, ys, marker="dot")
             else:
-                plt.plot(m.xs, m.ys, marker="braille")
+                plt.plot(m.xs, ys, marker="braille")
         self.refresh()
+
+
+def _prefix(magnitude: float) -> tuple[float, str]:
+    for factor, prefix in ((1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n")):
+        if magnitude >= factor:
+            return factor, prefix
+    return 1e-12, "p"
