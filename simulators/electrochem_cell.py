@@ -12,10 +12,14 @@ cell"), so that analyses have a known truth to recover:
   The history is limited to a convection time, so a step decays towards a steady state;
 - capacitive current C_dl·A·dE/dt, and exponential (Tafel-like) oxidation/reduction onsets at
   the electrolyte's stability limits, limited by R_s (solved exactly with Lambert's W);
-- an insertion electrode for galvanostatic work: state of charge, Nernst-like OCV curve,
-  charge lost to side reactions (coulombic efficiency < 1) and capacity fade. The OCP is
-  its OCV (constant while no current flows). Simplification: the voltammetric response does
-  not include the insertion electrode, and the sweeps ignore iR drop.
+- an insertion electrode for galvanostatic work: state of charge, Nernst-like OCV curve
+  (E_ocp at half charge, a linear span over the SOC range plus the (RT/F)·ln(x/(1−x)) term),
+  iR drop and a Butler–Volmer charge-transfer overpotential at the applied current, charge
+  lost to side reactions (coulombic efficiency < 1) and capacity fade (host sites lost, the
+  charge already stored kept, so the fade shows in the retention and the measured CE is the
+  configured one). The OCP is its OCV (constant while no current flows). Simplification: the
+  voltammetric response does not include the insertion electrode, and the sweeps ignore iR
+  drop.
 
 Units: SI throughout (m, m², F, A, V, s, mol/m³).
 """
@@ -49,6 +53,7 @@ class CellParams:
     onset_slope_v: float = 0.08  # e-fold per this many volts past a limit
     onset_j_ref_a_m2: float = 0.1  # current density at the limit (0.01 mA/cm²)
     ocp_v: float = 3.0  # OCV of the insertion electrode at half charge
+    ocv_span_v: float = 0.1  # linear rise of the OCV from empty to full (besides the ln term)
     capacity_c: float = 0.36  # insertion capacity (0.1 mAh)
     initial_soc: float = 0.5
     coulombic_efficiency: float = 0.98  # fraction of the charge current that is stored
@@ -197,37 +202,42 @@ class Cell:
 
     # -- galvanostatic insertion electrode ---------------------------------------------------
     def ocv(self) -> float:
-        """OCV of the insertion electrode: E_ocp + slope·(x−½) + (RT/F)·ln(x/(1−x))."""
+        """OCV of the insertion electrode: E_ocp + span·(x−½) + (RT/F)·ln(x/(1−x))."""
         x = min(1 - 1e-9, max(1e-9, self.soc))
-        return self.params.ocp_v + 0.1 * (x - 0.5) + self.thermal_voltage() * math.log(
-            x / (1 - x)
+        return self.params.ocp_v + self.params.ocv_span_v * (x - 0.5) + (
+            self.thermal_voltage() * math.log(x / (1 - x))
         )
 
     def pass_current(self, i_a: float, dt_s: float) -> None:
         """Galvanostatic charge (i > 0) or discharge (i < 0) for dt: stores what the
-        efficiency allows, fades the capacity on charge."""
+        efficiency allows (the rest goes to side reactions) and fades the capacity on
+        charge. The fade removes host sites, not the charge already stored in them: the
+        loss shows in the next cycles' capacity, not as a lower coulombic efficiency."""
         if dt_s <= 0 or i_a == 0:
             return
         p = self.params
         q = i_a * dt_s
+        held = self.soc * self.capacity_c
         if q > 0:
             self.charge_in_c += q
-        else:
-            self.charge_out_c -= q
-        if q > 0:
-            stored = q * p.coulombic_efficiency
-            room = (1.0 - self.soc) * self.capacity_c
-            stored = min(stored, room)
-            self.soc += stored / self.capacity_c
+            stored = min(q * p.coulombic_efficiency, self.capacity_c - held)
+            held += stored
             self.capacity_c *= 1.0 - p.capacity_fade * stored / p.capacity_c
         else:
-            taken = min(-q, self.soc * self.capacity_c)
-            self.soc -= taken / self.capacity_c
-        self.soc = min(1.0, max(0.0, self.soc))
+            self.charge_out_c -= q
+            held -= min(-q, held)
+        self.soc = min(1.0, max(0.0, held / self.capacity_c)) if self.capacity_c > 0 else 0.0
+
+    def charge_transfer_overpotential(self, i_a: float) -> float:
+        """Butler–Volmer (α = ½) overpotential at current i: (2RT/nF)·asinh(i / 2i₀A).
+        Its small-signal slope is R_ct, the EIS charge-transfer resistance."""
+        p = self.params
+        b = 2.0 * self.thermal_voltage() / p.n_electrons
+        return b * math.asinh(i_a / (2.0 * p.i0_a_m2 * p.area_m2))
 
     def galvanostatic_potential(self, i_a: float) -> float:
-        """E = OCV + i (R_s + R_ct) while a current flows."""
-        return self.ocv() + i_a * (self.r_s() + self.r_ct())
+        """E = OCV + i·R_s + η_ct(i) while a current flows."""
+        return self.ocv() + i_a * self.r_s() + self.charge_transfer_overpotential(i_a)
 
 
 class Voltammetry:

@@ -17,7 +17,8 @@ Options (simulator options, or the device's config params):
   redox_concentration "1 mM", redox_e0 "3.25 V", diffusion "1e-5 cm^2/s"
   ox_limit "4.5 V", red_limit "0.9 V", onset_slope "80 mV", onset_j_ref "0.01 mA/cm^2"
   double_layer "20 uF/cm^2", exchange_current "1 mA/cm^2", warburg (ohm s^-1/2)
-  ocp "3.0 V", capacity "0.1 mAh", soc 0.5 (initial state of charge),
+  ocp "3.0 V" (OCV at half charge), ocv_span "0.1 V" (linear OCV rise from empty to full),
+  capacity "0.1 mAh", soc 0.5 (initial state of charge),
   coulombic_efficiency 0.98, capacity_fade 0.01,
   convection_time "30 s"
 Fault injection: `faults.error = "0032"` (or `faults.stall = True`) raises that runtime
@@ -374,6 +375,7 @@ class EmStatSimulator(Simulator):
             onset_slope_v=_quantity(o.get("onset_slope"), "V", 0.08),
             onset_j_ref_a_m2=_quantity(o.get("onset_j_ref"), "A/m^2", 0.1),
             ocp_v=_quantity(o.get("ocp"), "V", 3.0),
+            ocv_span_v=_quantity(o.get("ocv_span"), "V", 0.1),
             capacity_c=_quantity(o.get("capacity"), "C", 0.36),
             initial_soc=float(o.get("soc", 0.5)),
             coulombic_efficiency=float(o.get("coulombic_efficiency", 0.98)),

@@ -1,7 +1,9 @@
 """Coulombic efficiency and capacity retention from galvanostatic cycling (pure functions).
 
 Charge passed per cycle is the integral of the current over time (each point's current over
-the interval it closes): Q_charge from positive, Q_discharge from negative current.
+the interval it closes): Q_charge from positive, Q_discharge from negative current. Test Time
+counts from the start of the test (BDF), so the first point closes the interval from 0 when
+it comes at most one sampling interval after it (otherwise its interval is unknown: 0).
 CE_n = Q_discharge,n / Q_charge,n × 100 %; retention_n = Q_discharge,n / Q_discharge,ref × 100 %.
 """
 
@@ -29,6 +31,8 @@ def charges_per_cycle(time_s: np.ndarray, current_a: np.ndarray, cycle: np.ndarr
     i = np.nan_to_num(np.asarray(current_a, dtype=float))
     c = np.asarray(cycle, dtype=float)
     dt = np.diff(t, prepend=t[0] if len(t) else 0.0)
+    if len(t) > 1 and 0.0 < t[0] <= (t[1] - t[0]) * (1 + 1e-6):
+        dt[0] = t[0]
     dq = i * dt / 3600.0
     out = []
     for n in sorted({int(x) for x in c[np.isfinite(c)]}):
