@@ -268,9 +268,13 @@ class LabctlApp(App[None]):
             local = self.backend.mode == "local"
             consequence = ("the run is aborted and every device goes to its safe state"
                            if local else "the run goes on on the bench")
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self._quit_worker()
+
             self.push_screen(ConfirmScreen(f"A run is active. Quit anyway?\nIf you quit, "
-                                           f"{consequence}.", yes="Quit", no="Stay"),
-                             lambda yes: self._quit_worker() if yes else None)
+                                           f"{consequence}.", yes="Quit", no="Stay"), answered)
             return
         self._quit_worker()
 

@@ -85,7 +85,8 @@ def read_recipe(path: Path) -> RecipeEntry:
         return RecipeEntry(path, path.stem, error=f"unreadable: {exc}")
     if not isinstance(doc, dict):
         return RecipeEntry(path, path.stem, error="not a JSON object")
-    params = doc.get("parameters") if isinstance(doc.get("parameters"), dict) else {}
+    raw = doc.get("parameters")
+    params: dict[str, Any] = raw if isinstance(raw, dict) else {}
     return RecipeEntry(path, str(doc.get("name") or path.stem),
                        str(doc.get("description") or ""),
                        {str(k): (v if isinstance(v, dict) else {}) for k, v in params.items()})
@@ -434,7 +435,8 @@ class LocalBackend(BenchBackend):
 
 def _normalise_event(body: dict[str, Any]) -> dict[str, Any]:
     """An EventPayload from the agent -> the in-process event shape."""
-    data = body.get("data") if isinstance(body.get("data"), dict) else {}
+    raw = body.get("data")
+    data: dict[str, Any] = raw if isinstance(raw, dict) else {}
     ev = {**data, "event": body.get("type"), "type": body.get("type"),
           "t": body.get("time"), "run_id": body.get("run_id")}
     if body.get("step") is not None:
