@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from textual.widgets import Input, Static
-from tui_support import TUI_RECIPES, WAIT, screen_text, simulators, unsafe, until
+from tui_support import TUI_RECIPES, WAIT, pick_recipe, screen_text, simulators, unsafe, until
 
 from labctl.config import load_config
 from labctl.store import RunStore
@@ -58,8 +58,8 @@ async def test_start_from_picker_errors_inline_then_steps_pause_resume_abort(tmp
         assert be.bench is not None
         await pilot.press("s")
         await until(pilot, lambda: isinstance(app.screen, RecipePickerScreen), "the picker")
-        assert "tui_steps.json" in screen_text(app)
-        await pilot.press("down", "enter")
+        assert "tui_steps.json" in screen_text(app) and "tui_lsv.json" in screen_text(app)
+        await pick_recipe(pilot, "tui_steps.json")
         await until(pilot, lambda: isinstance(app.screen, ParameterFormScreen), "the form")
         form = app.screen
         assert form.query_one("#param-volume", Input).value == "2 mL"  # the declared default

@@ -11,14 +11,13 @@ import pytest
 from mqtt_broker import MosquittoBroker
 from mqtt_helpers import TEST_RECIPES, serve_bench
 from textual.widgets import Input, Static
-from tui_support import screen_text, unsafe, until
+from tui_support import pick_recipe, screen_text, unsafe, until
 
 from labctl.tui import BenchDirectory, LabctlApp, RemoteBackend
 from labctl.tui.screens import (
     BenchPickerScreen,
     ConfirmScreen,
     ParameterFormScreen,
-    RecipePickerScreen,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -50,8 +49,7 @@ async def test_remote_start_pause_resume_abort_with_the_same_keys(broker, tmp_pa
             await until(pilot, lambda: be.view.connected and be.online == "online",
                         "the bench online")
             await pilot.press("s")
-            await until(pilot, lambda: isinstance(app.screen, RecipePickerScreen), "picker")
-            await pilot.press("down", "enter")
+            await pick_recipe(pilot, "mqtt_wait.json")
             await until(pilot, lambda: isinstance(app.screen, ParameterFormScreen), "form")
             form = app.screen
             form.query_one("#param-duration", Input).value = "11 h"  # over the max

@@ -90,3 +90,22 @@ class FrozenBackend(BenchBackend):
 
     async def run_record(self, run_id: str | None = None) -> dict[str, Any]:
         return {"run_id": run_id or "run-1", "index": None, "result": None, "metadata": None}
+
+
+async def pick_recipe(pilot: Pilot[Any], filename: str) -> None:
+    """In the recipe picker: move the highlight to `filename` with the arrow keys, Enter."""
+    from textual.widgets import OptionList
+
+    from labctl.tui.screens import RecipePickerScreen
+
+    app = pilot.app
+    await until(pilot, lambda: isinstance(app.screen, RecipePickerScreen), "the picker")
+    screen = app.screen
+    assert isinstance(screen, RecipePickerScreen)
+    names = [e.path.name for e in screen.entries]
+    target = names.index(filename)
+    options = screen.query_one(OptionList)
+    await until(pilot, lambda: options.highlighted is not None, "a highlighted recipe")
+    while options.highlighted != target:
+        await pilot.press("down" if (options.highlighted or 0) < target else "up")
+    await pilot.press("enter")

@@ -18,6 +18,7 @@ class ConfirmScreen(ModalScreen[bool]):
         Binding("y", "answer(True)", "Yes"),
         Binding("n", "answer(False)", "No"),
         Binding("escape", "answer(False)", "Cancel", show=False),
+        Binding("e", "app.estop", "E-STOP"),  # e-stop works over every dialog
     ]
 
     def __init__(self, question: str, *, yes: str = "Yes", no: str = "No"):

@@ -57,6 +57,7 @@ class ParameterFormScreen(ModalScreen[str | None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "cancel", "Cancel"),
         Binding("ctrl+s", "start", "Start run"),
+        Binding("e", "app.estop", "E-STOP"),  # e-stop works over every dialog
     ]
 
     def __init__(self, backend: BenchBackend, entry: RecipeEntry):

@@ -27,7 +27,10 @@ def _label(e: RecipeEntry) -> Text:
 
 
 class RecipePickerScreen(ModalScreen[RecipeEntry | None]):
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("e", "app.estop", "E-STOP"),  # e-stop works over every dialog
+    ]
 
     def __init__(self, folder: str, entries: list[RecipeEntry]):
         super().__init__()

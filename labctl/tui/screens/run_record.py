@@ -54,7 +54,9 @@ def summary(rec: dict[str, Any]) -> Text:
 
 class RunRecordScreen(ModalScreen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "close", "Close"), Binding("l", "close", "Close")]
+        Binding("escape", "close", "Close"), Binding("l", "close", "Close"),
+        Binding("e", "app.estop", "E-STOP"),  # e-stop works over every dialog
+    ]
 
     def __init__(self, record: dict[str, Any]):
         super().__init__()
