@@ -14,6 +14,7 @@ from typing import Any
 
 import pint
 
+
 def _make_registry() -> pint.UnitRegistry:
     """Pint parses its definition files on every start (~0.5 s); its disk cache makes every
     `labctl` command start faster. A read-only home just means no cache."""
@@ -83,5 +84,9 @@ def to(value: Any, unit: str) -> float:
 
 def fmt(value: float, unit: str, digits: int = 4) -> str:
     """Human form of a float in a given unit, compacted ('0.005 L' -> '5 mL')."""
-    q = ureg.Quantity(value, unit).to_compact()
+    q: Any = ureg.Quantity(value, unit)
+    try:
+        q = q.to_compact()
+    except pint.OffsetUnitCalculusError:  # offset units (°C) take no prefix: as given
+        pass
     return f"{q.magnitude:.{digits}g} {q.units:~P}"
