@@ -9,12 +9,18 @@ otherwise: this is what an AI server does.
     # against a running `labctl serve --broker mqtt://127.0.0.1:1883 --bench-id sim-bench-1`
     python examples/closed_loop.py --broker mqtt://127.0.0.1:1883 --bench-id sim-bench-1
     # or start a private mosquitto and agent on the simulated bench first
-    python examples/closed_loop.py --local --iterations 12
+    python examples/closed_loop.py --local
 
 At the end it prints the best formulation, its conductivity, and how far it is from the
-simulator's true optimum. That last figure is the only thing not learnt over MQTT: it comes
-from importing the simulator's ground-truth model (simulators/conductivity.py), which a real
-AI server would not have.
+simulator's true optimum, in conductivity and in composition. That comparison is the only
+thing not learnt over MQTT: it comes from importing the simulator's ground-truth model
+(simulators/conductivity.py), which a real AI server would not have. The recipe's solvent
+ratio is an EC volume fraction while the model's is a mass fraction: the report converts
+with the densities of the bench config (EC 1.32, DMC 1.07 g/mL in config/sim.toml).
+
+The default time scale (200) keeps a run of the conductivity recipe (~13 simulated minutes)
+to a few seconds while the hotplate's 600 s watchdog (config/sim.toml) still allows a 3 s
+stall of the agent's event loop; at 2000 a 0.3 s hiccup trips it and every later run fails.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import tomllib
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +64,27 @@ def figure(result: dict[str, Any], *names: str) -> float | None:
     return None
 
 
-async def optimise(args: argparse.Namespace) -> None:
+@dataclass
+class Iteration:
+    """One experiment of the loop: what was asked, and the conductivity measured (S/m)."""
+
+    index: int
+    salt: float
+    ratio: float
+    sigma_s_m: float | None
+    run_id: str | None
+    status: str
+
+
+async def optimise(args: argparse.Namespace) -> list[Iteration]:
+    """Ask, submit over MQTT, wait for the result, tell; `args.iterations` times (or until
+    `args.max_failures` runs in a row failed). Returns every iteration."""
     space = [Real(args.salt_min, args.salt_max, name="salt"),
              Real(args.ratio_min, args.ratio_max, name="ratio")]
     opt = Optimizer(space, base_estimator="GP", acq_func="EI", n_initial_points=args.initial,
                     random_state=args.seed)
-    history: list[tuple[float, float, float]] = []
+    history: list[Iteration] = []
+    failures = 0
     async with BenchClient(args.broker, args.bench_id, username=args.username,
                            password=args.password, timeout=60) as bench:
         await bench.wait_online(timeout=120)
@@ -69,52 +92,102 @@ async def optimise(args: argparse.Namespace) -> None:
         for i in range(1, args.iterations + 1):
             salt, ratio = opt.ask()
             params = {args.salt_param: f"{salt:.4f} {args.salt_unit}",
-                      args.ratio_param: round(ratio, 4)}
+                      args.ratio_param: round(ratio, 4),
+                      "temperature": f"{args.temperature:g} degC"}
             request = {"id": f"closed-loop-{uuid.uuid4().hex[:8]}-{i}", "client": "closed_loop"}
+            run_id: str | None = None
             try:
                 run = await bench.submit(args.recipe, params, request=request)
+                run_id = run.run_id
                 result = await run.result(timeout=args.run_timeout)
             except CommandError as exc:
-                print(f"[{i:2d}] {params} refused: {exc}")
-                opt.tell([salt, ratio], 0.0)
-                continue
-            sigma = figure(result, "conductivity") if result.get("status") == "completed" else None
+                print(f"[{i:2d}] {params} refused: {exc}", flush=True)
+                result = {"status": "refused", "errors": [str(exc)]}
+            status = str(result.get("status"))
+            sigma = figure(result, "conductivity") if status == "completed" else None
+            history.append(Iteration(i, salt, ratio, sigma, run_id, status))
             if sigma is None:
-                print(f"[{i:2d}] {params} -> run {run.run_id} {result.get('status')}: "
-                      f"{result.get('errors')}")
-                opt.tell([salt, ratio], 0.0)
+                if status != "refused":
+                    print(f"[{i:2d}] {params} -> run {run_id} {status}: "
+                          f"{result.get('errors')}", flush=True)
+                opt.tell([salt, ratio], 0.0)  # a failed formulation is a bad one
+                failures += 1
+                if failures >= args.max_failures:
+                    print(f"stopping: {failures} runs in a row failed (is the bench in a "
+                          "fault state?)", flush=True)
+                    break
                 continue
-            history.append((salt, ratio, sigma))
+            failures = 0
             opt.tell([salt, ratio], -sigma)
-            best = max(h[2] for h in history)
-            print(f"[{i:2d}] salt {salt:.4f} {args.salt_unit}, ratio {ratio:.3f} -> "
-                  f"σ = {sigma * 10:.3f} mS/cm  (best {best * 10:.3f} mS/cm)  "
-                  f"fidelity {result.get('fidelity')}  run {run.run_id}", flush=True)
-    if not history:
+            best = max(h.sigma_s_m for h in history if h.sigma_s_m is not None)
+            level = (result.get("fidelity") or {}).get("level", "?")
+            print(f"[{i:2d}] {args.salt_param} {salt:.4f} {args.salt_unit}, "
+                  f"{args.ratio_param} {ratio:.3f} -> σ = {sigma * 10:.3f} mS/cm "
+                  f"(best {best * 10:.3f} mS/cm)  [{level}] run {run_id}", flush=True)
+    measured = [h for h in history if h.sigma_s_m is not None]
+    if not measured:
         print("no successful measurement")
-        return
-    salt, ratio, sigma = max(history, key=lambda h: h[2])
-    print(f"\nbest formulation: {args.salt_param} = {salt:.4f} {args.salt_unit}, "
-          f"{args.ratio_param} = {ratio:.3f}; measured conductivity {sigma * 10:.3f} mS/cm "
-          f"({sigma:.4f} S/m) after {len(history)} experiments")
-    report_distance(sigma)
+        return history
+    top = max(measured, key=lambda h: h.sigma_s_m or 0.0)
+    print(f"\nbest formulation: {args.salt_param} = {top.salt:.4f} {args.salt_unit}, "
+          f"{args.ratio_param} = {top.ratio:.3f}; measured conductivity "
+          f"{(top.sigma_s_m or 0.0) * 10:.3f} mS/cm ({top.sigma_s_m:.4f} S/m) after "
+          f"{len(measured)} experiments (iteration {top.index})")
+    report_distance(top, args)
+    return history
 
 
-def report_distance(sigma: float) -> None:
+def solvent_densities(config: str | Path) -> tuple[float, float]:
+    """EC and DMC densities (g/mL) from the bench config's materials."""
+    raw = tomllib.loads(Path(config).read_text())
+    mats = raw.get("materials", {})
+    return (to(mats.get("EC", {}).get("density", "1.32 g/mL"), "g/mL"),
+            to(mats.get("DMC", {}).get("density", "1.07 g/mL"), "g/mL"))
+
+
+def mass_fraction(volume_fraction: float, rho_ec: float, rho_dmc: float) -> float:
+    """EC mass fraction of an EC/DMC blend from its EC volume fraction."""
+    m_ec = volume_fraction * rho_ec
+    return m_ec / (m_ec + (1.0 - volume_fraction) * rho_dmc)
+
+
+def volume_fraction(mass_frac: float, rho_ec: float, rho_dmc: float) -> float:
+    """EC volume fraction of an EC/DMC blend from its EC mass fraction."""
+    v_ec = mass_frac / rho_ec
+    return v_ec / (v_ec + (1.0 - mass_frac) / rho_dmc)
+
+
+def report_distance(top: Iteration, args: argparse.Namespace) -> None:
     """Compare with the simulator's ground truth (imported ONLY for this report)."""
     try:
         sys.path.insert(0, str(ROOT))
-        from simulators.conductivity import optimum
+        from simulators.conductivity import conductivity_s_m, optimum
     except ImportError as exc:
         print(f"(true optimum unavailable: {exc})")
         return
-    m_opt, w_opt, s_opt = optimum(temperature_c=25.0)
+    sigma = top.sigma_s_m or 0.0
+    rho_ec, rho_dmc = solvent_densities(args.config)
+    w_found = (top.ratio if args.ratio_basis == "mass"
+               else mass_fraction(top.ratio, rho_ec, rho_dmc))
+    t = args.temperature
+    m_opt, w_opt, s_opt = optimum(temperature_c=t)
+    v_opt = volume_fraction(w_opt, rho_ec, rho_dmc)
+    v_found = volume_fraction(w_found, rho_ec, rho_dmc)
+    s_model = conductivity_s_m(top.salt, w_found, t)
     print("distance from the simulator's TRUE optimum (read from simulators/conductivity.py, "
           "not learnt over MQTT):")
-    print(f"  true optimum at 25 °C: {m_opt:.3f} mol/kg LiPF6, EC mass fraction {w_opt:.3f}, "
-          f"σ = {s_opt * 10:.3f} mS/cm")
-    print(f"  best found: {sigma * 10:.3f} mS/cm = {100 * sigma / s_opt:.1f} % of the optimum "
-          f"(gap {(s_opt - sigma) * 10:.3f} mS/cm)")
+    print(f"  true optimum at {t:g} °C: {m_opt:.3f} mol/kg LiPF6, EC mass fraction "
+          f"{w_opt:.3f} (EC volume fraction {v_opt:.3f} with EC {rho_ec:g}, DMC "
+          f"{rho_dmc:g} g/mL), σ = {s_opt * 10:.3f} mS/cm")
+    print(f"  best found: {top.salt:.3f} mol/kg, EC mass fraction {w_found:.3f} (volume "
+          f"fraction {v_found:.3f}); measured σ = {sigma * 10:.3f} mS/cm, the model gives "
+          f"{s_model * 10:.3f} mS/cm there")
+    print(f"  conductivity: {100 * sigma / s_opt:.1f} % of the optimum, gap "
+          f"{(s_opt - sigma) * 10:.3f} mS/cm measured ({(s_opt - s_model) * 10:.3f} mS/cm "
+          f"by the model)")
+    print(f"  composition: Δ molality {top.salt - m_opt:+.3f} mol/kg "
+          f"({100 * (top.salt - m_opt) / m_opt:+.1f} %), Δ EC mass fraction "
+          f"{w_found - w_opt:+.3f}, Δ EC volume fraction {v_found - v_opt:+.3f}")
 
 
 @contextlib.contextmanager
@@ -144,7 +217,8 @@ def local_bench(args: argparse.Namespace) -> Iterator[None]:
         broker.stop()
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line (also used by tests/test_closed_loop.py to build the arguments)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--broker", default=os.environ.get("LABCTL_BROKER", "mqtt://127.0.0.1:1883"))
     p.add_argument("--bench-id", default="sim-bench-1")
@@ -153,7 +227,8 @@ def main() -> None:
     p.add_argument("--local", action="store_true",
                    help="start a private mosquitto and `labctl serve` on the simulated bench")
     p.add_argument("--config", default=str(ROOT / "config" / "sim.toml"))
-    p.add_argument("--time-scale", type=float, default=2000.0)
+    p.add_argument("--time-scale", type=float, default=200.0,
+                   help="simulated bench (--local): 200 keeps the hotplate watchdog at 3 s")
     p.add_argument("--recipe", default="electrolyte_conductivity",
                    help="recipe name in the bench's recipe folder")
     p.add_argument("--salt-param", default="salt_molality")
@@ -163,11 +238,20 @@ def main() -> None:
     p.add_argument("--ratio-param", default="ec_fraction")
     p.add_argument("--ratio-min", type=float, default=0.1)
     p.add_argument("--ratio-max", type=float, default=0.9)
-    p.add_argument("--iterations", type=int, default=15)
+    p.add_argument("--ratio-basis", choices=("volume", "mass"), default="volume",
+                   help="what the recipe's ratio parameter is: EC volume or mass fraction")
+    p.add_argument("--temperature", type=float, default=25.0, help="°C, sent to the recipe")
+    p.add_argument("--iterations", type=int, default=12)
     p.add_argument("--initial", type=int, default=5, help="random points before the GP")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--run-timeout", type=float, default=300.0)
-    args = p.parse_args()
+    p.add_argument("--max-failures", type=int, default=3,
+                   help="stop after this many failed runs in a row")
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
     if args.local:
         with local_bench(args):
             asyncio.run(optimise(args))

@@ -14,7 +14,7 @@ import pytest
 from drivers.palmsens import EmStat
 from labctl.analysis import ANALYSES
 from labctl.analysis.cycling import charges_per_cycle, end_of_life_cycle, retention_pct
-from labctl.analysis.eis import fit_r_rc_cpe, hf_intercept, r_rc_cpe
+from labctl.analysis.eis import first_apex, fit_r_rc_cpe, hf_intercept, r_rc_cpe
 from labctl.analysis.voltammetry import onset_potential
 from labctl.bdf import BdfWriter
 from labctl.clock import ScaledClock
@@ -94,6 +94,19 @@ def test_intercept_with_an_inductive_tail() -> None:
     assert z.real[crossing - 1] <= r <= z.real[crossing] or \
         z.real[crossing] <= r <= z.real[crossing - 1]
     assert r == pytest.approx(50.0, rel=0.05)
+
+
+def test_noise_near_the_axis_is_not_the_arc() -> None:
+    """A resistive electrolyte puts the arc far from the origin: the first points scatter
+    around −Z'' ≈ 0 with a noise maximum of their own (as in a simulated 0.34 S/m run), which
+    must not be taken for the arc's apex."""
+    f = np.geomspace(1e5, 1, 31)
+    z = r_rc_cpe(f, 300.0, 130.0, 4e-6, 1.0)
+    zim = z.imag.copy()
+    zim[:4] = [-0.79, -1.10, -0.52, -1.08]  # noise of 0.1 % of |Z| on the first points
+    assert first_apex(zim) == first_apex(z.imag) == int(np.argmax(-z.imag))
+    fit = fit_r_rc_cpe(f, z.real, zim)
+    assert fit.r0_ohm == pytest.approx(300.0, rel=0.01)
 
 
 def test_onsets_and_cycling_on_synthetic_data() -> None:

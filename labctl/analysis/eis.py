@@ -23,13 +23,22 @@ def _sorted(freq: np.ndarray, zre: np.ndarray, zim: np.ndarray
     return f[order], r[order], i[order]
 
 
-def first_apex(zim: np.ndarray) -> int:
+def first_apex(zim: np.ndarray, prominence: float = 0.05) -> int:
     """Index of the first local maximum of −Z'' from the high-frequency end (the top of the
-    first arc), looking two points ahead so that noise does not stop it early."""
+    first arc), looking two points ahead so that noise does not stop it early. It must also
+    rise above the lowest −Z'' before it by `prominence` of the spectrum's −Z'' range: where
+    the arc starts far from the origin (a resistive electrolyte) the first points scatter
+    around −Z'' = 0 and their noise makes small maxima of its own."""
     neg = -np.asarray(zim, dtype=float)
     n = len(neg)
+    if n == 0:
+        return 0
+    need = prominence * float(np.max(neg) - np.min(neg))
+    low = float(neg[0])
     for k in range(1, n - 2):
-        if neg[k] >= neg[k - 1] and neg[k] > neg[k + 1] and neg[k] > neg[k + 2]:
+        low = min(low, float(neg[k - 1]))
+        if (neg[k] >= neg[k - 1] and neg[k] > neg[k + 1] and neg[k] > neg[k + 2]
+                and neg[k] - low >= need):
             return k
     return int(np.argmax(neg))
 
