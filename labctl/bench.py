@@ -484,7 +484,9 @@ class Bench:
         per exchange)."""
         async def one(name: str, dev: Any) -> None:
             try:
-                self.device_status[name] = (await asyncio.wait_for(dev.status(), 5.0)).to_dict()
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                async with asyncio.timeout(5.0):
+                    self.device_status[name] = (await dev.status()).to_dict()
             except Exception as exc:  # one device's trouble must not hide the others
                 self.device_status[name] = {"state": "unknown", "fault": str(exc)}
 

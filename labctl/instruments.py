@@ -76,7 +76,9 @@ class Instruments:
 
         async def one(name: str, dev: Device) -> None:
             try:
-                await asyncio.wait_for(dev.safe_state(), timeout=max(5.0, dev.spec.timeout_s * 3))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                async with asyncio.timeout(max(5.0, dev.spec.timeout_s * 3)):
+                    await dev.safe_state()
             except Exception as exc:  # every device must be tried, whatever one does
                 errors[name] = f"{type(exc).__name__}: {exc}"
                 log.error("safe state of %s failed: %s", name, exc)

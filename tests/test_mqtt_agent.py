@@ -170,3 +170,20 @@ async def test_recipe_ref_names_a_recipe_of_the_bench_folder(broker, tmp_path) -
         run = await c.submit("mqtt_wait", {"duration": "1 s"})
         assert (await run.result(timeout=WAIT))["status"] == "completed"
         assert (await c.validate("mqtt_wait", {"duration": "1 s"}))["ok"] is True
+
+
+async def test_retained_status_carries_fresh_device_readings(broker, tmp_path) -> None:
+    """Remote operators see the bench: the agent polls the devices into its status."""
+    async with serve_bench(broker.url, tmp_path / "runs"), Raw(broker.url, "operator") as op:
+        await op.subscribe(T.status)
+
+        def devices_reported() -> bool:
+            if not op.on(T.status):
+                return False
+            devices = json.loads(op.on(T.status)[-1]).get("devices") or {}
+            pump = devices.get("pump_ec") or {}
+            return pump.get("state") == "idle" and "plunger_volume_l" in pump.get("readings", {})
+
+        await eventually(devices_reported, what="device readings in the retained status")
+        devices = json.loads(op.on(T.status)[-1])["devices"]
+        assert set(devices) >= {"pump_ec", "sel_valve", "hotplate", "potentiostat"}

@@ -80,8 +80,11 @@ class Agent:
         session_expiry_s: int = 7 * 24 * 3600,
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 10.0,
+        device_poll_s: float = 1.0,
     ):
         self.port = port
+        #: how often device readings are refreshed into the retained status (0: never)
+        self.device_poll_s = device_poll_s
         self.broker = broker
         self.topics = Topics(bench_id)
         self.bench_id = bench_id
@@ -107,9 +110,11 @@ class Agent:
     async def run(self) -> None:
         """Serve until stop() (or cancellation); reconnects with backoff meanwhile."""
         pump = asyncio.create_task(self._pump_events(), name="agent-events")
+        poll = asyncio.create_task(self._poll_devices(), name="agent-poll")
         try:
             await self._connection_loop()
         finally:
+            await cancel_and_wait(poll)
             await cancel_and_wait(pump)
             self.outbox.close()
 
@@ -195,6 +200,20 @@ class Agent:
             except Exception:  # one odd event must not stop the stream
                 log.exception("could not publish event %r", event)
             self._wake.set()
+
+    async def _poll_devices(self) -> None:
+        """Refresh device readings (so remote operators see the bench) and republish the
+        retained status when they change. A slow or failing device never stops the loop."""
+        if self.device_poll_s <= 0:
+            return
+        while True:
+            try:
+                await self.port.poll_devices()
+                self._status_dirty = True
+                self._wake.set()
+            except Exception:  # polling is best effort; the next round tries again
+                log.exception("device poll failed")
+            await asyncio.sleep(self.device_poll_s)
 
     def _queue_result(self, run_id: str) -> None:
         fields = self.port.result(run_id)

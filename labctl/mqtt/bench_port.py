@@ -124,6 +124,9 @@ class BenchServicePort:
             "recipe": (run.get("recipe") or {}).get("name"),
         }
 
+    async def poll_devices(self) -> None:
+        await self.bench.poll_devices()
+
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         async for ev in self.bench.subscribe():
             yield ev

@@ -61,6 +61,10 @@ class BenchPort(Protocol):
         queue, devices."""
         ...
 
+    async def poll_devices(self) -> None:
+        """Refresh the device readings that `status()` reports."""
+        ...
+
     def events(self) -> AsyncIterator[dict[str, Any]]:
         """Run events as they happen: dicts with at least `type`, optionally run_id, step."""
         ...
