@@ -150,6 +150,7 @@ class Bench:
         start the queue worker."""
         if self._started:
             return
+        _preload_heavy_modules()
         if self._own_instruments or not self.instruments.devices:
             await self.instruments.start()
         self.startup_safe_state_errors = await self.instruments.safe_state_all()
@@ -653,3 +654,13 @@ def _is_plan(obj: Any) -> bool:
 
 def _str(v: Any) -> str | None:
     return None if v is None else str(v)
+
+
+def _preload_heavy_modules() -> None:
+    """Import what runs will need (numpy, scipy, the recipe engine) before any device is
+    connected: an import in the middle of a run blocks the event loop for a second, which at
+    a high simulated time scale is long enough to trip a hotplate's watchdog."""
+    import labctl.actions
+    import labctl.analysis
+    import labctl.bdf
+    import labctl.recipe  # noqa: F401
