@@ -45,15 +45,23 @@ def git_commit() -> str | None:
     return commit + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def software_info() -> dict[str, Any]:
-    from labctl import __version__
-
+@lru_cache(maxsize=1)
+def _package_versions() -> dict[str, str]:
+    """Versions of the libraries loaded in this process (reading package metadata costs
+    ~5 ms each, and the loaded code cannot change under a running process)."""
     packages = {}
     for name in ("pydantic", "transitions", "pyserial", "pymodbus", "pint", "numpy", "scipy"):
         try:
             packages[name] = importlib_metadata.version(name)
         except importlib_metadata.PackageNotFoundError:
             continue
+    return packages
+
+
+def software_info() -> dict[str, Any]:
+    from labctl import __version__
+
+    packages = dict(_package_versions())
     return {
         "name": "labctl",
         "version": __version__,
