@@ -1,14 +1,23 @@
-"""Faults the run does not notice: found by tests/test_fault_injection.py, waiting for a fix
-in labctl/actions.py (not collected by a plain `pytest` run; run it explicitly):
+"""Faults labctl does not survive yet, found by tests/test_fault_injection.py; each waits for
+a fix in someone else's module (not collected by a plain `pytest` run; run it explicitly):
 
     .venv/bin/python -m pytest tests/fault_injection_findings.py -q
 
-`stirrer.stir` and `temperature_controller.hold` switch the device on, then only sleep
-(`_hold`) until the duration is over: nothing asks the device how it is doing meanwhile. A
-hotplate that trips mid-stir (IKA `Er 2`: heater and motor off) or a heated block whose
-heater fails mid-hold (the Omega's PV falls back to ambient) leaves a run that completes
-with no error — and provenance that records mixing or heating that did not happen. When the
-actions watch their device, move these tests into tests/test_fault_injection.py.
+1. labctl/actions.py: `stirrer.stir` and `temperature_controller.hold` switch the device
+on, then only sleep (`_hold`) until the duration is over: nothing asks the device how it
+is doing meanwhile. A hotplate that trips mid-stir (IKA `Er 2`: heater and motor off) or
+a heated block whose heater fails mid-hold (the Omega's PV falls back to ambient) leaves a
+run that completes with no error — and provenance that records mixing or heating that did
+not happen.
+
+2. labctl/store/journal.py and labctl/bench.py: when the disk holding the data dir fills up
+(not only the data folder), `Journal.append` writes part of a line (os.write returns a
+short count), raises, and leaves the partial line in events.jsonl: the journal ends
+mid-line. The bench's worker then fails inside `_finish` (its journal append raises before
+`ticket.done` is set), so `Bench.wait(run_id)` never returns — `labctl run` and the MQTT
+agent wait for ever — and the index keeps the run as "running".
+
+When fixed, move these tests into tests/test_fault_injection.py.
 """
 
 from __future__ import annotations
@@ -17,7 +26,16 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from test_fault_injection import BY_DEVICE, recipe, run_with_fault, sim_bench, simulators
+from test_fault_injection import (
+    BY_DEVICE,
+    MEASURE,
+    journal_lines,
+    recipe,
+    run_with_fault,
+    sim_bench,
+    simulators,
+    small_volume,
+)
 
 
 async def _strike_mid_hold(device: str, fault: str, value: object,
@@ -49,3 +67,37 @@ async def test_heater_failing_mid_hold_fails_the_run(tmp_path: Path) -> None:
     result = await _strike_mid_hold("block_heater", "stall", True, tmp_path)
     assert result["status"] == "failed", "the hold completed although the block went cold"
     assert result["errors"][0]["device"] == "block_heater"
+
+
+async def test_disk_of_the_whole_data_dir_full_fails_the_run_with_the_journal_whole(
+        tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    with small_volume(root, "4m"):
+        async with sim_bench(root) as bench:
+
+            def fill_the_disk() -> None:
+                try:
+                    with open(root / "filler", "wb") as f:
+                        while True:
+                            f.write(bytes(4096))
+                            f.flush()
+                except OSError:
+                    pass  # full
+
+            async def watch() -> None:
+                async for ev in bench.subscribe():
+                    if ev.get("event") == "step_started" and ev.get("step") == "measure":
+                        fill_the_disk()
+                        return
+
+            watcher = asyncio.create_task(watch())
+            await asyncio.sleep(0.01)
+            run_id = await bench.submit(recipe("disk_full", MEASURE), instigator="operator:t")
+            try:
+                # a run that ends at once on a full disk: 15 s is a generous bound
+                result = await asyncio.wait_for(bench.wait(run_id), 15)
+            finally:
+                watcher.cancel()
+                (root / "filler").unlink(missing_ok=True)
+            assert result["status"] == "failed"
+            journal_lines(root / run_id / "events.jsonl")

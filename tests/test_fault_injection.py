@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -333,3 +335,68 @@ async def test_stall_mid_move_fails_the_run_naming_the_device(device: str,
             err = the_error(result)
             assert err["device"] == device and err["step"] == "target", err
         await assert_all_safe(bench)
+
+
+# --------------------------------------------------------------------------- disk full
+MEASURE = [
+    {"id": "init", "device": "pump_ec", "action": "initialize", "idempotent": True},
+    {"id": "route", "device": "sel_valve", "action": "move", "args": {"position": "cell_vial"}},
+    {"id": "fill", "device": "pump_ec", "action": "transfer",
+     "args": {"volume": "2 mL", "from": "res_ec", "to": "cell_vial", "flow": "20 mL/min"}},
+    # 18 000 points at 1000x: far more than the small volume below holds
+    {"id": "measure", "device": "potentiostat", "action": "ocv",
+     "args": {"duration": "30 min", "sample_interval": "0.1 s"}},
+    {"id": "after", "wait": "1 s"},
+]
+
+
+@contextlib.contextmanager
+def small_volume(mount_point: Path, size: str) -> Any:
+    """A real, small filesystem (tmpfs) mounted at `mount_point` for the duration."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+                   check=True, capture_output=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def journal_lines(path: Path) -> list[dict[str, Any]]:
+    """Every line of a journal, each complete JSON, seq strictly increasing."""
+    raw = path.read_bytes()
+    assert raw.endswith(b"\n"), f"the journal ends mid-line: {raw[-120:]!r}"
+    events = [json.loads(line) for line in raw.splitlines()]
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(set(seqs)), "journal sequence numbers out of order"
+    return events
+
+
+async def test_disk_full_while_writing_data_is_a_clear_failure_with_the_journal_whole(
+        tmp_path: Path) -> None:
+    """The run's data folder is a small volume of its own that the measurement fills: the
+    step fails with 'No space left on device', naming the step and the device, the run
+    fails after safe state, and the journal is whole and says so to the end."""
+    async with sim_bench(tmp_path / "runs") as bench:
+        # a queued run already has its folder: mount the small volume on its data/
+        blocker = await bench.submit(recipe("blocker", [{"id": "w", "wait": "1 h"}]),
+                                     instigator="operator:fault-test")
+        run_id = await bench.submit(recipe("disk_full", MEASURE),
+                                    instigator="operator:fault-test")
+        folder = tmp_path / "runs" / run_id
+        with small_volume(folder / "data", "64k"):
+            await eventually(lambda: bench.status()["state"] == "running", "blocker runs")
+            await bench.abort()
+            assert (await bench.wait(blocker))["status"] == "aborted"
+            result = await asyncio.wait_for(bench.wait(run_id), WAIT)
+            assert result["status"] == "failed", result
+            err = the_error(result)
+            assert err["step"] == "measure" and err["device"] == "potentiostat", err
+            assert "No space left on device" in err["message"]
+            events = journal_lines(folder / "events.jsonl")
+            assert events[-1]["event"] == "run_finished"
+            assert events[-1]["status"] == "failed"
+            assert [e["event"] for e in events].count("step_failed") == 1
+            assert json.loads((folder / "result.json").read_text())["status"] == "failed"
+            assert bench.store.index.get_run(run_id)["status"] == "failed"
+            await assert_all_safe(bench)
