@@ -20,7 +20,11 @@ import asyncio
 import contextlib
 import inspect
 import json
+import re
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -400,3 +404,142 @@ async def test_disk_full_while_writing_data_is_a_clear_failure_with_the_journal_
             assert json.loads((folder / "result.json").read_text())["status"] == "failed"
             assert bench.store.index.get_run(run_id)["status"] == "failed"
             await assert_all_safe(bench)
+
+
+# --------------------------------------------------------------------------- SIGKILL of labctl run
+LABCTL = [sys.executable, "-m", "labctl"]
+KILL_ITERATIONS = 10
+KILL_RECIPE = recipe("kill_test", [
+    {"id": "init", "parallel": [
+        {"id": "init_ec", "device": "pump_ec", "action": "initialize", "idempotent": True},
+        {"id": "init_dmc", "device": "pump_dmc", "action": "initialize", "idempotent": True},
+        {"id": "home", "device": "sel_valve", "action": "home", "idempotent": True}]},
+    {"id": "route", "device": "sel_valve", "action": "move", "args": {"position": "waste"},
+     "idempotent": True},
+    {"id": "ec", "device": "pump_ec", "action": "transfer",
+     "args": {"volume": "1 mL", "from": "res_ec", "to": "waste", "flow": "20 mL/min"}},
+    {"id": "dmc", "device": "pump_dmc", "action": "transfer",
+     "args": {"volume": "1 mL", "from": "res_dmc", "to": "waste", "flow": "20 mL/min"}},
+    {"id": "salt", "device": "dispenser", "action": "dispense",
+     "args": {"mass": "20 mg", "material": "LiPF6"}},
+    {"id": "teos", "device": "pump_teos", "action": "transfer",
+     "args": {"volume": "0.5 mL", "flow": "5 mL/min"}},
+    {"id": "mix", "device": "hotplate", "action": "stir",
+     "args": {"speed": "300 rpm", "duration": "0.3 s"}, "idempotent": True},
+    {"id": "rest", "wait": "0.3 s"},
+])
+
+
+@pytest.fixture(scope="module")
+def hardware_bench(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """config/sim.toml's instruments served by `labctl sim serve` in a process of their
+    own (they outlive the control software, as hardware does), and a bench config that
+    reaches them on their pseudo-terminals (simulate = false)."""
+    server = subprocess.Popen([*LABCTL, "sim", "serve", "--config", str(SIM_CONFIG),
+                               "--time-scale", str(TIME_SCALE)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert server.stdout is not None
+        cfg = load_config(SIM_CONFIG)
+        endpoints: dict[str, str] = {}
+        for _ in cfg.enabled_devices():
+            line = json.loads(server.stdout.readline())
+            endpoints[line["name"]] = line["endpoint"]
+        text = SIM_CONFIG.read_text().replace("simulate = true", "simulate = false")
+        # the host runs on real time, the instruments 1000x faster: a watchdog fed every
+        # quarter of its period on the host's clock would trip on theirs
+        text = re.sub(r"(?m)^watchdog = .*$", "", text)
+        for name, dev in cfg.devices.items():
+            if name in endpoints:
+                text = text.replace(f'endpoint = "{dev.endpoint}"',
+                                    f'endpoint = "{endpoints[name]}"')
+        folder = tmp_path_factory.mktemp("hardware")
+        (folder / "bench.toml").write_text(text)
+        (folder / "kill_test.json").write_text(json.dumps(KILL_RECIPE))
+        yield folder
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def start_run(folder: Path, data: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([*LABCTL, "run", str(folder / "kill_test.json"), "--config",
+                             str(folder / "bench.toml"), "--data-dir", str(data), "--json",
+                             "--operator", "kill-test"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def resume_run(folder: Path, data: Path, run_id: str,
+               *decisions: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*LABCTL, "resume", run_id, "--config", str(folder / "bench.toml"),
+                           "--data-dir", str(data), "--json", "--operator", "kill-test",
+                           *decisions], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def run_folders(data: Path) -> list[Path]:
+    return [p for p in data.iterdir() if p.is_dir()] if data.exists() else []
+
+
+def test_sigkill_of_labctl_run_at_random_moments(hardware_bench: Path, tmp_path: Path) -> None:
+    """Kill `labctl run` (SIGKILL) at a random moment of its run, again and again: every
+    journal line parses, every step recorded as completed stays completed and is never
+    started again, and `labctl resume` (deciding on in-doubt steps: accept the first, redo
+    the others) finishes the run."""
+    import random
+
+    from labctl.store import replay
+
+    rng = random.Random(20261126)
+    # one whole run first: its length bounds the random kill moments
+    data = tmp_path / "whole"
+    proc = start_run(hardware_bench, data)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, (_out.decode()[-2000:], err.decode()[-2000:])
+    [folder] = run_folders(data)
+    journal = journal_lines(folder / "events.jsonl")
+    length = journal[-1]["ts"] - journal[0]["ts"]
+    outcomes: list[str] = []
+    for i in range(KILL_ITERATIONS):
+        data = tmp_path / f"kill{i}"
+        proc = start_run(hardware_bench, data)
+        deadline = time.monotonic() + 60
+        while not run_folders(data) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        delay = rng.uniform(0.0, length * 1.2)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        folders = run_folders(data)
+        assert len(folders) == 1, f"iteration {i}: {folders}"
+        path = folders[0] / "events.jsonl"
+        events = journal_lines(path)
+        assert events[0]["event"] == "run_created"
+        before = replay(events)
+        finished = {e["step"] for e in events if e["event"] == "step_finished"}
+        assert set(before.completed) <= finished
+        run_id = folders[0].name
+        if before.finished is not None and before.finished.get("status") == "completed":
+            again = resume_run(hardware_bench, data, run_id)
+            assert again.returncode == 2 and "nothing to resume" in again.stdout
+            outcomes.append("after the end")
+            continue
+        idempotent = {e["step"] for e in events
+                      if e["event"] == "step_started" and e.get("idempotent")}
+        decisions: list[str] = []
+        for step in before.in_doubt:
+            if step not in idempotent:  # idempotent ones re-run without asking
+                decisions += ["--redo" if decisions else "--accept-in-doubt", step]
+        done = resume_run(hardware_bench, data, run_id, *decisions)
+        assert done.returncode == 0, (i, delay, done.stdout[-2000:], done.stderr[-2000:])
+        assert json.loads(done.stdout.strip().splitlines()[-1])["status"] == "completed"
+        events = journal_lines(path)
+        after = replay(events)
+        assert set(before.completed) <= set(after.completed), "a completed step was lost"
+        i_resumed = max(k for k, e in enumerate(events) if e["event"] == "resumed")
+        restarted = {e["step"] for e in events[i_resumed:] if e["event"] == "step_started"}
+        assert not restarted & set(before.completed), "a completed step ran again"
+        assert json.loads((folders[0] / "result.json").read_text())["status"] == "completed"
+        json.loads((folders[0] / "metadata.json").read_text())
+        outcomes.append(f"{len(before.completed)} steps done, in doubt {before.in_doubt}")
+    assert len(outcomes) == KILL_ITERATIONS
+    print("\n".join(outcomes))
