@@ -17,24 +17,44 @@ mid-line. The bench's worker then fails inside `_finish` (its journal append rai
 `ticket.done` is set), so `Bench.wait(run_id)` never returns — `labctl run` and the MQTT
 agent wait for ever — and the index keeps the run as "running".
 
+3. labctl/bench.py with labctl/mqtt/agent.py: `labctl serve` killed (SIGKILL) in the middle
+of a run and restarted: the run in progress and the runs queued behind it are marked
+"interrupted" at start-up and nothing more happens to them — no result is ever published,
+so an AI client waiting on `run.result()` waits for ever, and the queued submits the agent
+had acknowledged are lost in effect (they never run).
+
+4. labctl/client.py: a command sent during a broker restart storm can be lost for good.
+The client resends unanswered commands only when it itself reconnects; when the broker
+lost the agent's session in the crash (mosquitto saves it every second), a resend that
+reaches the broker before the agent has subscribed again is dropped, and the client
+never sends it again (seen with 5 SIGKILL restarts, 0.1 s down, 0.2 s up).
+
 When fixed, move these tests into tests/test_fault_injection.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 from typing import Any
 
 from test_fault_injection import (
     BY_DEVICE,
     MEASURE,
+    MQTT_BENCH,
+    WAIT,
+    WAIT_RECIPE,
+    broker_and_serve,
+    eventually,
     journal_lines,
     recipe,
+    run_started,
     run_with_fault,
     sim_bench,
     simulators,
     small_volume,
+    storm,
 )
 
 
@@ -101,3 +121,37 @@ async def test_disk_of_the_whole_data_dir_full_fails_the_run_with_the_journal_wh
                 (root / "filler").unlink(missing_ok=True)
             assert result["status"] == "failed"
             journal_lines(root / run_id / "events.jsonl")
+
+
+async def test_serve_killed_mid_run_then_restarted_answers_every_submitted_run(
+        tmp_path: Path) -> None:
+    from labctl.client import BenchClient
+
+    data = tmp_path / "runs"
+    with broker_and_serve(tmp_path) as (broker, serve):
+        async with BenchClient(broker.url, MQTT_BENCH, backoff_max_s=0.3, timeout=WAIT) as c:
+            running = await c.submit(WAIT_RECIPE, {"duration": "2 h"})  # 14 s of wall time
+            queued = await c.submit(WAIT_RECIPE, {"duration": "1 s"})
+            await eventually(lambda: run_started(data, running.run_id), "run started", WAIT)
+            serve.kill(signal.SIGKILL)
+            serve.start()
+            # every submitted run gets one result (resumed, re-queued, or reported as
+            # interrupted), not silence
+            for run in (running, queued):
+                result = await run.result(timeout=30)
+                assert result["run_id"] == run.run_id
+
+
+async def test_a_command_sent_during_a_broker_restart_storm_is_answered(
+        tmp_path: Path) -> None:
+    from labctl.client import BenchClient
+
+    data = tmp_path / "runs"
+    with broker_and_serve(tmp_path) as (broker, _serve):
+        async with BenchClient(broker.url, MQTT_BENCH, backoff_max_s=0.2, timeout=WAIT) as c:
+            first = await c.submit(WAIT_RECIPE, {"duration": "30 min"})
+            await eventually(lambda: run_started(data, first.run_id), "run started", WAIT)
+            second = asyncio.create_task(c.submit(WAIT_RECIPE, {"duration": "1 s"}))
+            await storm(broker)
+            run = await asyncio.wait_for(second, 30)
+            assert (await run.result(timeout=30))["status"] == "completed"

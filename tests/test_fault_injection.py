@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import os
 import re
 import signal
 import subprocess
@@ -543,3 +544,114 @@ def test_sigkill_of_labctl_run_at_random_moments(hardware_bench: Path, tmp_path:
         outcomes.append(f"{len(before.completed)} steps done, in doubt {before.in_doubt}")
     assert len(outcomes) == KILL_ITERATIONS
     print("\n".join(outcomes))
+
+
+# --------------------------------------------------------------------------- labctl serve
+MQTT_BENCH = "fi-bench"
+WAIT_RECIPE = json.loads((ROOT / "tests" / "mqtt_recipes" / "mqtt_wait.json").read_text())
+
+
+class Serve:
+    """`labctl serve` on config/sim.toml (x1000) as a process of its own."""
+
+    def __init__(self, broker_url: str, data: Path):
+        self.args = [*LABCTL, "serve", "--config", str(SIM_CONFIG), "--broker", broker_url,
+                     "--bench-id", MQTT_BENCH, "--data-dir", str(data),
+                     "--time-scale", str(TIME_SCALE)]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(30)
+
+
+@contextlib.contextmanager
+def broker_and_serve(tmp_path: Path) -> Any:
+    from labctl.mqtt.localbroker import MosquittoBroker
+
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.start()
+    serve = Serve(broker.url, tmp_path / "runs")
+    serve.start()
+    try:
+        yield broker, serve
+    finally:
+        serve.kill(signal.SIGTERM)
+        broker.stop()
+
+
+def run_started(data: Path, run_id: str) -> bool:
+    path = data / run_id / "events.jsonl"
+    return path.exists() and b'"step_started"' in path.read_bytes()
+
+
+async def test_sigkill_of_labctl_serve_then_restart_delivers_each_result_once(
+        tmp_path: Path) -> None:
+    """A run ends while the broker is down, so its result waits in the agent's outbox; the
+    agent is then killed (SIGKILL) and restarted: the result arrives, once. Results
+    delivered before the kill are not delivered again, and the restarted agent serves new
+    runs."""
+    from labctl.client import BenchClient
+    from labctl.mqtt.outbox import Outbox
+
+    data = tmp_path / "runs"
+    with broker_and_serve(tmp_path) as (broker, serve):
+        async with BenchClient(broker.url, MQTT_BENCH, backoff_max_s=0.3, timeout=WAIT) as c:
+            a = await c.submit(WAIT_RECIPE, {"duration": "1 s"})
+            assert (await a.result(timeout=WAIT))["status"] == "completed"
+            b = await c.submit(WAIT_RECIPE, {"duration": "30 min"})  # 3.6 s of wall time
+            await eventually(lambda: run_started(data, b.run_id), "run b started", WAIT)
+            broker.stop(signal.SIGKILL)
+            outbox = Outbox(data / "mqtt-outbox.sqlite")
+            try:
+                await eventually(lambda: b.run_id in dict(outbox.pending()),
+                                 "b's result waiting in the outbox", WAIT)
+            finally:
+                outbox.close()
+            serve.kill(signal.SIGKILL)
+            broker.start()
+            serve.start()
+            result = await b.result(timeout=WAIT)
+            assert result["status"] == "completed" and result["run_id"] == b.run_id
+            d = await c.submit(WAIT_RECIPE, {"duration": "1 s"})
+            assert (await d.result(timeout=WAIT))["status"] == "completed"
+            await asyncio.sleep(0.5)  # a wrong second delivery would show by now
+            assert c.result_deliveries == {a.run_id: 1, b.run_id: 1, d.run_id: 1}
+            assert sorted(r["run_id"] for r in await c.list()) == sorted(
+                [a.run_id, b.run_id, d.run_id])
+
+
+async def test_broker_restart_storm_run_completes_result_delivered_once(
+        tmp_path: Path) -> None:
+    """The broker is killed and restarted five times in quick succession while a run goes
+    on: the run completes, once, its result is delivered once, and the agent serves the
+    next run as before."""
+    from labctl.client import BenchClient
+
+    data = tmp_path / "runs"
+    with broker_and_serve(tmp_path) as (broker, _serve):
+        async with BenchClient(broker.url, MQTT_BENCH, backoff_max_s=0.2, timeout=WAIT) as c:
+            first = await c.submit(WAIT_RECIPE, {"duration": "30 min"})  # 3.6 s of wall time
+            await eventually(lambda: run_started(data, first.run_id), "first run started", WAIT)
+            await storm(broker)
+            assert (await first.result(timeout=WAIT))["status"] == "completed"
+            second = await c.submit(WAIT_RECIPE, {"duration": "1 s"})
+            assert (await second.result(timeout=WAIT))["status"] == "completed"
+            await asyncio.sleep(0.5)  # a wrong second delivery would show by now
+            assert c.result_deliveries == {first.run_id: 1, second.run_id: 1}
+            runs = await c.list()
+            assert sorted(r["run_id"] for r in runs) == sorted([first.run_id, second.run_id])
+
+
+async def storm(broker: Any, restarts: int = 5) -> None:
+    """Kill (SIGKILL) and restart the broker `restarts` times, quickly."""
+    for _ in range(restarts):
+        broker.stop(signal.SIGKILL)
+        await asyncio.sleep(0.1)
+        broker.start()
+        await asyncio.sleep(0.2)
