@@ -76,6 +76,8 @@ class SicsReply:
 
     def text(self, i: int = 0) -> str:
         """Value i without its double quotes."""
+        if i >= len(self.values):
+            raise ProtocolError(f"reply {self.line!r} has no value {i + 1}")
         v = self.values[i]
         return v[1:-1] if len(v) >= 2 and v[0] == v[-1] == '"' else v
 

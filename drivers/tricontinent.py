@@ -345,7 +345,7 @@ class TriContinentPump(SyringePump):
         answer = await self.query("Q")
         if answer.error:
             self._note_error(answer.error)
-        position = int((await self.query("?")).data)
+        position = await self._report_steps()
         valve = self._valve_name((await self.query("?6")).data)
         initialized = (await self.query("?19")).data.strip() == "1"
         self._initialized = initialized
@@ -398,8 +398,17 @@ class TriContinentPump(SyringePump):
 
     async def _position_steps(self) -> int:
         if self._position is None:
-            self._position = int((await self.query("?")).data)
+            self._position = await self._report_steps()
         return self._position
+
+    async def _report_steps(self) -> int:
+        """The absolute plunger position (`?`); a non-numeric report is a protocol error."""
+        data = (await self.query("?")).data
+        try:
+            return int(data)
+        except ValueError:
+            raise ProtocolError(f"plunger position report {data!r} is not a number",
+                                device=self.name) from None
 
     def _move_time(self, steps: int, speed: int) -> float:
         return steps * HALF_STEPS_PER_STROKE / self.stroke_steps / speed
@@ -452,7 +461,7 @@ class TriContinentPump(SyringePump):
 
     async def plunger_volume_l(self) -> float:
         """Volume in the syringe, from the pump's plunger position (`?`)."""
-        self._position = int((await self.query("?")).data)
+        self._position = await self._report_steps()
         return self.volume_for(self._position)
 
     async def set_speed(self, top_speed: int) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any, ClassVar, Literal, Protocol
@@ -24,7 +25,8 @@ from pydantic import ValidationError
 
 from labctl.clock import Clock
 from labctl.config import BenchConfig, DeviceConfig
-from labctl.units import UnitError, quantity, ureg
+from labctl.errors import DeviceFault
+from labctl.units import UnitError, quantity, to, ureg
 from labctl.units import fmt as _fmt
 
 _LITRE = re.compile(r"(?<![A-Za-z])([mµunk]?)l(?![A-Za-z])")
@@ -305,8 +307,8 @@ def _coerce_quantity(value: Any, unit: str, dimension: str, minimum: float | Non
         if bare_ok and q.unitless:
             q = ureg.Quantity(float(q.magnitude), "percent")
         try:
-            x = float(q.to(unit).magnitude)
-        except pint.DimensionalityError:
+            x = to(q, unit)  # labctl.units.to: also reads '5 degC' as a difference
+        except UnitError:
             raise ValueError(
                 f"{_show(value)} is not a {dimension}: expected units of {unit}"
                 f" ({ureg.Unit(unit).dimensionality}), got {q.dimensionality}"
@@ -484,17 +486,68 @@ def _over(dev: DeviceView, arg: str, what: str, value: float, limit: float | Non
     return []
 
 
-async def _hold(ctx: ActionContext, duration_s: float) -> float:
+Watch = Callable[[], Awaitable[None]]
+
+#: how often (simulated seconds, at least one slice) a hold asks its device how it is doing
+WATCH_EVERY_S = 10.0
+
+
+async def _hold(ctx: ActionContext, duration_s: float, watch: Watch | None = None) -> float:
     """Hold for `duration_s` on the context's clock in short slices, honouring pause and
-    abort between slices; returns the time held (paused time not counted)."""
+    abort between slices; returns the time held (paused time not counted). `watch` is
+    called every WATCH_EVERY_S and raises when the device stopped doing what the hold
+    relies on (a hotplate tripped, a heater failed): a hold must not record mixing or
+    heating that did not happen."""
     held = 0.0
+    since_watch = 0.0
     slice_s = max(0.05, 0.2 * ctx.clock.time_scale)
     while duration_s - held > 1e-9:
         step = min(slice_s, duration_s - held)
         await ctx.clock.sleep(step)
         held += step
+        since_watch += step
         await ctx.checkpoint()
+        if watch is not None and since_watch >= WATCH_EVERY_S:
+            since_watch = 0.0
+            await watch()
+    if watch is not None:
+        await watch()
     return held
+
+
+def _watch_status(device: Any) -> Watch:
+    """A watch that fails when the device reports a fault."""
+
+    async def watch() -> None:
+        st = await device.status()
+        if str(st.state) == "fault":
+            raise DeviceFault(st.fault or "the device reports a fault", device=device.name,
+                              code="fault", vendor_text=st.fault)
+
+    return watch
+
+
+def _watch_temperature(device: Any, setpoint_c: float, band_c: float) -> Watch:
+    """A guaranteed-soak watch: once the temperature is within ±band of the setpoint, leaving
+    the band (a failed heater, a lost probe) is a fault; a device fault is one at once."""
+    reached = False
+    status_watch = _watch_status(device)
+
+    async def watch() -> None:
+        nonlocal reached
+        await status_watch()
+        t = await device.temperature_c()
+        inside = abs(t - setpoint_c) <= band_c
+        if inside:
+            reached = True
+        elif reached:
+            raise DeviceFault(
+                f"temperature {t:.1f} °C left the ±{band_c:g} °C band around the setpoint "
+                f"{setpoint_c:g} °C during the hold (heater failure?)",
+                device=device.name, code="soak_band",
+            )
+
+    return watch
 
 
 # ---------------------------------------------------------------- syringe pump
@@ -1065,7 +1118,7 @@ class StirrerStir(ActionSpec):
         if t is not None:
             await device.set_temperature(t)
         await device.set_speed(a["speed_rpm"])
-        held = await _hold(ctx, a["duration_s"])
+        held = await _hold(ctx, a["duration_s"], _watch_status(device))
         await device.set_speed(0)
         if t is not None:
             await device.set_temperature(None)
@@ -1139,12 +1192,17 @@ class TcSetTemperature(ActionSpec):
         return {}
 
 
+#: a hold whose temperature, once reached, strays further than this has failed
+DEFAULT_SOAK_BAND_C = 5.0
+
+
 class TcHold(ActionSpec):
     capability = "temperature_controller"
     name = "hold"
     summary = "Set the setpoint and hold it for a duration (one segment of a schedule)."
-    args = (Q("temperature", "degC", "temperature_c"), Q("duration", "s", "duration_s",
-                                                          nonneg=True))
+    args = (Q("temperature", "degC", "temperature_c"),
+            Q("duration", "s", "duration_s", nonneg=True),
+            Q("band", "delta_degC", "band_c", required=False, positive=True))
 
     def check(self, dev: DeviceView, a: dict[str, Any]) -> list[ArgIssue]:
         return _temperature_checks(dev, "temperature", a["temperature_c"])
@@ -1158,7 +1216,9 @@ class TcHold(ActionSpec):
 
     async def run(self, device: Any, a: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         await device.set_temperature(a["temperature_c"])
-        held = await _hold(ctx, a["duration_s"])
+        band = a.get("band_c") or DEFAULT_SOAK_BAND_C
+        held = await _hold(ctx, a["duration_s"],
+                           _watch_temperature(device, a["temperature_c"], band))
         reading = await device.temperature_c()
         ctx.record("heating", temperature_c=a["temperature_c"], duration_s=held,
                    measured_c=reading)

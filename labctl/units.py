@@ -76,6 +76,10 @@ def to(value: Any, unit: str) -> float:
     try:
         return float(q.to(unit).magnitude)
     except pint.DimensionalityError:
+        deltas: dict[Any, str] = {ureg.Unit("degC"): "delta_degC", ureg.Unit("degF"): "delta_degF"}
+        if unit.startswith("delta_") and q.units in deltas:
+            # a temperature *difference* written '5 degC' means 5 delta_degC
+            return float(ureg.Quantity(q.magnitude, deltas[q.units]).to(unit).magnitude)
         raise UnitError(
             f"{value!s} has the wrong dimension: expected {ureg.Unit(unit).dimensionality}, "
             f"got {q.dimensionality}"
