@@ -356,22 +356,42 @@ class Bench:
         self._finish(ticket, state, errors)
 
     def _finish(self, ticket: RunTicket, state: RunState, errors: list[dict[str, Any]]) -> None:
+        """Close the record and tell every waiter. Each part is tried on its own: a full
+        disk or a broken index must still end the run for `wait()` and the adapters, with
+        the failure to record named in the result."""
         rec = ticket.record
         ex = ticket.executor
         figures = list(ex.figures) if ex else []
-        rec.journal.append("run_finished", run_id=ticket.run_id, status=str(state),
-                           errors=errors, figures=figures)
-        events = rec.events()
-        data_files = rec.data_files()
-        meta = prov.build_metadata(context=ticket.context, events=events, data_files=data_files,
-                                   figures=figures, status=str(state))
-        rec.write_metadata(meta)
+        record_errors: list[str] = []
+
+        def attempt(what: str, fn: Any) -> Any:
+            try:
+                return fn()
+            except Exception as exc:  # each part of the record is tried on its own
+                log.error("run %s: could not %s: %s", ticket.run_id, what, exc)
+                record_errors.append(f"could not {what}: {exc}")
+                return None
+
+        attempt("journal the end of the run", lambda: rec.journal.append(
+            "run_finished", run_id=ticket.run_id, status=str(state), errors=errors,
+            figures=figures))
+        meta = attempt("build the metadata", lambda: prov.build_metadata(
+            context=ticket.context, events=rec.events(), data_files=rec.data_files(),
+            figures=figures, status=str(state)))
+        if meta is None:
+            meta = {"times": {"ended": utc_iso()}, "outcome": {"in_doubt": []}}
+        else:
+            attempt("write metadata.json", lambda: rec.write_metadata(meta))
+        if record_errors:
+            errors = [*errors, {"type": "RecordError", "message": "; ".join(record_errors)}]
+            if state == RunState.COMPLETED:
+                state = RunState.FAILED  # a run whose record is incomplete did not complete
         result = self._result_doc(ticket, state, errors, figures, meta)
-        rec.write_result(result)
-        rec.close()
-        self.store.index.upsert_run(ticket.run_id, status=str(state), ended=meta["times"]["ended"],
-                                    figures=figures, error="; ".join(
-                                        str(e.get("message") or e) for e in errors) or None)
+        attempt("write result.json", lambda: rec.write_result(result))
+        attempt("close the record", rec.close)
+        attempt("index the run", lambda: self.store.index.upsert_run(
+            ticket.run_id, status=str(state), ended=meta["times"].get("ended"), figures=figures,
+            error="; ".join(str(e.get("message") or e) for e in errors) or None))
         ev = {"event": "run_finished", "run_id": ticket.run_id, "status": str(state),
               "result": result}
         self._publish(ev)
@@ -393,7 +413,7 @@ class Bench:
             "ended": meta["times"].get("ended"),
             "figures_of_merit": figures,
             "errors": errors,
-            "in_doubt": meta["outcome"]["in_doubt"],
+            "in_doubt": meta.get("outcome", {}).get("in_doubt", []),
             "fidelity": meta.get("fidelity"),
             "data_files": [{"path": d["path"], "sha256": d["sha256"]}
                            for d in meta.get("data_files", [])],

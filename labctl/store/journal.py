@@ -12,6 +12,7 @@ before appending again, so every line of the file always parses.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -73,9 +74,18 @@ class Journal:
             record = {"seq": self._seq, "t": utc_iso(now), "ts": round(now, 6), "event": event,
                       **fields}
             data = (dumps(record) + "\n").encode("utf-8")
-            n = os.write(self._fd, data)
-            if n != len(data):  # regular files do not short-write short of a full disk
-                raise OSError(f"journal {self.path}: short write ({n} of {len(data)} bytes)")
+            size = os.fstat(self._fd).st_size
+            try:
+                n = os.write(self._fd, data)
+                if n != len(data):  # regular files do not short-write short of a full disk
+                    raise OSError(f"journal {self.path}: short write ({n} of {len(data)} bytes)"
+                                  " (disk full?)")
+            except OSError:
+                # never leave part of a line behind: cut the file back to its last whole line
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, size)
+                self._seq -= 1
+                raise
             if durable and self._fsync:
                 os.fsync(self._fd)
                 self._dirty = False
