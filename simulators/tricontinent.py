@@ -75,6 +75,11 @@ def _speed_table() -> list[int]:
 SPEED_CODES = _speed_table()
 
 
+#: a vessel drawn dry by at most this many plunger steps lets the plunger finish, drawing
+#: air (a real pump cannot tell a bubble at the bottom of a vial); a larger shortfall is
+#: the empty-reservoir fault: the plunger stalls (error 9) where the liquid ran out.
+AIR_TOLERANCE_STEPS = 3
+
 class _Terminate(Exception):
     """`T` inside a string: the rest of it does not run."""
 
@@ -668,8 +673,10 @@ class TriContinentSimulator(Simulator):
         return f"{self.name}.drain"
 
     def _world_aspirate(self, volume: float) -> None:
+        """Liquid in; the last bit of a vessel drawn dry is air (see AIR_TOLERANCE_STEPS)."""
         vessel = self._port_vessel()
         if vessel is not None and self.world is not None:
+            volume = min(volume, self.world.volume_l(vessel))
             self.world.move_volume(vessel, self._syringe, volume)
 
     def _liquid_out(self, volume: float) -> float:
@@ -700,7 +707,7 @@ class TriContinentSimulator(Simulator):
                 if vessel is None:
                     return None
                 available = self.world.volume_l(vessel)
-                if volume <= available * (1 + 1e-9) + 1e-12:
+                if volume <= available + AIR_TOLERANCE_STEPS * per_step:
                     return None
                 return start + int(available / per_step)
             liquid = self.world.volume_l(self._syringe)
