@@ -3,8 +3,21 @@ TUI drive a bench. None of them talks to a driver.
 
 One run at a time; later submissions queue. Submitting validates first (a bad recipe raises
 and creates nothing) and creates the run record at once, so a queued run already has its
-folder, journal and index row. Start-up applies every device's safe state and marks runs
-that a crash interrupted. After an e-stop the queue is held until `resume()`.
+folder, journal and index row. Start-up applies every device's safe state and deals with the
+runs a crash (kill, power cut) left unfinished. After an e-stop the queue is held until
+`resume()`.
+
+Runs a crash left unfinished, and why they are treated so:
+- A run that had started gets a final result at once, status "interrupted": its in-doubt
+  steps (started, not finished: what they did to the world is not known) and how to go on
+  (`labctl resume RUN_ID`, an operator deciding on each in-doubt step). Nothing is re-run
+  by itself: repeating a dispense or a transfer could add material twice, and only someone
+  who can look at the vials may decide that.
+- A run that was queued and never started did nothing yet. With `requeue_unstarted` (the
+  MQTT agent, which acknowledged those submits to its clients) it is queued again, in its
+  original order, under the same run id: running it is what was promised. Without it (the
+  CLI, which starts one run of its own) it is only marked interrupted, as before.
+Either way every submitted run ends with one result: its own, or "interrupted".
 """
 
 from __future__ import annotations
@@ -24,7 +37,7 @@ from labctl.errors import LabctlError
 from labctl.executor import Executor, _get, _jsonable, iter_leaves
 from labctl.instruments import Instruments
 from labctl.run_machine import FINAL_STATES, IllegalTransition, RunMachine, RunState
-from labctl.store import RunRecord, RunStore, utc_iso
+from labctl.store import RunRecord, RunStore, replay, utc_iso
 from labctl.store import provenance as prov
 
 log = logging.getLogger("labctl.bench")
@@ -126,8 +139,14 @@ class Bench:
         time_scale: float | None = None,
         instruments: Instruments | None = None,
         store: RunStore | None = None,
+        requeue_unstarted: bool = False,
     ):
         self.cfg = cfg
+        #: queue again, at start-up, the runs a crash left queued (see the module docstring)
+        self.requeue_unstarted = requeue_unstarted
+        #: run ids closed as "interrupted" and queued again by the last start()
+        self.interrupted_at_start: list[str] = []
+        self.requeued_at_start: list[str] = []
         self.bench_id = cfg.bench.id
         self.time_scale = time_scale
         self._own_instruments = instruments is None
@@ -154,7 +173,15 @@ class Bench:
         if self._own_instruments or not self.instruments.devices:
             await self.instruments.start()
         self.startup_safe_state_errors = await self.instruments.safe_state_all()
-        self._mark_interrupted()
+        self.requeued_at_start = []
+        for run_id in self._mark_interrupted():
+            try:
+                await self.resume_run(run_id, operator="labctl", reason="requeued")
+                self.requeued_at_start.append(run_id)
+            except Exception:  # one unreadable record must not keep the bench down
+                log.exception("run %s: could not queue it again", run_id)
+                with contextlib.suppress(Exception):
+                    self.store.index.upsert_run(run_id, status="interrupted")
         self._worker = asyncio.create_task(self._work(), name=f"bench-{self.bench_id}")
         self._started = True
         self._publish({"event": "bench_started", "bench_id": self.bench_id,
@@ -189,16 +216,85 @@ class Bench:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _mark_interrupted(self) -> None:
-        for row in self.store.list(limit=1000):
-            if row["status"] in {s.value for s in FINAL_STATES} | {"interrupted", "cancelled"}:
+    def _mark_interrupted(self) -> list[str]:
+        """Close the started runs a crash left unfinished with an "interrupted" result; the
+        never-started ones to queue again (oldest first) when `requeue_unstarted`, else
+        only marked interrupted."""
+        self.interrupted_at_start = []
+        unstarted: list[str] = []
+        for row in reversed(self.store.list(limit=1000)):  # oldest first: the queue's order
+            run_id = row["run_id"]
+            status = row["status"]
+            if status in {s.value for s in FINAL_STATES} | {"cancelled"}:
                 continue
             try:
-                rec = self.store.open(row["run_id"])
-            except FileNotFoundError:
-                continue
-            if rec.replay().finished is None:
-                self.store.index.upsert_run(row["run_id"], status="interrupted")
+                rec = self.store.open(run_id)
+                if status == "interrupted" and rec.result_path.exists():
+                    continue  # dealt with at an earlier start
+                events = rec.events()
+                r = replay(events)
+                if r.finished is not None:
+                    continue
+                if not r.order:  # no step ever started: it did nothing yet
+                    if self.requeue_unstarted:
+                        unstarted.append(run_id)
+                    elif status != "interrupted":
+                        self.store.index.upsert_run(run_id, status="interrupted")
+                    continue
+                self._close_interrupted(rec, events, r)
+                self.interrupted_at_start.append(run_id)
+            except Exception:  # one unreadable record must not keep the bench down
+                log.exception("run %s: could not record its interruption", run_id)
+                with contextlib.suppress(Exception):
+                    self.store.index.upsert_run(run_id, status="interrupted")
+        return unstarted
+
+    def _close_interrupted(self, rec: RunRecord, events: list[dict[str, Any]],
+                           r: Any) -> None:
+        """Journal the interruption and write the run's final result (status
+        "interrupted", in-doubt steps, how to continue); nothing is re-run."""
+        run_id = rec.run_id
+        in_doubt = list(r.in_doubt)
+        completed = list(r.completed)
+        message = (f"run {run_id} was interrupted: the process running it stopped (crash, "
+                   "kill or power cut) in the middle of the run")
+        if in_doubt:
+            message += (f"; step{'s' if len(in_doubt) > 1 else ''} {', '.join(in_doubt)} "
+                        "started but did not finish, and what it did is not known")
+        message += (f". Nothing was repeated. An operator may continue it with `labctl resume "
+                    f"{run_id}` (completed steps are kept"
+                    + ("; decide on each in-doubt step with --accept-in-doubt STEP or --redo "
+                       "STEP" if in_doubt else "") + ").")
+        meta = rec.read_json("metadata.json") or {}
+        instigator = meta.get("instigator") or {}
+        started = next((e.get("t") for e in events if e.get("event") == "step_started"), None)
+        last_heard = events[-1].get("t") if events else None
+        rec.journal.append("interrupted", run_id=run_id, in_doubt=in_doubt,
+                           completed=completed, last_event=last_heard, note=message)
+        rec.close()
+        rec.write_result({
+            "schema": "labctl.run-result/1",
+            "run_id": run_id,
+            "status": "interrupted",
+            "recipe": meta.get("recipe"),
+            "parameters": meta.get("parameters"),
+            "instigator": instigator,
+            "request_id": instigator.get("request_id"),
+            "bench_id": self.bench_id,
+            "started": started,
+            "ended": last_heard,
+            "figures_of_merit": [],
+            "errors": [{"type": "Interrupted", "message": message, "in_doubt": in_doubt}],
+            "in_doubt": in_doubt,
+            "completed_steps": completed,
+            "resume": f"labctl resume {run_id}",
+            "fidelity": meta.get("fidelity"),
+            "data_files": [{"path": d["path"], "sha256": d["sha256"]}
+                           for d in rec.data_files()],
+            "record": str(rec.folder),
+        })
+        self.store.index.upsert_run(run_id, status="interrupted", ended=last_heard,
+                                    error=message)
 
     # -- planning ------------------------------------------------------------------------
     def plan(self, recipe: Any, parameters: Mapping[str, Any] | None = None) -> Any:
@@ -585,10 +681,12 @@ class Bench:
         accept_in_doubt: Collection[str] = (),
         redo: Collection[str] = (),
         operator: str | None = None,
+        reason: str = "resume",
     ) -> str:
         """Queue an interrupted (or failed/aborted) run again: completed steps are kept,
         idempotent in-doubt steps re-run, the others need accept or redo (InDoubtError).
-        Each decision is journaled before the run goes on."""
+        Each decision is journaled before the run goes on. `reason` names the session in
+        provenance ("requeued": a never-started run queued again after a restart)."""
         rec, plan, doc, r, in_doubt = self.check_resume(
             run_id, accept_in_doubt=accept_in_doubt, redo=redo)
         who = operator or "unknown"
@@ -619,7 +717,7 @@ class Bench:
         for key in ("instruments", "software", "fidelity"):
             context.setdefault(key, fresh[key])
         context["sessions"] = [*context.get("sessions", []),
-                               {"started": utc_iso(), "kind": "resume", "operator": who,
+                               {"started": utc_iso(), "kind": reason, "operator": who,
                                 "skipped": sorted(skip),
                                 "time_scale": self.instruments.clock.time_scale,
                                 "instruments": fresh["instruments"],
@@ -631,7 +729,7 @@ class Bench:
         ticket.prior_results = {sid: st.result or {} for sid, st in r.steps.items()
                                 if st.state == "completed"}
         journal.append("resumed", run_id=run_id, operator=who, skip=sorted(skip),
-                       in_doubt=in_doubt)
+                       in_doubt=in_doubt, reason=reason)
         await ticket.machine.request("validate")
         await ticket.machine.request("validated")
         self.store.index.upsert_run(run_id, status="queued")

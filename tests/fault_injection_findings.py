@@ -3,31 +3,29 @@ a fix in someone else's module (not collected by a plain `pytest` run; run it ex
 
     .venv/bin/python -m pytest tests/fault_injection_findings.py -q
 
-1. labctl/actions.py: `stirrer.stir` and `temperature_controller.hold` switch the device
-on, then only sleep (`_hold`) until the duration is over: nothing asks the device how it
-is doing meanwhile. A hotplate that trips mid-stir (IKA `Er 2`: heater and motor off) or
-a heated block whose heater fails mid-hold (the Omega's PV falls back to ambient) leaves a
-run that completes with no error — and provenance that records mixing or heating that did
-not happen.
-
-2. labctl/store/journal.py and labctl/bench.py: when the disk holding the data dir fills up
+1. labctl/store/journal.py and labctl/bench.py: when the disk holding the data dir fills up
 (not only the data folder), `Journal.append` writes part of a line (os.write returns a
 short count), raises, and leaves the partial line in events.jsonl: the journal ends
 mid-line. The bench's worker then fails inside `_finish` (its journal append raises before
 `ticket.done` is set), so `Bench.wait(run_id)` never returns — `labctl run` and the MQTT
 agent wait for ever — and the index keeps the run as "running".
 
-3. labctl/bench.py with labctl/mqtt/agent.py: `labctl serve` killed (SIGKILL) in the middle
+2. labctl/bench.py with labctl/mqtt/agent.py: `labctl serve` killed (SIGKILL) in the middle
 of a run and restarted: the run in progress and the runs queued behind it are marked
 "interrupted" at start-up and nothing more happens to them — no result is ever published,
 so an AI client waiting on `run.result()` waits for ever, and the queued submits the agent
 had acknowledged are lost in effect (they never run).
 
-4. labctl/client.py: a command sent during a broker restart storm can be lost for good.
+3. labctl/client.py: a command sent during a broker restart storm can be lost for good.
 The client resends unanswered commands only when it itself reconnects; when the broker
 lost the agent's session in the crash (mosquitto saves it every second), a resend that
 reaches the broker before the agent has subscribed again is dropped, and the client
 never sends it again (seen with 5 SIGKILL restarts, 0.1 s down, 0.2 s up).
+
+4. labctl/actions.py: a temperature hold whose heater fails as the hold starts completes.
+The hold's watch fails a block that leaves its soak band, but one that never reaches it
+(heater dead from the first second; the Omega's PV stays at ambient, 22 °C, for a 40 °C
+hold of 5 min, about three time constants) is not noticed.
 
 When fixed, move these tests into tests/test_fault_injection.py.
 """
@@ -35,9 +33,7 @@ When fixed, move these tests into tests/test_fault_injection.py.
 from __future__ import annotations
 
 import asyncio
-import signal
 from pathlib import Path
-from typing import Any
 
 from test_fault_injection import (
     BY_DEVICE,
@@ -56,37 +52,6 @@ from test_fault_injection import (
     small_volume,
     storm,
 )
-
-
-async def _strike_mid_hold(device: str, fault: str, value: object,
-                           tmp_path: Path) -> dict[str, Any]:
-    t = BY_DEVICE[device]
-    steps = [dict(s) for s in t.steps]
-    for s in steps:
-        if s["id"] == "target":  # a long hold, struck well inside it
-            s["args"] = {**s["args"], "duration": "30 min"}
-    async with sim_bench(tmp_path / "runs") as bench:
-        sim = simulators(bench)[device]
-
-        async def strike() -> None:
-            await asyncio.sleep(0.3)
-            setattr(sim.faults, fault, value)
-
-        result = await run_with_fault(bench, recipe(f"mid_hold_{device}", steps), "target",
-                                      lambda: asyncio.ensure_future(strike()))
-        return result
-
-
-async def test_hotplate_tripping_mid_stir_fails_the_run(tmp_path: Path) -> None:
-    result = await _strike_mid_hold("hotplate", "error", 2, tmp_path)
-    assert result["status"] == "failed", "the stir completed although the motor stopped"
-    assert result["errors"][0]["device"] == "hotplate"
-
-
-async def test_heater_failing_mid_hold_fails_the_run(tmp_path: Path) -> None:
-    result = await _strike_mid_hold("block_heater", "stall", True, tmp_path)
-    assert result["status"] == "failed", "the hold completed although the block went cold"
-    assert result["errors"][0]["device"] == "block_heater"
 
 
 async def test_disk_of_the_whole_data_dir_full_fails_the_run_with_the_journal_whole(
@@ -123,25 +88,6 @@ async def test_disk_of_the_whole_data_dir_full_fails_the_run_with_the_journal_wh
             journal_lines(root / run_id / "events.jsonl")
 
 
-async def test_serve_killed_mid_run_then_restarted_answers_every_submitted_run(
-        tmp_path: Path) -> None:
-    from labctl.client import BenchClient
-
-    data = tmp_path / "runs"
-    with broker_and_serve(tmp_path) as (broker, serve):
-        async with BenchClient(broker.url, MQTT_BENCH, backoff_max_s=0.3, timeout=WAIT) as c:
-            running = await c.submit(WAIT_RECIPE, {"duration": "2 h"})  # 14 s of wall time
-            queued = await c.submit(WAIT_RECIPE, {"duration": "1 s"})
-            await eventually(lambda: run_started(data, running.run_id), "run started", WAIT)
-            serve.kill(signal.SIGKILL)
-            serve.start()
-            # every submitted run gets one result (resumed, re-queued, or reported as
-            # interrupted), not silence
-            for run in (running, queued):
-                result = await run.result(timeout=30)
-                assert result["run_id"] == run.run_id
-
-
 async def test_a_command_sent_during_a_broker_restart_storm_is_answered(
         tmp_path: Path) -> None:
     from labctl.client import BenchClient
@@ -155,3 +101,15 @@ async def test_a_command_sent_during_a_broker_restart_storm_is_answered(
             await storm(broker)
             run = await asyncio.wait_for(second, 30)
             assert (await run.result(timeout=30))["status"] == "completed"
+
+
+async def test_heater_dead_as_the_hold_starts_fails_the_run(tmp_path: Path) -> None:
+    t = BY_DEVICE["block_heater"]
+    async with sim_bench(tmp_path / "runs") as bench:
+        sim = simulators(bench)["block_heater"]
+
+        def fail_heater() -> None:
+            sim.faults.stall = True
+
+        result = await run_with_fault(bench, t.doc(), "target", fail_heater)
+        assert result["status"] == "failed", "a 40 °C hold completed at ambient temperature"

@@ -7,7 +7,8 @@
 - Disk full while a measurement writes its data: a clear failure, the journal whole.
 - SIGKILL of a real `labctl run` at random moments, many times: every journal line parses,
   no completed step is lost or repeated, `labctl resume` finishes the run.
-- SIGKILL of `labctl serve` mid-run, then a restart: the result is delivered once.
+- SIGKILL of `labctl serve` mid-run, then a restart: the result is delivered once; the run
+  in progress is answered "interrupted" (nothing re-run), the queued ones run.
 - Broker restart storms under a running `labctl serve`: the run completes, its result is
   delivered once.
 
@@ -172,8 +173,8 @@ TARGETS = [
     Target("block_heater", [HOLD, {"id": "target", "device": "block_heater", "action": "hold",
                                    "args": {"temperature": "40 degC", "duration": "5 min"}},
                             {"id": "off", "device": "block_heater", "action": "off"}],
-           # its stall is a heater failure mid-hold, which the hold action does not notice:
-           # tests/fault_injection_findings.py
+           # its stall is a heater failure; struck as the hold starts it goes unnoticed:
+           # tests/fault_injection_findings.py (mid-hold, it is caught: below)
            "target", 4, stall=None),
     Target("hotplate", [HOLD, {"id": "target", "device": "hotplate", "action": "stir",
                                "args": {"speed": "600 rpm", "duration": "5 min"}}],
@@ -340,6 +341,45 @@ async def test_stall_mid_move_fails_the_run_naming_the_device(device: str,
             err = the_error(result)
             assert err["device"] == device and err["step"] == "target", err
         await assert_all_safe(bench)
+
+
+async def strike_mid_hold(device: str, fault: str, value: object,
+                          tmp_path: Path) -> dict[str, Any]:
+    """A 30-minute hold (1.8 s of wall time) on `device`, struck 0.3 s into it."""
+    t = BY_DEVICE[device]
+    steps = [dict(s) for s in t.steps]
+    for s in steps:
+        if s["id"] == "target":
+            s["args"] = {**s["args"], "duration": "30 min"}
+    async with sim_bench(tmp_path / "runs") as bench:
+        sim = simulators(bench)[device]
+
+        async def strike() -> None:
+            await asyncio.sleep(0.3)
+            setattr(sim.faults, fault, value)
+
+        result = await run_with_fault(bench, recipe(f"mid_hold_{device}", steps), "target",
+                                      lambda: asyncio.ensure_future(strike()))
+        await assert_all_safe(bench)
+        return result
+
+
+async def test_hotplate_tripping_mid_stir_fails_the_run(tmp_path: Path) -> None:
+    """The hotplate switches itself off (Er 2) well into a stir: the run must not record
+    mixing that did not happen; it fails naming the hotplate."""
+    result = await strike_mid_hold("hotplate", "error", 2, tmp_path)
+    assert result["status"] == "failed", "the stir completed although the motor stopped"
+    err = the_error(result)
+    assert err["device"] == "hotplate" and err["step"] == "target", err
+
+
+async def test_heater_failing_mid_hold_fails_the_run(tmp_path: Path) -> None:
+    """The heated block's heater fails well into a hold: the block cools, the run fails
+    naming it."""
+    result = await strike_mid_hold("block_heater", "stall", True, tmp_path)
+    assert result["status"] == "failed", "the hold completed although the block went cold"
+    err = the_error(result)
+    assert err["device"] == "block_heater" and err["step"] == "target", err
 
 
 # --------------------------------------------------------------------------- disk full
@@ -655,3 +695,44 @@ async def storm(broker: Any, restarts: int = 5) -> None:
         await asyncio.sleep(0.1)
         broker.start()
         await asyncio.sleep(0.2)
+
+
+def step_starts(data: Path, run_id: str, step: str) -> int:
+    events = journal_lines(data / run_id / "events.jsonl")
+    return sum(1 for e in events if e["event"] == "step_started" and e.get("step") == step)
+
+
+async def test_serve_killed_mid_run_then_restarted_answers_every_submitted_run(
+        tmp_path: Path) -> None:
+    """`labctl serve` killed (SIGKILL) with one run going and one queued, then restarted:
+    the run in progress gets its final result, "interrupted", naming its in-doubt step and
+    how an operator continues it, and nothing of it is re-run; the queued run (it had done
+    nothing) runs to completion. Each result is delivered once, also across a second
+    restart."""
+    from labctl.client import BenchClient
+
+    data = tmp_path / "runs"
+    with broker_and_serve(tmp_path) as (broker, serve):
+        async with BenchClient(broker.url, MQTT_BENCH, backoff_max_s=0.3, timeout=WAIT) as c:
+            running = await c.submit(WAIT_RECIPE, {"duration": "2 h"})  # 14 s of wall time
+            queued = await c.submit(WAIT_RECIPE, {"duration": "1 s"})
+            await eventually(lambda: run_started(data, running.run_id), "run started", WAIT)
+            serve.kill(signal.SIGKILL)
+            serve.start()
+            interrupted = await running.result(timeout=WAIT)
+            assert interrupted["run_id"] == running.run_id
+            assert interrupted["status"] == "interrupted", interrupted
+            assert interrupted["in_doubt"] == ["first"]
+            assert interrupted["resume"] == f"labctl resume {running.run_id}"
+            assert "first" in interrupted["errors"][0]["message"]
+            done = await queued.result(timeout=WAIT)
+            assert done["run_id"] == queued.run_id and done["status"] == "completed", done
+            assert step_starts(data, running.run_id, "first") == 1  # not re-run by itself
+            assert step_starts(data, running.run_id, "second") == 0
+            serve.kill(signal.SIGKILL)
+            serve.start()
+            later = await c.submit(WAIT_RECIPE, {"duration": "1 s"})
+            assert (await later.result(timeout=WAIT))["status"] == "completed"
+            await asyncio.sleep(0.5)  # a wrong second delivery would show by now
+            assert c.result_deliveries == {running.run_id: 1, queued.run_id: 1,
+                                           later.run_id: 1}

@@ -6,6 +6,13 @@ or a dropped link makes the broker redeliver them, and a command id seen before 
 first reply again and starts nothing. Results go through a durable outbox and are removed
 only after the broker's PUBACK. The connection is the only thing that comes and goes: the
 bench (and the run in progress) lives outside it.
+
+Every accepted submit ends with exactly one published result, even across a crash of this
+process: at start-up the bench closes the run that was in progress as "interrupted" (its
+in-doubt steps named, `labctl resume RUN_ID` for an operator; nothing is re-run by itself)
+and queues again the runs that were queued and never started (see labctl.bench). Results of
+runs that ended while no event reached the outbox (those, or a run that ended just before a
+kill) are swept into the outbox on every connection; the outbox keeps one result per run.
 """
 
 from __future__ import annotations
@@ -60,6 +67,9 @@ EVENT_BATCH = 64
 READ_ONLY = (StatusCommand, ListCommand, ValidateCommand)
 """Commands that change nothing: their replies are remembered in memory, not in the index."""
 RECENT_READ_ONLY = 10_000
+RECOVER_LIMIT = 1000
+"""Newest runs looked at for a result that never reached the outbox."""
+ENDED = frozenset({"completed", "failed", "aborted", "cancelled", "interrupted"})
 
 
 def utc_now() -> str:
@@ -150,6 +160,7 @@ class Agent:
             await client.publish_checked(self.topics.online, b"online", qos=1, retain=True)
             self._status_dirty = True
             self._last_status = None  # republish after every (re)connect
+            self._recover_results()
             self.connected.set()
             log.info("agent %s connected to %s", self.bench_id, self.broker.url())
             tasks = [
@@ -214,6 +225,25 @@ class Agent:
             except Exception:  # polling is best effort; the next round tries again
                 log.exception("device poll failed")
             await asyncio.sleep(self.device_poll_s)
+
+    def _recover_results(self) -> None:
+        """Queue the results no event brought: runs of MQTT clients that ended while this
+        agent was not listening (closed as interrupted at start-up, or ended just before a
+        crash). The event pump is subscribed by the time a connection is up, so a run that
+        ends later comes through it."""
+        try:
+            known = self.outbox.known()
+            for row in self.port.list_runs(RECOVER_LIMIT):
+                run_id = str(row.get("run_id") or "")
+                if (not run_id or run_id in known or row.get("status") not in ENDED
+                        or not str(row.get("instigator") or "").startswith("ai:")):
+                    continue
+                fields = self.port.result(run_id)
+                instigator = (fields or {}).get("instigator") or {}
+                if fields is not None and instigator.get("via") == "mqtt":
+                    self._queue_result(run_id)
+        except Exception:  # recovery is best effort; it is tried again on the next connect
+            log.exception("could not look for results missing from the outbox")
 
     def _queue_result(self, run_id: str) -> None:
         fields = self.port.result(run_id)

@@ -177,7 +177,8 @@ async def open_bench_port(cfg: Any, *, data_dir: str | Path, time_scale: float |
     if not recipes_dir.is_absolute() and cfg.path:
         # relative to the working directory, like every other path of the config
         recipes_dir = Path.cwd() / recipes_dir
-    bench = Bench(cfg, data_dir=data_dir, time_scale=time_scale)
+    # the agent acknowledged its queued submits: after a crash they run (labctl.bench)
+    bench = Bench(cfg, data_dir=data_dir, time_scale=time_scale, requeue_unstarted=True)
     if bench_id:
         bench.bench_id = bench_id
     await bench.start()

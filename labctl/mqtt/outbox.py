@@ -54,6 +54,12 @@ class Outbox:
         with self._lock:
             self._db.execute("UPDATE results SET published=1 WHERE run_id=?", (run_id,))
 
+    def known(self) -> set[str]:
+        """Every run id whose result is here, published or not."""
+        with self._lock:
+            rows = self._db.execute("SELECT run_id FROM results").fetchall()
+        return {r[0] for r in rows}
+
     def is_published(self, run_id: str) -> bool:
         with self._lock:
             row = self._db.execute("SELECT published FROM results WHERE run_id=?",

@@ -185,7 +185,9 @@ class ResultPayload(BaseModel):
     model_config = ConfigDict(extra="allow")
     bench_id: str
     run_id: str
-    status: str = Field(description="completed, failed or aborted.")
+    status: str = Field(description="completed, failed or aborted; interrupted when the "
+                        "agent's process died during the run (in_doubt names the steps that "
+                        "started and did not finish, resume how an operator continues it).")
     request_id: str | None = Field(default=None, description="The AI request this answers.")
     request: dict[str, Any] | None = None
     figures_of_merit: list[dict[str, Any]] = Field(
