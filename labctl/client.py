@@ -8,7 +8,11 @@
 Every command carries a unique id and an MQTT 5 response topic with correlation data. The
 connection comes back by itself after a broker restart or a network drop; commands still
 waiting for their reply are sent again with the same id, which the agent answers from its
-record instead of acting twice.
+record instead of acting twice. A command can be lost on the broker's side without this
+client noticing (a broker that crashed lost the agent's session, and the resend reached it
+before the agent subscribed again), so an unanswered command also goes again whenever the
+agent announces itself online (it subscribes before it says so), and every so often with
+backoff (`resend_after_s`, doubling up to RESEND_MAX_S) until answered or timed out.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ from labctl.mqtt.payloads import (
 from labctl.mqtt.topics import Topics
 
 log = logging.getLogger("labctl.client")
+
+RESEND_MAX_S = 30.0
+"""Longest pause between two sends of an unanswered command."""
 
 
 class CommandError(LabctlError):
@@ -105,6 +112,7 @@ class BenchClient:
         timeout: float = 30.0,
         session_expiry_s: int = 600,
         backoff_max_s: float = 5.0,
+        resend_after_s: float = 2.0,
     ):
         self.settings = BrokerSettings.from_url(broker_url, username=username, password=password,
                                                 tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
@@ -114,6 +122,10 @@ class BenchClient:
         self.timeout = timeout
         self.session_expiry_s = session_expiry_s
         self.backoff_max_s = backoff_max_s
+        #: an unanswered command is sent again after this long, then twice as long...
+        self.resend_after_s = resend_after_s
+        #: sends beyond the first, for every command (tests and diagnostics)
+        self.resends = 0
         self.inbox = self.topics.reply_inbox(self.client_id)
         self.connected = asyncio.Event()
         self.connections = 0
@@ -190,24 +202,46 @@ class BenchClient:
                 self._client = None
 
     async def _resend_pending(self, client: MqttClient) -> None:
-        """After a reconnect: every command still unanswered goes again, same id."""
+        """After a reconnect, or the agent saying it is online: every command still
+        unanswered goes again, same id."""
         for cid, (fut, payload) in list(self._pending.items()):
             if not fut.done():
+                self.resends += 1
                 try:
                     await client.publish_checked(self.topics.cmd, payload, qos=1,
                                                  properties=self._props(cid))
                 except PublishRefused as exc:
-                    fut.set_exception(CommandError("not_authorized", str(exc)))
+                    if not fut.done():
+                        fut.set_exception(CommandError("not_authorized", str(exc)))
                 except aiomqtt.MqttError:
                     return
+
+    async def _send_again(self, command_id: str, payload: bytes,
+                          fut: asyncio.Future[dict[str, Any]]) -> None:
+        """One more send of an unanswered command, if connected (else the reconnect
+        sends it)."""
+        client = self._client
+        if client is None or not self.connected.is_set() or fut.done():
+            return
+        self.resends += 1
+        try:
+            await client.publish_checked(self.topics.cmd, payload, qos=1,
+                                         properties=self._props(command_id))
+        except PublishRefused as exc:
+            if not fut.done():
+                fut.set_exception(CommandError("not_authorized", str(exc)))
+        except aiomqtt.MqttError:
+            pass  # the reconnect sends it again
 
     # ------------------------------------------------------------------ incoming
     def _dispatch(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
         if topic == self.topics.online:
             if message.payload == b"online":
-                if not self.bench_online.is_set() and self._client is not None:
-                    # the agent (re)started: what it may have missed goes again, same ids
+                if self._client is not None:
+                    # the agent (re)connected and has subscribed again (it says "online"
+                    # only after subscribing, on every connection): what it may have missed
+                    # goes again, same ids
                     task = asyncio.ensure_future(self._resend_pending(self._client))
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
@@ -295,7 +329,7 @@ class BenchClient:
                     raise CommandError("not_authorized", str(exc)) from None
                 except aiomqtt.MqttError:
                     pass  # resent after the reconnect
-            reply = await asyncio.wait_for(asyncio.shield(fut), timeout or self.timeout)
+            reply = await self._await_reply(command_id, payload, fut, timeout or self.timeout)
         finally:
             self._pending.pop(command_id, None)
         if check and not reply.get("ok"):
@@ -303,6 +337,26 @@ class BenchClient:
             raise CommandError(str(err.get("code", "error")), str(err.get("message", "")),
                                path=err.get("path"), reply=reply)
         return reply
+
+    async def _await_reply(self, command_id: str, payload: bytes,
+                           fut: asyncio.Future[dict[str, Any]],
+                           timeout: float) -> dict[str, Any]:
+        """The reply, sending the command again (same id) each time `resend_after_s`,
+        doubling, passes without one; TimeoutError after `timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        gap = max(self.resend_after_s, 0.01)
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), max(min(gap, remaining), 0))
+            except TimeoutError:
+                if fut.done() or loop.time() >= deadline:
+                    if fut.done():
+                        return fut.result()
+                    raise
+            await self._send_again(command_id, payload, fut)
+            gap = min(gap * 2, RESEND_MAX_S)
 
     async def submit(
         self,

@@ -86,30 +86,3 @@ async def test_disk_of_the_whole_data_dir_full_fails_the_run_with_the_journal_wh
                 (root / "filler").unlink(missing_ok=True)
             assert result["status"] == "failed"
             journal_lines(root / run_id / "events.jsonl")
-
-
-async def test_a_command_sent_during_a_broker_restart_storm_is_answered(
-        tmp_path: Path) -> None:
-    from labctl.client import BenchClient
-
-    data = tmp_path / "runs"
-    with broker_and_serve(tmp_path) as (broker, _serve):
-        async with BenchClient(broker.url, MQTT_BENCH, backoff_max_s=0.2, timeout=WAIT) as c:
-            first = await c.submit(WAIT_RECIPE, {"duration": "30 min"})
-            await eventually(lambda: run_started(data, first.run_id), "run started", WAIT)
-            second = asyncio.create_task(c.submit(WAIT_RECIPE, {"duration": "1 s"}))
-            await storm(broker)
-            run = await asyncio.wait_for(second, 30)
-            assert (await run.result(timeout=30))["status"] == "completed"
-
-
-async def test_heater_dead_as_the_hold_starts_fails_the_run(tmp_path: Path) -> None:
-    t = BY_DEVICE["block_heater"]
-    async with sim_bench(tmp_path / "runs") as bench:
-        sim = simulators(bench)["block_heater"]
-
-        def fail_heater() -> None:
-            sim.faults.stall = True
-
-        result = await run_with_fault(bench, t.doc(), "target", fail_heater)
-        assert result["status"] == "failed", "a 40 °C hold completed at ambient temperature"

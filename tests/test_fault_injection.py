@@ -10,7 +10,8 @@
 - SIGKILL of `labctl serve` mid-run, then a restart: the result is delivered once; the run
   in progress is answered "interrupted" (nothing re-run), the queued ones run.
 - Broker restart storms under a running `labctl serve`: the run completes, its result is
-  delivered once.
+  delivered once; a command sent during the storm (or dropped by the broker) is sent again
+  until answered, and runs once.
 
 Every wait is bounded; nothing here asserts how long anything took.
 """
@@ -736,3 +737,58 @@ async def test_serve_killed_mid_run_then_restarted_answers_every_submitted_run(
             await asyncio.sleep(0.5)  # a wrong second delivery would show by now
             assert c.result_deliveries == {running.run_id: 1, queued.run_id: 1,
                                            later.run_id: 1}
+
+
+async def test_a_command_sent_during_a_broker_restart_storm_is_answered(
+        tmp_path: Path) -> None:
+    """A submit sent while the broker is killed and restarted five times (the broker may
+    lose the agent's session, and a resend reaching it before the agent subscribed again
+    is dropped): the client sends it again until answered, the run completes, and the
+    command ran once."""
+    from labctl.client import BenchClient
+
+    data = tmp_path / "runs"
+    with broker_and_serve(tmp_path) as (broker, _serve):
+        async with BenchClient(broker.url, MQTT_BENCH, backoff_max_s=0.2, timeout=WAIT) as c:
+            first = await c.submit(WAIT_RECIPE, {"duration": "30 min"})
+            await eventually(lambda: run_started(data, first.run_id), "run started", WAIT)
+            second = asyncio.create_task(c.submit(WAIT_RECIPE, {"duration": "1 s"}))
+            await storm(broker)
+            run = await asyncio.wait_for(second, WAIT)
+            assert (await run.result(timeout=WAIT))["status"] == "completed"
+            assert sorted(r["run_id"] for r in await c.list()) == sorted(
+                [first.run_id, run.run_id])
+
+
+async def test_a_command_the_broker_dropped_is_sent_again_until_answered(
+        tmp_path: Path) -> None:
+    """No agent is subscribed yet (as after a broker crash that lost its session): the
+    broker drops the submit. The client sends it again, same id, until the agent is there
+    to answer it; it is answered once and runs once."""
+    from mqtt_helpers import Raw
+
+    from labctl.client import BenchClient
+    from labctl.mqtt.localbroker import MosquittoBroker
+    from labctl.mqtt.topics import Topics
+
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.start()
+    serve = Serve(broker.url, tmp_path / "runs")
+    try:
+        async with BenchClient(broker.url, MQTT_BENCH, timeout=WAIT,
+                               resend_after_s=0.1) as c, Raw(broker.url, "watch") as watch:
+            cmd_topic = Topics(MQTT_BENCH).cmd
+            await watch.subscribe(cmd_topic)
+            submit = asyncio.create_task(c.submit(WAIT_RECIPE, {"duration": "1 s"},
+                                                  command_id="dropped-1"))
+            sent = await watch.wait_for(cmd_topic, count=3, timeout=20)
+            assert {json.loads(p)["id"] for p in sent} == {"dropped-1"}
+            assert not submit.done()
+            serve.start()
+            run = await asyncio.wait_for(submit, WAIT)
+            assert (await run.result(timeout=WAIT))["status"] == "completed"
+            runs = await c.list()
+            assert [r["run_id"] for r in runs] == [run.run_id]
+    finally:
+        serve.kill(signal.SIGTERM)
+        broker.stop()
