@@ -4,7 +4,8 @@
   reply, answering a vendor error or stalling in the middle of a step. The run fails or
   recovers as the step's policy (on_error, retries) says, the error names the device and
   the step, and every instrument ends safe (checked on the simulators' side).
-- Disk full while a measurement writes its data: a clear failure, the journal whole.
+- Disk full while a measurement writes its data (its data folder, or the whole data dir):
+  a clear failure, the journal whole, no hang.
 - SIGKILL of a real `labctl run` at random moments, many times: every journal line parses,
   no completed step is lost or repeated, `labctl resume` finishes the run.
 - SIGKILL of `labctl serve` mid-run, then a restart: the result is delivered once; the run
@@ -446,6 +447,41 @@ async def test_disk_full_while_writing_data_is_a_clear_failure_with_the_journal_
             assert json.loads((folder / "result.json").read_text())["status"] == "failed"
             assert bench.store.index.get_run(run_id)["status"] == "failed"
             await assert_all_safe(bench)
+
+
+async def test_disk_of_the_whole_data_dir_full_fails_the_run_with_the_journal_whole(
+        tmp_path: Path) -> None:
+    """The disk holding the whole data dir (journal, index, data) fills mid-measurement:
+    the run ends failed (no hang: `Bench.wait` returns) and the journal has no torn line."""
+    root = tmp_path / "runs"
+    with small_volume(root, "4m"):
+        async with sim_bench(root) as bench:
+
+            def fill_the_disk() -> None:
+                try:
+                    with open(root / "filler", "wb") as f:
+                        while True:
+                            f.write(bytes(4096))
+                            f.flush()
+                except OSError:
+                    pass  # full
+
+            async def watch() -> None:
+                async for ev in bench.subscribe():
+                    if ev.get("event") == "step_started" and ev.get("step") == "measure":
+                        fill_the_disk()
+                        return
+
+            watcher = asyncio.create_task(watch())
+            await asyncio.sleep(0.01)
+            run_id = await bench.submit(recipe("disk_full", MEASURE), instigator="operator:t")
+            try:
+                result = await asyncio.wait_for(bench.wait(run_id), WAIT)
+            finally:
+                watcher.cancel()
+                (root / "filler").unlink(missing_ok=True)
+            assert result["status"] == "failed", result
+            journal_lines(root / run_id / "events.jsonl")
 
 
 # --------------------------------------------------------------------------- SIGKILL of labctl run
