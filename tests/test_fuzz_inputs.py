@@ -4,9 +4,9 @@ Recipe validation against arbitrary JSON and mutated recipes is fuzzed by
 tests/test_recipe_fuzz.py; what this file adds is the other side of the promise: a recipe
 the validator accepts — here the electrolyte formulation an AI server varies, with every
 parameter drawn anywhere inside its declared bounds — runs to completion on the simulated
-bench, doses what it says, and leaves every instrument safe. (The conductivity recipe,
-which rinses the vial afterwards, fails for some in-bound parameters: see
-tests/input_fuzz_findings.py.)
+bench, doses what it says, and leaves every instrument safe; so does the conductivity
+recipe, which rinses the vial afterwards (its rinse once failed for some in-bound
+parameters: solvent transfers rounded to whole plunger steps left the vial a step short).
 
 MQTT: payloads drawn by hypothesis (random bytes, JSON of every shape, commands with wrong
 or missing fields, valid commands with odd values) are published to a running `labctl serve`
@@ -30,7 +30,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from labctl.bench import Bench
@@ -103,6 +103,23 @@ def test_any_accepted_formulation_runs_to_completion_on_the_simulated_bench(
     assert vial["LiPF6"] > 0
     ec_ml, dmc_ml = vial["EC"] / 1.32, vial["DMC"] / 1.07  # densities of config/sim.toml
     assert ec_ml / (ec_ml + dmc_ml) == pytest.approx(float(params["ec_fraction"]), abs=0.01)
+
+
+CONDUCTIVITY = ROOT / "recipes" / "electrolyte_conductivity.json"
+
+
+@RUNS
+@given(params=within_bounds(json.loads(CONDUCTIVITY.read_text())["parameters"]))
+# found by this test: the rinse drew a step more than the rounded transfers had put in
+@example(params={"ec_fraction": 0.7832095611129706, "salt_molality": "1.5 mol/kg",
+                 "solvent_volume": "2.63296 mL", "temperature": "39 degC"})
+def test_any_accepted_conductivity_run_completes(
+        params: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Measure, analyse, rinse: completed with its conductivity, every instrument safe."""
+    result, unsafe, _ = run_recipe(CONDUCTIVITY, params, tmp_path_factory.mktemp("runs"))
+    assert result["status"] == "completed", (params, result["errors"])
+    assert "ionic_conductivity" in {f["analysis"] for f in result["figures_of_merit"]}
+    assert unsafe == [], unsafe
 
 
 # --------------------------------------------------------------------------- MQTT payloads
