@@ -747,6 +747,7 @@ async def test_serve_killed_mid_run_then_restarted_answers_every_submitted_run(
     nothing) runs to completion. Each result is delivered once, also across a second
     restart."""
     from labctl.client import BenchClient
+    from labctl.mqtt.outbox import Outbox
 
     data = tmp_path / "runs"
     with broker_and_serve(tmp_path) as (broker, serve):
@@ -766,6 +767,15 @@ async def test_serve_killed_mid_run_then_restarted_answers_every_submitted_run(
             assert done["run_id"] == queued.run_id and done["status"] == "completed", done
             assert step_starts(data, running.run_id, "first") == 1  # not re-run by itself
             assert step_starts(data, running.run_id, "second") == 0
+            # the broker has acknowledged both results (a kill before that PUBACK publishes
+            # a result again: at least once is all a crash allows there)
+            outbox = Outbox(data / "mqtt-outbox.sqlite")
+            try:
+                await eventually(lambda: all(outbox.is_published(r.run_id)
+                                             for r in (running, queued)),
+                                 "both results acknowledged", WAIT)
+            finally:
+                outbox.close()
             serve.kill(signal.SIGKILL)
             serve.start()
             later = await c.submit(WAIT_RECIPE, {"duration": "1 s"})
