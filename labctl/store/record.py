@@ -13,6 +13,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -121,8 +122,17 @@ class RunRecord:
         if not RUN_ID_RE.match(run_id):
             raise ValueError(f"invalid run id {run_id!r}")
         folder = Path(data_dir) / run_id
-        folder.mkdir(parents=True, exist_ok=False)
-        (folder / "data").mkdir()
+        if folder.exists():
+            raise FileExistsError(f"run {run_id!r} exists in {data_dir}")
+        # Built under a hidden name and renamed into place, so a run folder never exists
+        # without its journal, whatever instant the process is killed at.
+        staging = Path(data_dir) / f".{run_id}.creating"
+        if staging.exists():
+            shutil.rmtree(staging)  # left by a process killed while creating this run
+        (staging / "data").mkdir(parents=True)
+        (staging / "events.jsonl").touch()
+        _fsync_dir(staging)
+        os.rename(staging, folder)
         _fsync_dir(Path(data_dir))
         return cls(folder)
 
