@@ -46,6 +46,9 @@ SUBSCRIBER_QUEUE = 10_000
 RECIPE_DOC = "labctl.run-recipe/1"
 
 
+#: ended runs whose tickets stay in memory (the rest are read from disk when asked)
+KEEP_FINISHED_TICKETS = 20
+
 class InDoubtError(LabctlError):
     """Resume needs an operator's decision on steps that were interrupted mid-action and
     may not simply be repeated."""
@@ -493,6 +496,16 @@ class Bench:
         self._publish(ev)
         if ticket.done is not None and not ticket.done.done():
             ticket.done.set_result(result)
+        self._forget_old_tickets()
+
+    def _forget_old_tickets(self) -> None:
+        """Keep the last KEEP_FINISHED_TICKETS ended runs in memory (plans, executors); older
+        ones are on disk only (`wait()` and `result()` read them from there), so a bench
+        that serves for weeks does not grow with every run."""
+        ended = [rid for rid, t in self.tickets.items()
+                 if t.done is not None and t.done.done()]
+        for rid in ended[:-KEEP_FINISHED_TICKETS] if len(ended) > KEEP_FINISHED_TICKETS else []:
+            del self.tickets[rid]
 
     def _result_doc(self, ticket: RunTicket, state: RunState, errors: list[dict[str, Any]],
                     figures: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:

@@ -332,3 +332,16 @@ async def test_subscribers_see_the_run_as_it_happens(bench: Bench) -> None:
     assert types.index("step_started") < types.index("step_finished") < types.index(
         "run_finished")
     assert got[-1]["run_id"] == run_id and got[-1]["status"] == "completed"
+
+
+async def test_a_long_serving_bench_keeps_only_recent_runs_in_memory(bench: Bench) -> None:
+    from labctl.bench import KEEP_FINISHED_TICKETS
+
+    ids = [await bench.submit(plan(f"m{i}", wait("w", 0.1)), instigator="operator:t")
+           for i in range(KEEP_FINISHED_TICKETS + 5)]
+    for rid in ids:
+        assert (await bench.wait(rid))["status"] == "completed"
+    assert len(bench.tickets) <= KEEP_FINISHED_TICKETS
+    assert ids[0] not in bench.tickets and ids[-1] in bench.tickets
+    # an old run is still answered, from its record on disk
+    assert (await bench.wait(ids[0]))["run_id"] == ids[0]
