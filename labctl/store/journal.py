@@ -13,6 +13,7 @@ before appending again, so every line of the file always parses.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import threading
@@ -55,10 +56,16 @@ class Journal:
         self._lock = threading.Lock()
         self._seq = 0
         self._dirty = False
-        _trim_torn_tail(self.path)
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        # Appends and the torn-tail trim hold an exclusive file lock, so a journal opened
+        # while another process appends never mistakes a line being written for a torn one.
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            _trim_torn_tail(self.path)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
         for ev in read_journal(self.path):
             self._seq = max(self._seq, int(ev.get("seq", 0)))
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     @property
     def seq(self) -> int:
@@ -74,18 +81,23 @@ class Journal:
             record = {"seq": self._seq, "t": utc_iso(now), "ts": round(now, 6), "event": event,
                       **fields}
             data = (dumps(record) + "\n").encode("utf-8")
-            size = os.fstat(self._fd).st_size
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            size: int | None = None
             try:
+                size = os.fstat(self._fd).st_size
                 n = os.write(self._fd, data)
                 if n != len(data):  # regular files do not short-write short of a full disk
                     raise OSError(f"journal {self.path}: short write ({n} of {len(data)} bytes)"
                                   " (disk full?)")
             except OSError:
                 # never leave part of a line behind: cut the file back to its last whole line
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._fd, size)
+                if size is not None:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(self._fd, size)
                 self._seq -= 1
                 raise
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
             if durable and self._fsync:
                 os.fsync(self._fd)
                 self._dirty = False
