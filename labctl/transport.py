@@ -137,7 +137,26 @@ async def _open_stream(url: str, settings: SerialSettings) -> _Stream:
                   settings.parity, settings.stopbits)
         kwargs = {**kwargs, "parity": serial.PARITY_NONE, "bytesize": 8}
     reader, writer = await serial_asyncio_fast.open_serial_connection(url=url, **kwargs)
+    port = writer.transport.get_extra_info("serial")
+    fd = getattr(port, "fd", None)
+    if isinstance(fd, int):
+        # pyserial's non-blocking write retries EAGAIN in a loop: on a line the device has
+        # stopped (an XOFF byte under Xon/Xoff) it would spin for ever inside the event
+        # loop. A plain write raises BlockingIOError instead, which the transport buffers.
+        port.write = _plain_writer(fd)
     return _AsyncioStream(reader, writer)
+
+
+def _plain_writer(fd: int) -> Callable[[bytes], int]:
+    def write(data: bytes) -> int:
+        try:
+            return os.write(fd, data)
+        except BlockingIOError:
+            raise
+        except OSError as exc:
+            raise serial.SerialException(f"write failed: {exc}") from exc
+
+    return write
 
 
 def _is_pty(path: str) -> bool:

@@ -338,9 +338,12 @@ TRICONTINENT = Case(
                           Fields(0x67, None), Fields(0x4F, None), Fields(0xFF, None)))
 
 
-TRI_REPLIES = scripts(reply_items(tri_frames(), tri_fields()))
-# test_tricontinent_driver_survives_any_reply lives in tests/driver_fuzz_findings.py until
-# the driver's bug found here is fixed (see that file)
+@FUZZ
+@given(replies=scripts(reply_items(tri_frames(), tri_fields())))
+# found by this test: a valid answer to `?` with non-numeric data raised ValueError
+@example(replies=[Normal()] * 4 + [Fields(None, "x")])
+def test_tricontinent_driver_survives_any_reply(replies: list[Any]) -> None:
+    run(TRICONTINENT, replies)
 
 
 # ----------------------------------------------------------------------------- New Era
@@ -604,7 +607,12 @@ BALANCE = Case("mettler-balance", {"vessel": "coat_vial", "stable_timeout": "5 s
                ), faults=SICS_FAULTS)
 
 
-# test_mettler_balance_driver_survives_any_reply: in tests/driver_fuzz_findings.py
+@FUZZ
+@given(replies=scripts(SICS_REPLIES))
+# found by this test: `I2 A` without a value raised IndexError in identify()
+@example(replies=[Normal()] * 2 + [SicsAnswer("A", ())])
+def test_mettler_balance_driver_survives_any_reply(replies: list[Any]) -> None:
+    run(BALANCE, replies)
 
 
 QUANTOS = Case("quantos-dispenser",
@@ -617,7 +625,14 @@ QUANTOS = Case("quantos-dispenser",
                ), faults=SICS_FAULTS)
 
 
-# test_quantos_driver_survives_any_reply: in tests/driver_fuzz_findings.py
+@FUZZ
+@given(replies=scripts(SICS_REPLIES))
+@example(replies=[Normal()] * 2 + [SicsAnswer("A", ())])
+# found by this test: on its Xon/Xoff line a stray XOFF from the Quantos made pyserial spin
+# for ever in the next write, freezing the event loop (labctl.transport now writes plainly)
+@example(replies=[Normal()] * 3 + [Fixed(b"\x13")])
+def test_quantos_driver_survives_any_reply(replies: list[Any]) -> None:
+    run(QUANTOS, replies)
 
 
 # ----------------------------------------------------------------------------- Modbus RTU
@@ -828,10 +843,6 @@ def test_palmsens_driver_survives_any_reply(replies: list[Any]) -> None:
 
 # ----------------------------------------------------------------------------- the harness
 ALL_CASES = [TRICONTINENT, NEWERA, VICI, IKA, BALANCE, QUANTOS, MODBUS_PUMP, OMEGA, PALMSENS]
-#: drivers with a bug this file found and their owners have not fixed yet: their fuzz tests
-#: wait in tests/driver_fuzz_findings.py (run it explicitly) and come back here when fixed
-KNOWN_BAD = {TRICONTINENT.driver, BALANCE.driver, QUANTOS.driver}
-SWEPT = [c for c in ALL_CASES if c.driver not in KNOWN_BAD]
 
 
 @pytest.mark.parametrize("case", ALL_CASES, ids=[c.driver for c in ALL_CASES])
@@ -847,7 +858,7 @@ GENERIC_FAULTS = (Damaged("double", 0, b""), Damaged("prefix", 0, b"\x00\xff"),
                   Damaged("replace", 3, b"\x80"))
 
 
-@pytest.mark.parametrize("case", SWEPT, ids=[c.driver for c in SWEPT])
+@pytest.mark.parametrize("case", ALL_CASES, ids=[c.driver for c in ALL_CASES])
 def test_one_odd_reply_at_every_exchange(case: Case) -> None:
     """A deterministic sweep next to the random search: the healthy life of the driver,
     with one odd reply (wrong data, an error status, a doubled or noisy frame...) put at
