@@ -16,7 +16,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,6 +27,7 @@ from labctl.capabilities.valve import Valve  # noqa: E402
 from labctl.clock import ScaledClock  # noqa: E402
 from labctl.device import DeviceInfo, DeviceSpec, DeviceState, DeviceStatus  # noqa: E402
 from labctl.executor import Executor  # noqa: E402
+from labctl.recipe.plan import Plan, PlannedStep  # noqa: E402
 from labctl.run_machine import RunMachine  # noqa: E402
 from labctl.store import RunRecord  # noqa: E402
 
@@ -69,31 +69,14 @@ class InstantValve(Valve):
         self._pos = 1
 
 
-@dataclass
-class Step:
-    id: str
-    kind: str = "action"
-    path: str = ""
-    device: str | None = "valve"
-    action: str | None = "move"
-    args: dict[str, Any] = field(default_factory=dict)
-    duration_s: float | None = None
-    children: list[Any] = field(default_factory=list)
-    timeout_s: float | None = None
-    retries: int = 0
-    on_error: str = "abort"
-    idempotent: bool = True
-    estimated_s: float = 0.0
-    description: str = ""
-
-
-@dataclass
-class Plan:
-    steps: list[Step]
-    recipe: dict[str, Any] = field(default_factory=lambda: {"name": "bench"})
-    parameters: dict[str, Any] = field(default_factory=dict)
-    sha256: str = "0" * 64
-    estimated_s: float = 0.0
+def bench_plan(args: list[dict[str, Any]]) -> Plan:
+    """A plan of `move` steps, one per args dict, in the planner's own types."""
+    steps = [PlannedStep(id=f"s{i}", path=f"steps[{i}]", kind="action", device="valve",
+                         action="move", args=a, idempotent=True)
+             for i, a in enumerate(args)]
+    return Plan(name="bench", version="1", description="", recipe={"name": "bench"},
+                parameters={}, sha256="0" * 64, steps=steps, estimated_s=0.0, materials=[],
+                material_effects=[])
 
 
 async def direct(valve: InstantValve) -> float:
@@ -104,8 +87,7 @@ async def direct(valve: InstantValve) -> float:
 
 
 async def through_executor(valve: InstantValve, data_dir: Path) -> float:
-    plan = Plan([Step(id=f"s{i}", path=f"steps[{i}]", args={"position": i % 6 + 1})
-                 for i in range(N_STEPS)])
+    plan = bench_plan([{"position": i % 6 + 1} for i in range(N_STEPS)])
     rec = RunRecord.create(data_dir, f"bench-{time.monotonic_ns()}")
     machine = RunMachine(journal=lambda info: rec.journal.append("transition", **info))
     await machine.request("validate")

@@ -24,7 +24,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from labctl.clock import ScaledClock  # noqa: E402
 from labctl.device import Device, DeviceInfo, DeviceSpec, DeviceState, DeviceStatus  # noqa: E402
 from labctl.executor import Executor  # noqa: E402
+from labctl.recipe.plan import Plan, PlannedStep  # noqa: E402
 from labctl.run_machine import RunMachine  # noqa: E402
 from labctl.store import RunRecord  # noqa: E402
 
@@ -118,31 +118,14 @@ class MoveAndRead:
         return await device.read()
 
 
-@dataclass
-class Step:
-    id: str
-    kind: str = "action"
-    path: str = ""
-    device: str | None = "stage"
-    action: str | None = "move_and_read"
-    args: dict[str, Any] = field(default_factory=dict)
-    duration_s: float | None = None
-    children: list[Any] = field(default_factory=list)
-    timeout_s: float | None = None
-    retries: int = 0
-    on_error: str = "abort"
-    idempotent: bool = True
-    estimated_s: float = 0.0
-    description: str = ""
-
-
-@dataclass
-class Plan:
-    steps: list[Step]
-    recipe: dict[str, Any] = field(default_factory=lambda: {"name": "move_and_read"})
-    parameters: dict[str, Any] = field(default_factory=dict)
-    sha256: str = "0" * 64
-    estimated_s: float = 0.0
+def bench_plan(args: list[dict[str, Any]]) -> Plan:
+    """A plan of `move_and_read` steps, one per args dict, in the planner's own types."""
+    steps = [PlannedStep(id=f"s{i}", path=f"steps[{i}]", kind="action", device="stage",
+                         action="move_and_read", args=a, idempotent=True)
+             for i, a in enumerate(args)]
+    return Plan(name="move_and_read", version="1", description="", recipe={"name": "move_and_read"},
+                parameters={}, sha256="0" * 64, steps=steps, estimated_s=0.0, materials=[],
+                material_effects=[])
 
 
 async def labctl_direct(n: int) -> float:
@@ -156,8 +139,7 @@ async def labctl_direct(n: int) -> float:
 
 async def labctl_executor(n: int, data_dir: Path) -> float:
     stage = InstantStage()
-    plan = Plan([Step(id=f"s{i}", path=f"steps[{i}]", args={"x": float(i % 10)})
-                 for i in range(n)])
+    plan = bench_plan([{"x": float(i % 10)} for i in range(n)])
     rec = RunRecord.create(data_dir, f"bench-{time.monotonic_ns()}")
     machine = RunMachine(journal=lambda info: rec.journal.append("transition", **info))
     await machine.request("validate")
