@@ -881,6 +881,8 @@ class PumpTransfer(_PumpAction):
 
 class PumpStart(_PumpAction):
     name = "start"
+    #: it infuses or withdraws until `stop`: re-run after a crash it would move more
+    moves_material = True
     summary = "Start pumping continuously at a flow (until `stop`)."
     args = (Q("flow", "L/s", "flow_l_s", positive=True),
             Arg("direction", "enum", choices=("infuse", "withdraw"), required=False,

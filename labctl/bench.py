@@ -34,7 +34,7 @@ from typing import Any
 
 from labctl.config import BenchConfig
 from labctl.errors import LabctlError
-from labctl.executor import Executor, _get, _jsonable, iter_leaves
+from labctl.executor import Executor, _get, _jsonable, iter_leaves, moves_material
 from labctl.instruments import Instruments
 from labctl.run_machine import FINAL_STATES, IllegalTransition, RunMachine, RunState
 from labctl.store import RunRecord, RunStore, replay, utc_iso
@@ -775,7 +775,11 @@ def replan_source(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _idempotent(step: Any) -> bool:
-    """Waits and analyses may always be repeated; actions only when declared so."""
+    """Waits and analyses may always be repeated; actions only when declared so, and never
+    one that moves material, whatever its flag says (a plan built by hand, a recorded
+    recipe edited by hand): an in-doubt addition waits for an operator's decision."""
+    if moves_material(step):
+        return False
     return _get(step, "kind") in ("wait", "analysis") or bool(_get(step, "idempotent"))
 
 

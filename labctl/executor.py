@@ -97,6 +97,57 @@ def iter_leaves(steps: Collection[Any]) -> list[Any]:
     return out
 
 
+def moves_material(step: Any, spec: Any = None) -> bool:
+    """Does this step move material (so that it may never be repeated without an
+    operator's decision)? Asked of the step itself, of its effects, of its action spec
+    when one is at hand, else of the action catalogue; without a capability, any action
+    of that name that moves material counts (the safe side)."""
+    if _get(step, "kind") != "action":
+        return False
+    if _get(step, "moves_material") or any(
+            _get(e, "kind") == "move" for e in (_get(step, "effects") or [])):
+        return True
+    if spec is not None and getattr(spec, "moves_material", False):
+        return True
+    from labctl.actions import ACTIONS
+
+    action = _get(step, "action")
+    capability = _get(step, "capability")
+    candidates = [ACTIONS.get(str(capability), {})] if capability else list(ACTIONS.values())
+    return any(getattr(c.get(str(action)), "moves_material", False) for c in candidates)
+
+
+def undecided_material_steps(events: list[dict[str, Any]],
+                             steps: Collection[Any]) -> list[str]:
+    """Leaf steps the journal leaves in doubt (started, never ended) that move material and
+    have no operator's "redo" decision since they last started: running any of them again
+    could add material twice."""
+    last_start: dict[str, int] = {}
+    ended: set[str] = set()
+    redone: dict[str, int] = {}
+    for i, ev in enumerate(events):
+        sid = str(ev.get("step"))
+        kind = ev.get("event")
+        if kind == "step_started":
+            last_start[sid] = i
+            ended.discard(sid)
+        elif kind in ("step_finished", "step_failed"):
+            ended.add(sid)
+        elif kind == "decision" and ev.get("decision") == "accept":
+            ended.add(sid)
+        elif kind == "decision" and ev.get("decision") == "redo":
+            redone[sid] = i
+    out = []
+    for step in iter_leaves(steps):
+        sid = str(_get(step, "id"))
+        if sid not in last_start or sid in ended or not moves_material(step):
+            continue
+        if redone.get(sid, -1) > last_start[sid]:
+            continue
+        out.append(sid)
+    return out
+
+
 def default_action_resolver(device: Device, action: str) -> Any:
     """The ActionSpec of labctl.actions for a device and an action name."""
     from labctl.actions import get_action
@@ -325,7 +376,7 @@ class Executor:
         self.started_wall = time.monotonic()
         try:
             await self.machine.request("start")
-            self._main = asyncio.ensure_future(self._run_list(_get(self.plan, "steps") or []))
+            self._main = asyncio.ensure_future(self._run_plan())
             try:
                 await self._main
             except asyncio.CancelledError:
@@ -381,6 +432,23 @@ class Executor:
         self.safe_state_errors.update(errors)
         self._log("safe_state_done", durable=False, reason=why, errors=errors)
         return errors
+
+    async def _run_plan(self) -> None:
+        """The plan's steps, after the last line of defence against adding material
+        twice: an in-doubt material move of an earlier session is never run again unless
+        an operator journaled "redo" for it (whatever the plan's idempotent flag says)."""
+        steps = _get(self.plan, "steps") or []
+        undecided = [s for s in undecided_material_steps(self.record.events(), steps)
+                     if s not in self._skip]
+        if undecided:
+            first = undecided[0]
+            step = next(s for s in self._leaves if str(_get(s, "id")) == first)
+            raise StepFailed(first, LabctlError(
+                f"step {first} moved material when the run was interrupted and no operator "
+                f"decided on it: it is not run again without --redo {first} (or "
+                f"--accept-in-doubt {first})"), device=_get(step, "device"),
+                action=_get(step, "action"))
+        await self._run_list(steps)
 
     async def _run_list(self, steps: Collection[Any]) -> None:
         for step in steps:

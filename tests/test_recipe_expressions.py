@@ -6,6 +6,8 @@ import builtins
 from typing import Any
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from labctl.recipe.expressions import (
     POISON,
@@ -39,7 +41,8 @@ NAMES: dict[str, Any] = {
     ("max(1, x)", "", 2.0),
     ("abs(-2 V)", "V", 2.0),
     ("10 min", "s", 600.0),
-    ("1.2 / x /h", "1/h", 0.6),
+    ("1.2 / x / 1 h", "1/h", 0.6),
+    ("1.2 / x / 1 h/s", "s/h", 0.6),
     ("x / 2 mL/min", "min/mL", 1.0),
     ("5 mL/min / x", "mL/min", 2.5),
     ("n * 2", "", 6.0),
@@ -61,6 +64,88 @@ def test_a_number_and_its_unit_bind_tighter_than_operators() -> None:
 def test_names_in_scope_are_never_units() -> None:
     assert evaluate("2 * g", {"g": 4.0}) == 8.0
     assert evaluate("2 g", {}).to("g").magnitude == 2.0
+
+
+# -- issue 12 item 13: unit names never leak into the names of an expression -----------------
+#: unit names a recipe author might write alone, by mistake or for a missing parameter
+UNIT_NAMES = ("rpm", "mL", "L", "min", "s", "h", "g", "mg", "V", "mV", "A", "mA", "degC",
+              "K", "Hz", "percent", "mol", "m", "cm", "W", "Pa", "bar", "ohm", "minute")
+FUNCTIONS = ("min", "max", "abs")
+
+
+@pytest.mark.parametrize("unit", UNIT_NAMES)
+def test_a_unit_name_alone_is_an_unknown_name(unit: str) -> None:
+    """`${rpm}` was 1 rpm, `${mL}` 1 mL: a missing parameter became a unit quantity."""
+    for text, position in ((unit, 0), (f"x * {unit}", 4), (f"2 mL / {unit}", 7),
+                           (f"({unit})", 1), (f"max({unit}, 1)", 4)):
+        with pytest.raises(ExpressionError) as info:
+            evaluate(text, NAMES)
+        assert f"unknown name {unit!r}" in str(info.value), text
+        assert info.value.position == position, text
+        assert not isinstance(info.value, Unresolved)
+
+
+@pytest.mark.parametrize("unit", UNIT_NAMES)
+def test_a_unit_right_after_a_number_still_is_a_unit(unit: str) -> None:
+    value = evaluate(f"2 {unit}", {})
+    assert value.magnitude == 2.0 and str(value.units) != "dimensionless"
+    assert evaluate(f"x * 2 {unit}", NAMES).magnitude == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize(("text", "unit", "expected"), [
+    ("volume * 2", "mL", 5.0),             # a quantity parameter keeps its unit
+    ("volume / 1 min", "mL/min", 2.5),     # divide by a unit: write a number before it
+    ("volume / 2 mL/min", "min", 1.25),    # a compound unit written without spaces
+    ("min(volume, 1 mL)", "mL", 1.0),      # the functions are names only when called
+    ("rpm * 2", "", 6.0),                  # a parameter named like a unit is the parameter
+])
+def test_names_in_scope_and_units_after_numbers(text: str, unit: str, expected: float) -> None:
+    names = {"volume": Q_(2.5, "mL"), "rpm": 3.0}
+    value = evaluate(text, names)
+    got = value.to(unit).magnitude if unit else value
+    assert got == pytest.approx(expected)
+
+
+def test_a_spaced_slash_after_a_unit_is_division_by_a_name() -> None:
+    """`10 mL / min` is not the unit mL/min: `min` must be a name, and is not one."""
+    with pytest.raises(ExpressionError, match="unknown name 'min'"):
+        evaluate("10 mL / min", {})
+    assert evaluate("10 mL / t", {"t": 2.0}).to("mL").magnitude == pytest.approx(5.0)
+
+
+_IDENT = st.one_of(st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,12}", fullmatch=True),
+                   st.sampled_from(UNIT_NAMES))
+_TEMPLATES = ("{n}", "2 * {n}", "({n} + 1 mL)", "max({n}, 1 mL)", "1 mL * {n}", "-{n}",
+              "{n} ** 2", "abs({n})", "3 mL/min / {n}", "{n} / 2 mL/min")
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=_IDENT, template=st.sampled_from(_TEMPLATES), declared=st.booleans())
+def test_every_bare_name_must_be_in_scope(name: str, template: str, declared: bool) -> None:
+    """Every identifier an expression uses on its own is a parameter or loop variable in
+    scope; anything else (a unit, a typo, a Python name) is "unknown name", whatever it
+    looks like."""
+    text = template.format(n=name)
+    names: dict[str, Any] = {"other": 1.0}
+    if declared:
+        # a name in scope is never read as a unit, not even after a number: keep the
+        # templates' own units out of the names
+        assume(name not in ("mL", "min"))
+        names[name] = Q_(2.0, "mL")
+        value = evaluate(text, names)
+        assert value is not None
+        return
+    with pytest.raises(ExpressionError) as info:
+        evaluate(text, names)
+    assert f"unknown name {name!r}" in str(info.value), text
+    assert info.value.position == template.index("{n}")
+
+
+@settings(max_examples=100, deadline=None)
+@given(name=_IDENT.filter(lambda n: n not in FUNCTIONS))
+def test_only_the_documented_functions_may_be_called(name: str) -> None:
+    with pytest.raises(ExpressionError, match=f"unknown function {name!r}"):
+        evaluate(f"{name}(1)", {name: 1.0})
 
 
 def test_a_loop_variable_may_be_a_name() -> None:
@@ -90,6 +175,9 @@ def test_a_loop_variable_may_be_a_name() -> None:
     ("", "empty expression", 0),
     ("1 zorks", "unknown unit 'zorks'", 2),
     ("abs(1, 2)", "abs() takes one argument", 0),
+    ("1.2 / x /h", "unknown name 'h'", 9),
+    ("rpm", "unknown name 'rpm'", 0),
+    ("mL", "unknown name 'mL'", 0),
 ])
 def test_rejects_with_position(text: str, fragment: str, position: int | None) -> None:
     with pytest.raises(ExpressionError) as info:

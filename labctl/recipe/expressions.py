@@ -6,9 +6,13 @@ and knows only numbers, quantities with units (pint), parameter and loop-variabl
 + − × ÷, ** (or ^), parentheses, unary minus and the functions min, max and abs. Anything
 else is an `ExpressionError` that says where.
 
-A number followed by a unit binds tighter than the operators, so
-`salt_molality * solvent_mass * 151.9 g/mol` reads as `… * (151.9 g/mol)`.
-A name is a variable when one is in scope, else a unit ("min" is a minute unless called).
+A unit is read only right after a number (`2.5 mL`, `20 mL/min`, `0.196 cm^2`; a compound
+unit is written without spaces around its `/`), and it binds tighter than the operators, so
+`salt_molality * solvent_mass * 151.9 g/mol` reads as `… * (151.9 g/mol)`. Every other name
+must be a parameter or a loop variable in scope, or one of the functions min, max, abs
+(called): a unit name on its own (`${rpm}`, `${x / min}`) is an unknown name, never a unit,
+so a missing parameter cannot quietly become "1 rpm". Write `${x / 1 min}` to divide by a
+unit.
 """
 
 from __future__ import annotations
@@ -249,10 +253,8 @@ class _Parser:
                 if value is POISON:
                     raise Unresolved(f"{t.text} has no valid value", self.text, t.pos)
                 return value
-            unit = _unit(t.text)
-            if unit is None:
-                raise ExpressionError(f"unknown name {t.text!r}", self.text, t.pos)
-            return ureg.Quantity(1.0, unit)
+            raise ExpressionError(f"unknown name {t.text!r}{self._name_hint(t.text)}",
+                                  self.text, t.pos)
         if t.kind == "op" and t.text == "(":
             self.take()
             self.depth += 1
@@ -278,7 +280,9 @@ class _Parser:
         if unit is None:
             return None
         while (self.tok.kind == "op" and self.tok.text == "/"
+               and self.tok.pos == self.toks[self.i - 1].pos + len(self.toks[self.i - 1].text)
                and self.toks[self.i + 1].kind == "name"
+               and self.toks[self.i + 1].pos == self.tok.pos + 1
                and self.toks[self.i + 1].text not in self.names
                and not (self.toks[self.i + 2].kind == "op" and self.toks[self.i + 2].text == "(")
                and _unit(self.toks[self.i + 1].text) is not None):
@@ -312,6 +316,16 @@ class _Parser:
                 self.i = j + 1
                 unit = unit ** exponent
         return unit
+
+    def _name_hint(self, name: str) -> str:
+        """Why a name is unknown, and what is known: parameters and loop variables in
+        scope (a unit goes right after a number)."""
+        known = sorted(self.names)
+        shown = ", ".join(known[:12]) + (", …" if len(known) > 12 else "")
+        hint = f" (names in scope: {shown or 'none'})"
+        if _unit(name) is not None:
+            hint += f"; {name!r} is a unit, and a unit goes right after a number: '1 {name}'"
+        return hint
 
     def call(self, name: _Tok) -> Any:
         fn = self.FUNCTIONS.get(name.text)

@@ -322,6 +322,19 @@ class Compiler:
         if st.on_error == "retry" and st.retries < 1:
             self.issue(f"{p}.retries", "on_error \"retry\" needs retries of at least 1",
                        ctx.loop)
+        if st.idempotent:
+            mover = next((leaf for leaf in planned.leaves() if leaf.moves_material), None)
+            if mover is planned:
+                self.issue(f"{p}.idempotent", f"'{st.device}.{st.action}' moves material and "
+                                              "can never be re-run without an operator's "
+                                              "decision", ctx.loop)
+                return
+            if mover is not None:
+                self.issue(f"{p}.idempotent", f"step {mover.id} ('{mover.device}."
+                                              f"{mover.action}') inside it moves material and "
+                                              "can never be re-run without an operator's "
+                                              "decision", ctx.loop)
+                return
         if st.idempotent is not None:
             planned.idempotent = st.idempotent
         if st.description:
