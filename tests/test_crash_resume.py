@@ -145,6 +145,52 @@ def test_kill_during_a_material_move_then_resume_asks_and_records_the_decision(
     assert result["status"] == "completed"
 
 
+def test_an_idempotent_flag_put_on_an_in_doubt_transfer_by_hand_is_refused(
+        tmp_path: Path, config: Path) -> None:
+    """Issue 12 item 7: a recorded recipe edited by hand to call the interrupted transfer
+    idempotent (its hash recomputed to match) must not make `labctl resume` repeat the
+    transfer without asking: it is refused, naming the JSON path and why, and nothing runs."""
+    from labctl.recipe.validate import canonical_sha256
+
+    data = tmp_path / "runs"
+    proc = start_run(config, data, "dmc_volume=2 mL", "flow=0.5 mL/min")
+    journal: Path | None = None
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline:
+            dirs = run_dirs(data)
+            if dirs and (dirs[0] / "events.jsonl").exists():
+                journal = dirs[0] / "events.jsonl"
+                if any(e["event"] == "step_started" and e.get("step") == "dmc"
+                       for e in read_journal(journal)):
+                    break
+            time.sleep(0.002)
+        else:
+            pytest.fail("the transfer never started")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert journal is not None
+    assert replay(check_journal_whole(journal)).in_doubt == ["dmc"]
+    doc_path = journal.parent / "recipe.json"
+    doc = json.loads(doc_path.read_text())
+    [raw] = [s for s in doc["recipe"]["steps"] if s.get("id") == "dmc"]
+    raw["idempotent"] = True
+    for s in doc["steps"]:
+        if s["id"] == "dmc":
+            s["idempotent"] = True
+    doc["sha256"] = canonical_sha256(doc["recipe"])
+    doc_path.write_text(json.dumps(doc))
+    n_before = len(check_journal_whole(journal))
+    out = resume(config, data, journal.parent.name)
+    assert out.returncode == 2, out.stdout + out.stderr
+    message = out.stdout + out.stderr
+    assert "steps[1].idempotent" in message and "moves material" in message, message
+    after = check_journal_whole(journal)[n_before:]
+    assert not [e for e in after if e["event"] == "step_started"], after
+
+
 def kill_at(proc: subprocess.Popen[bytes], delay: float) -> None:
     time.sleep(delay)
     with contextlib.suppress(ProcessLookupError):
