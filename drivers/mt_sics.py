@@ -14,10 +14,18 @@ balance and the dispenser:
 | Quantos `I <n>` | 2: DeviceBusy; 1, 3–7: DeviceFault with the code and its text |
 
 Weights are always grams (`M21 0 0` at connect where the balance knows it; otherwise
-kg/mg replies are converted). A Quantos dose: door closed, tare, `QRD 1 1 5` target (mg),
-`QRD 1 1 6` tolerance (%), `QRA 61 1` (`B` at once, `A` or `I <n>` when it ends: awaited
-on the bench clock with a generous budget, without holding the line so `stop()` can get
-through), then `SI`: after the tare the net weight is the dosed mass.
+kg/mg replies are converted). Connecting never sends `@`: MT-SICS `@` resets the balance as
+after switching on, clearing the tare (and cancelling a Quantos action), so a host that
+reconnects after its own crash would erase the reference of an addition under way and read
+the gross mass as the addition. Connect sends `I4` instead: any command ends a running `SIR`,
+and lines of other commands are skipped until its answer.
+
+A Quantos dose: door closed, tare (its value, the gross mass before the dose, is handed to
+the host first), `QRD 1 1 5` target (mg), `QRD 1 1 6` tolerance (%), `QRA 61 1` (`B` at
+once, `A` or `I <n>` when it ends: awaited on the bench clock with a generous budget,
+without holding the line so `stop()` can get through), then `SI`: after the tare the net
+weight is the dosed mass. After a crash of the host, `landed_since(reference)` (stable net +
+`TA`, minus the gross mass before the dose) tells what landed, tare kept or not.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -235,9 +244,12 @@ class MettlerBalance(Balance):
 
     # -- life cycle -------------------------------------------------------------------------
     async def connect(self) -> None:
-        """`@` (cancels a running SIR and any pending command), then grams if supported."""
+        """`I4` (ends a running SIR; a command still pending on the balance answers first,
+        hence the wait for stability in the budget), then grams if supported. Never `@`:
+        it would clear the tare an addition in progress is weighed against."""
         await self.open_link().open()
-        raise_for(await self.command("@", "I4", skip_others=True), self.name, ok="A")
+        raise_for(await self.command("I4", "I4", skip_others=True,
+                                     wait_s=self.stable_wait_s), self.name, ok="A")
         reply = await self.command("M21 0 0")
         self.grams_forced = reply.status == "A"
         if not self.grams_forced:
@@ -306,6 +318,12 @@ class MettlerBalance(Balance):
             self.check_range("tare", mass_g, 0.0, self.capacity_g, "g")
         reply = await self.command(f"TA {mass_g:.6f} g", "TA")
         return raise_for(reply, self.name, ok="A").weight_g()
+
+    async def gross(self, *, timeout_s: float | None = None) -> float:
+        """Gross grams (stable net + the tare value `TA`): what is on the pan whatever
+        the tare, so a mass measured against a reference survives a cleared tare."""
+        net = await self.weigh(stable=True, timeout_s=timeout_s)
+        return net + await self.tare_value()
 
     async def clear_tare(self) -> None:
         raise_for(await self.command("TAC"), self.name, ok="A")
@@ -415,13 +433,19 @@ class QuantosDispenser(MettlerBalance, Dispenser):
                              device=self.name, parameter="tolerance", value=tolerance_pct,
                              limit=100.0)
 
-    async def dispense(self, mass_g: float, *, tolerance_pct: float = 2.0) -> float:
-        """Dose `mass_g` into the vial; returns the weighed dosed mass in grams."""
+    async def dispense(self, mass_g: float, *, tolerance_pct: float = 2.0,
+                       on_tared: Callable[[float], None] | None = None) -> float:
+        """Dose `mass_g` into the vial; returns the weighed dosed mass in grams.
+        `on_tared(reference_g)` gets the tare (the gross mass before the dose) before the
+        dose starts, so that the host can keep it where a crash cannot lose it: after one,
+        `landed_since(reference_g)` tells what landed."""
         self._check_dose(mass_g, tolerance_pct)
         async with self._dose_lock:
             self._stop_requested = False
             await self._ensure_door_closed()
-            await self.tare()
+            reference_g = await self.tare()
+            if on_tared is not None:
+                on_tared(reference_g)
             mg = mass_g * 1000
             raise_for(await self.command(f"QRD 1 1 5 {mg:.3f}", "QRD"), self.name, ok="A")
             raise_for(await self.command(f"QRD 1 1 6 {tolerance_pct:g}", "QRD"), self.name,
@@ -442,6 +466,11 @@ class QuantosDispenser(MettlerBalance, Dispenser):
                 raise DeviceFault(f"dosing stopped by the host after {landed:.5f} g",
                                   device=self.name)
             return landed
+
+    async def landed_since(self, reference_g: float) -> float:
+        """Grams on the pan above a reference gross mass (the tare taken before a dose
+        that a crash interrupted): stable gross now − reference."""
+        return await self.gross() - reference_g
 
     async def _dosed_mass(self) -> float:
         """Net weight after the tare: `SI`, repeated briefly until it is stable."""

@@ -13,6 +13,7 @@ the plan (SI floats under suffixed keys: `volume_l`, `flow_l_s`, `temperature_c`
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from collections.abc import Awaitable, Callable
@@ -96,10 +97,11 @@ class ActionContext(Protocol):
         """A writer for the measurement data of this step (technique: labctl.techniques)."""
         ...
 
-    def record(self, kind: str, **fields: Any) -> None:
+    def record(self, kind: str, *, durable: bool = False, **fields: Any) -> None:
         """A provenance fact: "addition" (material, vessel, requested, actual, unit),
         "mixing" (speed_rpm, duration_s, temperature_c), "heating", "measurement",
-        "weighing"."""
+        "weighing", "dose_reference". `durable`: fsync'd before this returns (a fact a
+        resume after a crash depends on)."""
         ...
 
     async def checkpoint(self) -> None:
@@ -121,6 +123,14 @@ BUILTIN_CAPABILITIES: dict[str, str] = {
     "omega-cn7500": "temperature_controller",
     "palmsens-emstat": "potentiostat",
 }
+
+
+def _accepts(fn: Any, keyword: str) -> bool:
+    """Does a (driver's) method take this keyword? Third-party drivers may predate it."""
+    try:
+        return keyword in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def driver_capabilities(driver: str) -> tuple[str, ...]:
@@ -1073,10 +1083,38 @@ class DispenserDispense(ActionSpec):
                 f"with {dev.name} (±{a['tolerance_pct']:g} %).")
 
     async def run(self, device: Any, a: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
-        actual = await device.dispense(a["mass_g"], tolerance_pct=a["tolerance_pct"])
+        kwargs: dict[str, Any] = {"tolerance_pct": a["tolerance_pct"]}
+        if _accepts(device.dispense, "on_tared") and callable(
+                getattr(device, "landed_since", None)):
+            def reference(reference_g: float) -> None:
+                # journaled (fsync'd) before the dose starts: a resume after a crash
+                # weighs what landed against it (see `recover`)
+                ctx.record("dose_reference", durable=True, material=a.get("material"),
+                           vessel=a.get("vessel"), requested=a["mass_g"],
+                           reference_g=reference_g, unit="g")
+
+            kwargs["on_tared"] = reference
+        actual = await device.dispense(a["mass_g"], **kwargs)
         ctx.record("addition", material=a.get("material"), vessel=a.get("vessel"),
                    requested=a["mass_g"], actual=actual, unit="g")
         return {"requested_g": a["mass_g"], "actual_g": actual}
+
+    async def recover(self, device: Any, a: dict[str, Any], facts: list[dict[str, Any]],
+                      ctx: ActionContext) -> dict[str, Any] | None:
+        """A dose a crash interrupted (the step is in doubt; the operator accepted it or
+        asked for it again): what landed is weighed against the reference journaled before
+        the dose, and recorded as the addition it was. None when no reference was journaled
+        (the dose had not started: nothing landed)."""
+        ref = next((f for f in reversed(facts) if f.get("kind") == "dose_reference"), None)
+        if ref is None or not callable(getattr(device, "landed_since", None)):
+            return None
+        landed = float(await device.landed_since(float(ref["reference_g"])))
+        ctx.record("addition", material=a.get("material"), vessel=a.get("vessel"),
+                   requested=a["mass_g"], actual=landed, unit="g", interrupted=True,
+                   reference_g=ref["reference_g"],
+                   note="dose interrupted by a crash: what landed, weighed on resume against "
+                        "the tare taken before the dose")
+        return {"requested_g": a["mass_g"], "actual_g": landed, "interrupted": True}
 
 
 # ---------------------------------------------------------------- stirrer

@@ -148,6 +148,22 @@ def undecided_material_steps(events: list[dict[str, Any]],
     return out
 
 
+def interrupted_steps(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Leaf steps an earlier session started and never ended (nor recovered), each with
+    the "record" facts it journaled since it last started (a dose's reference mass...)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for ev in events:
+        kind = ev.get("event")
+        sid = str(ev.get("step"))
+        if kind == "step_started" and ev.get("kind") in LEAF_KINDS:
+            out[sid] = []
+        elif kind in ("step_finished", "step_failed", "step_recovered"):
+            out.pop(sid, None)
+        elif kind == "record" and sid in out:
+            out[sid].append(ev)
+    return out
+
+
 def default_action_resolver(device: Device, action: str) -> Any:
     """The ActionSpec of labctl.actions for a device and an action name."""
     from labctl.actions import get_action
@@ -203,12 +219,13 @@ class StepContext:
                 return factory(path, technique)
         raise LabctlError("labctl.bdf has no writer")
 
-    def record(self, kind: str, **fields: Any) -> None:
+    def record(self, kind: str, *, durable: bool = False, **fields: Any) -> None:
         """A fact for the provenance (an addition with requested and actual amounts, a
-        mixing speed, a temperature, a reading). Written to the journal at once."""
+        mixing speed, a temperature, a reading). Written to the journal at once; fsync'd
+        before this returns when `durable` (a fact a resume depends on)."""
         facts = {"step": self.step_id, "device": self.device_name, **fields}
         facts.pop("kind", None)
-        self._ex._log("record", durable=False, kind=kind, **facts)
+        self._ex._log("record", durable=durable, kind=kind, **facts)
 
     async def checkpoint(self) -> None:
         """Where a long action may be paused or stopped: parks here while the run is
@@ -438,7 +455,8 @@ class Executor:
         twice: an in-doubt material move of an earlier session is never run again unless
         an operator journaled "redo" for it (whatever the plan's idempotent flag says)."""
         steps = _get(self.plan, "steps") or []
-        undecided = [s for s in undecided_material_steps(self.record.events(), steps)
+        events = self.record.events()
+        undecided = [s for s in undecided_material_steps(events, steps)
                      if s not in self._skip]
         if undecided:
             first = undecided[0]
@@ -448,7 +466,39 @@ class Executor:
                 f"decided on it: it is not run again without --redo {first} (or "
                 f"--accept-in-doubt {first})"), device=_get(step, "device"),
                 action=_get(step, "action"))
+        await self._recover_interrupted(events)
         await self._run_list(steps)
+
+    async def _recover_interrupted(self, events: list[dict[str, Any]]) -> None:
+        """Before anything runs again, each step an earlier session left in doubt whose
+        action can tell what it did (a dose weighed against its journaled reference)
+        records it: what landed is an addition whether the operator accepted the step or
+        asked for it again."""
+        interrupted = interrupted_steps(events)
+        for step in self._leaves:
+            sid = str(_get(step, "id"))
+            if sid not in interrupted or _get(step, "kind") != "action":
+                continue
+            device = self.devices.get(str(_get(step, "device")))
+            if device is None:
+                continue
+            spec = self._resolve_action(device, str(_get(step, "action")))
+            recover = getattr(spec, "recover", None)
+            if recover is None:
+                continue
+            try:
+                result = await recover(device, _get(step, "args") or {}, interrupted[sid],
+                                       StepContext(self, step, None))
+            except Exception as exc:  # an addition that cannot be known stops the run
+                raise StepFailed(sid, exc, device=device.name,
+                                 action=_get(step, "action")) from exc
+            if result is None:
+                continue
+            result = _jsonable(result)
+            self._log("step_recovered", step=sid, kind=_get(step, "kind"), device=device.name,
+                      action=_get(step, "action"), result=result)
+            if sid in self._skip:
+                self.results[sid] = result
 
     async def _run_list(self, steps: Collection[Any]) -> None:
         for step in steps:

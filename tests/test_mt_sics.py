@@ -405,6 +405,32 @@ async def test_balance_connect_stops_a_running_sir(bench: Bench) -> None:
     assert await bal.weigh() == pytest.approx(10.0)
 
 
+async def test_a_tare_survives_the_host_reconnecting(bench: Bench) -> None:
+    """Issue 12 item 10: connecting sent `@`, which clears the tare, so after a crash and a
+    resume the weighing of an addition read the gross mass. A new driver (a new host
+    process) now keeps the balance's tare, and `gross()` reads the pan whatever the tare."""
+    bal = bench.balance_driver()
+    await bal.connect()
+    assert await bal.tare() == pytest.approx(10.0)  # the empty vial
+    await bench.pool.close_all()  # the host dies; the balance does not
+    bench.world.add_solid("vial", "LiPF6", 0.75)  # the addition lands meanwhile
+    again = bench.balance_driver()
+    await again.connect()
+    assert await again.weigh() == pytest.approx(0.75)  # net: the addition, not 10.75 g
+    assert await again.tare_value() == pytest.approx(10.0)
+    assert await again.gross() == pytest.approx(10.75)
+
+
+async def test_landed_since_a_reference_survives_a_cleared_tare(bench: Bench) -> None:
+    disp = bench.dispenser()
+    await disp.connect()
+    references: list[float] = []
+    dosed = await disp.dispense(0.1, on_tared=references.append)
+    assert references == [pytest.approx(10.0)]
+    await disp.clear_tare()  # e.g. the balance was reset while the host was down
+    assert await disp.landed_since(references[0]) == pytest.approx(dosed, abs=1e-5)
+
+
 # -- the Quantos driver ------------------------------------------------------------------------
 async def test_dispense_lands_in_the_vial_and_both_read_it(bench: Bench) -> None:
     bal = bench.balance_driver()

@@ -5,6 +5,7 @@ variable (a unit name alone is an unknown name, never "1 rpm")."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -15,10 +16,12 @@ import pytest
 
 from labctl.actions import ACTIONS
 from labctl.bench import Bench
+from labctl.clock import ScaledClock
 from labctl.config import load_config
 from labctl.executor import Executor
 from labctl.recipe import validate
 from labctl.run_machine import RunMachine, RunState
+from labctl.simulation import start_simulation
 from labctl.store import RunRecord
 from tests.executor_support import action, config, plan
 
@@ -213,3 +216,99 @@ async def test_the_executor_never_repeats_an_undecided_in_doubt_move(
     ex = executor()
     assert await ex.execute() == RunState.COMPLETED
     assert world.volume_l("vial") == pytest.approx(0.001, rel=1e-3)
+
+
+# -- item 10: an addition weighed right across a kill and a resume ------------------------------
+
+DOSE_BENCH = """
+[bench]
+id = "dose-bench"
+site = "labctl issue 12 tests"
+simulate = true
+time_scale = 100
+
+[materials.LiPF6]
+name = "lithium hexafluorophosphate"
+phase = "solid"
+
+[vessels.cell_vial]
+kind = "vial"
+capacity = "20 mL"
+empty_mass = "12.5 g"
+
+[devices.dispenser]
+driver = "quantos-dispenser"
+endpoint = "/dev/ttyUSB7"
+[devices.dispenser.params]
+vessel = "cell_vial"
+head_material = "LiPF6"
+head_content = "20 g"
+[devices.dispenser.limits]
+max_mass = "5 g"
+"""
+DOSE_RECIPE = recipe([{"id": "salt", "device": "dispenser", "action": "dispense",
+                       "args": {"mass": "1 g", "material": "LiPF6"}}])
+#: the Quantos simulator's balance shows 5 decimals: its resolution
+RESOLUTION_G = 1e-5
+
+
+async def _labctl(*args: str, timeout: float = 120.0) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *LABCTL, *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    return int(proc.returncode or 0), out.decode()
+
+
+@pytest.mark.parametrize("decision", ["--accept-in-doubt", "--redo"])
+async def test_a_dose_killed_between_tare_and_weighing_is_recorded_as_what_landed(
+        tmp_path: Path, decision: str) -> None:
+    """The instruments outlive the host (served by this test process, the world with them);
+    `labctl run` is killed while the Quantos doses, after its tare, before the weighing.
+    After `labctl resume` the additions recorded in metadata.json add up to what the vial
+    received, within the balance's resolution — never the gross mass of the vial. (It was:
+    the reconnect's `@` cleared the tare, and the interrupted dose was never recorded.)"""
+    sim_cfg = tmp_path / "sim.toml"
+    sim_cfg.write_text(DOSE_BENCH)
+    sim = await start_simulation(load_config(sim_cfg), ScaledClock(100.0))
+    try:
+        quantos = sim.simulators["dispenser"]
+        world = sim.world
+        host_cfg = tmp_path / "bench.toml"
+        host_cfg.write_text(DOSE_BENCH.replace("simulate = true", "simulate = false").replace(
+            'endpoint = "/dev/ttyUSB7"', f'endpoint = "{sim.endpoints["dispenser"]}"'))
+        recipe_path = tmp_path / "dose.json"
+        recipe_path.write_text(json.dumps(DOSE_RECIPE))
+        data = tmp_path / "runs"
+        proc = await asyncio.create_subprocess_exec(
+            *LABCTL, "run", str(recipe_path), "--config", str(host_cfg), "--data-dir",
+            str(data), "--json", cwd=ROOT, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 90
+        # 1 g at 30 s per 100 mg is 300 simulated s, 3 wall s: kill a third of the way in
+        while not (quantos.snapshot()["dosing"] and quantos.dosed_g > 0.3):
+            assert loop.time() < deadline and proc.returncode is None, "the dose never ran"
+            await asyncio.sleep(0.01)
+        proc.kill()
+        await proc.wait()
+        [folder] = [p for p in data.iterdir() if p.is_dir()]
+        code, out = await _labctl("resume", folder.name, "--config", str(host_cfg),
+                                  "--data-dir", str(data), "--operator", "carol", "--json",
+                                  decision, "salt")
+        assert code == 0, out
+        assert json.loads(out.strip().splitlines()[-1])["status"] == "completed"
+        received = world.composition("cell_vial")["LiPF6"]
+        meta = json.loads((folder / "metadata.json").read_text())
+        additions = [a for a in meta["additions"] if a.get("step") == "salt"]
+        doses = [d["dosed_g"] for d in quantos.doses]
+        assert len(additions) == len(doses) == (1 if decision == "--accept-in-doubt" else 2)
+        for recorded, landed in zip(additions, doses, strict=True):
+            assert recorded["requested"] == pytest.approx(1.0)
+            assert recorded["actual"] == pytest.approx(landed, abs=RESOLUTION_G)
+        assert additions[0]["interrupted"] is True and 0.3 < additions[0]["actual"] < 1.0
+        assert sum(a["actual"] for a in additions) == pytest.approx(received,
+                                                                    abs=2 * RESOLUTION_G)
+        assert all(a["actual"] < 12.5 for a in additions)  # never the gross mass
+    finally:
+        await sim.close()
