@@ -14,6 +14,7 @@ the plan (SI floats under suffixed keys: `volume_l`, `flow_l_s`, `temperature_c`
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import re
 from collections.abc import Awaitable, Callable
@@ -107,6 +108,9 @@ class ActionContext(Protocol):
     async def checkpoint(self) -> None:
         """Return at once when running, wait while paused, raise when aborted."""
         ...
+
+
+log = logging.getLogger("labctl.actions")
 
 
 # ---------------------------------------------------------------- capabilities of drivers
@@ -1084,6 +1088,7 @@ class DispenserDispense(ActionSpec):
 
     async def run(self, device: Any, a: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"tolerance_pct": a["tolerance_pct"]}
+        references: list[float] = []
         if _accepts(device.dispense, "on_tared") and callable(
                 getattr(device, "landed_since", None)):
             def reference(reference_g: float) -> None:
@@ -1092,12 +1097,36 @@ class DispenserDispense(ActionSpec):
                 ctx.record("dose_reference", durable=True, material=a.get("material"),
                            vessel=a.get("vessel"), requested=a["mass_g"],
                            reference_g=reference_g, unit="g")
+                references.append(reference_g)
 
             kwargs["on_tared"] = reference
-        actual = await device.dispense(a["mass_g"], **kwargs)
+        try:
+            actual = await device.dispense(a["mass_g"], **kwargs)
+        except Exception:
+            # a dose that failed half-way still put powder in the vial: record it, or a
+            # retry (which tares again) or a resume would leave it out of the additions
+            if references:
+                await self._record_landed(device, a, references[-1], ctx, "failed")
+            raise
         ctx.record("addition", material=a.get("material"), vessel=a.get("vessel"),
                    requested=a["mass_g"], actual=actual, unit="g")
         return {"requested_g": a["mass_g"], "actual_g": actual}
+
+    async def _record_landed(self, device: Any, a: dict[str, Any], reference_g: float,
+                             ctx: ActionContext, how: str) -> float | None:
+        """Weigh what landed since the reference and record it as an addition (None and
+        nothing recorded when the balance cannot be read now)."""
+        try:
+            landed = float(await device.landed_since(reference_g))
+        except Exception as exc:  # the run goes on failing; a resume weighs it again
+            log.warning("%s: what the %s dose delivered could not be weighed: %s",
+                        ctx.device_name, how, exc)
+            return None
+        ctx.record("addition", material=a.get("material"), vessel=a.get("vessel"),
+                   requested=a["mass_g"], actual=landed, unit="g", interrupted=True,
+                   reference_g=reference_g,
+                   note=f"dose {how}: what landed, weighed against the tare taken before it")
+        return landed
 
     async def recover(self, device: Any, a: dict[str, Any], facts: list[dict[str, Any]],
                       ctx: ActionContext) -> dict[str, Any] | None:
@@ -1112,8 +1141,8 @@ class DispenserDispense(ActionSpec):
         ctx.record("addition", material=a.get("material"), vessel=a.get("vessel"),
                    requested=a["mass_g"], actual=landed, unit="g", interrupted=True,
                    reference_g=ref["reference_g"],
-                   note="dose interrupted by a crash: what landed, weighed on resume against "
-                        "the tare taken before the dose")
+                   note="dose interrupted (crash or abort): what landed, weighed on resume "
+                        "against the tare taken before the dose")
         return {"requested_g": a["mass_g"], "actual_g": landed, "interrupted": True}
 
 

@@ -131,8 +131,8 @@ def undecided_material_steps(events: list[dict[str, Any]],
         if kind == "step_started":
             last_start[sid] = i
             ended.discard(sid)
-        elif kind in ("step_finished", "step_failed"):
-            ended.add(sid)
+        elif kind == "step_finished" or (kind == "step_failed" and ev.get("continued")):
+            ended.add(sid)  # a failure that stopped the run leaves the step in doubt
         elif kind == "decision" and ev.get("decision") == "accept":
             ended.add(sid)
         elif kind == "decision" and ev.get("decision") == "redo":
@@ -149,15 +149,19 @@ def undecided_material_steps(events: list[dict[str, Any]],
 
 
 def interrupted_steps(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Leaf steps an earlier session started and never ended (nor recovered), each with
-    the "record" facts it journaled since it last started (a dose's reference mass...)."""
+    """Leaf steps an earlier session started and never ended, each with the "record" facts
+    it journaled since it last started (a dose's reference mass...). A step is ended by
+    finishing, by a failure the run continued after, by a recovery, or by recording its
+    addition (a failed dose that could weigh what it delivered)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for ev in events:
         kind = ev.get("event")
         sid = str(ev.get("step"))
         if kind == "step_started" and ev.get("kind") in LEAF_KINDS:
             out[sid] = []
-        elif kind in ("step_finished", "step_failed", "step_recovered"):
+        elif kind in ("step_finished", "step_recovered") or (
+                kind == "step_failed" and ev.get("continued")) or (
+                kind == "record" and ev.get("kind") == "addition"):
             out.pop(sid, None)
         elif kind == "record" and sid in out:
             out[sid].append(ev)

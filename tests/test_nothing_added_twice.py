@@ -312,3 +312,31 @@ async def test_a_dose_killed_between_tare_and_weighing_is_recorded_as_what_lande
         assert all(a["actual"] < 12.5 for a in additions)  # never the gross mass
     finally:
         await sim.close()
+
+
+async def test_a_dose_that_fails_half_way_and_is_retried_records_both_parts(
+        tmp_path: Path) -> None:
+    """A retry tares again, so what the failed attempt delivered was in the vial but in no
+    addition; it is now weighed against its own reference and recorded."""
+    cfg_path = tmp_path / "sim.toml"
+    cfg_path.write_text(DOSE_BENCH)
+    bench = Bench(load_config(cfg_path), data_dir=tmp_path / "runs", time_scale=1000.0)
+    await bench.start()
+    try:
+        quantos = bench.instruments.simulation.simulators["dispenser"]
+        quantos.faults.error = 3  # the next dose stops half way with `I 3` (timeout)
+        steps = [{"id": "salt", "device": "dispenser", "action": "dispense",
+                  "args": {"mass": "0.4 g"}, "retries": 1, "on_error": "retry"}]
+        run_id = await bench.submit(recipe(steps), instigator="operator:t")
+        result = await bench.wait(run_id)
+        assert result["status"] == "completed", result
+        meta = json.loads((tmp_path / "runs" / run_id / "metadata.json").read_text())
+        actual = [a["actual"] for a in meta["additions"]]
+        doses = [d["dosed_g"] for d in quantos.doses]
+        assert len(doses) == 2 and 0.1 < doses[0] < 0.3
+        assert actual == [pytest.approx(d, abs=RESOLUTION_G) for d in doses]
+        assert meta["additions"][0]["interrupted"] is True
+        received = bench.instruments.simulation.world.composition("cell_vial")["LiPF6"]
+        assert sum(actual) == pytest.approx(received, abs=2 * RESOLUTION_G)
+    finally:
+        await bench.close()
