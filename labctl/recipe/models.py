@@ -59,7 +59,9 @@ class _StepBase(_Strict):
     retries: int = Field(default=0, ge=0, le=100)
     on_error: Literal["abort", "continue", "retry"] = "abort"
     idempotent: bool | None = Field(default=None, description="may be repeated after a "
-                                    "crash; default false for steps that move material")
+                                    "crash without asking; never true on a step that moves "
+                                    "material (or a group holding one): an in-doubt "
+                                    "addition needs an operator's decision")
 
 
 class ActionStep(_StepBase):
