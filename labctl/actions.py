@@ -106,6 +106,14 @@ class ActionContext(Protocol):
         """Return at once when running, wait while paused, raise when aborted."""
         ...
 
+    async def resolve_route(self, target: str | None) -> dict[str, Any]:
+        """The vessel `@device` leads to now: {"vessel", "route", ["route_error"]}."""
+        ...
+
+    async def cell_temperature(self, vessel: str | None) -> dict[str, Any] | None:
+        """A vessel's measured temperature and its source, None when nothing reads it."""
+        ...
+
 
 # ---------------------------------------------------------------- capabilities of drivers
 
@@ -611,6 +619,41 @@ def _reservoir_material(dev: DeviceView, vessel: str | None) -> str | None:
     return None
 
 
+async def _reached(ctx: ActionContext, target: str | None) -> dict[str, Any]:
+    """Where material sent to `target` actually goes, read at the time of the move: a
+    vessel as it is, a routing device (`@sel_valve`) resolved through its position now."""
+    if target is None or not str(target).startswith("@"):
+        return {"vessel": target}
+    resolve = getattr(ctx, "resolve_route", None)
+    if resolve is None:
+        return {"vessel": None, "route": [], "route_error": "route not resolvable here"}
+    found: dict[str, Any] = await resolve(target)
+    return found
+
+
+def _expected(expect: str | None, lead: str | None) -> str | None:
+    """The vessel validation expected a move to reach (None: a bare port through a route)."""
+    if expect:
+        return expect
+    return lead if lead and not lead.startswith("@") else None
+
+
+def _addition(where: dict[str, Any], expected: str | None = None,
+              after: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The vessel fields of an addition record: the vessel reached, the route it went
+    through, and what the recipe expected when that differs (a misrouted addition)."""
+    fields: dict[str, Any] = {"vessel": where.get("vessel")}
+    if where.get("route"):
+        fields["route"] = where["route"]
+    if where.get("route_error"):
+        fields["route_error"] = where["route_error"]
+    if expected is not None and where.get("vessel") != expected:
+        fields["expected_vessel"] = expected
+    if after is not None and after.get("vessel") != where.get("vessel"):
+        fields["route_changed_to"] = after.get("vessel")
+    return fields
+
+
 class _SyringeAction(ActionSpec):
     capability = "syringe_pump"
 
@@ -756,9 +799,11 @@ class SyringeDispense(_SyringeAction):
     async def run(self, device: Any, a: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         if a.get("destination_port"):
             await device.set_valve(a["destination_port"])
+        where = await _reached(ctx, a.get("leads_to")) if a.get("destination") else {}
         await device.dispense(a["volume_l"], flow_l_s=a.get("flow_l_s"))
         if a.get("destination"):
-            ctx.record("addition", material=a.get("material"), vessel=a["destination"],
+            ctx.record("addition", material=a.get("material"),
+                       **_addition(where, _expected(a.get("expect"), a.get("leads_to"))),
                        requested=a["volume_l"], actual=a["volume_l"], unit="L")
         return {"volume_l": a["volume_l"], "plunger_volume_l": await device.plunger_volume_l()}
 
@@ -811,9 +856,12 @@ class SyringeTransfer(_SyringeAction):
                 f"{a['destination']}{via} with {dev.name}{flow}.")
 
     async def run(self, device: Any, a: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+        where = await _reached(ctx, a.get("destination_leads_to"))
         moved = await device.transfer(a["volume_l"], a["source_port"], a["destination_port"],
                                       flow_l_s=a.get("flow_l_s"))
-        ctx.record("addition", material=a.get("material"), vessel=a["destination"],
+        ctx.record("addition", material=a.get("material"),
+                   **_addition(where, _expected(a.get("destination_expect"),
+                                                    a.get("destination_leads_to"))),
                    requested=a["volume_l"], actual=moved, unit="L")
         return {"volume_l": moved}
 
@@ -872,9 +920,11 @@ class PumpTransfer(_PumpAction):
     async def run(self, device: Any, a: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         from labctl.capabilities.pump import PumpDirection
 
+        where = await _reached(ctx, a.get("destination"))
         moved = await device.pump_volume(a["volume_l"], a["flow_l_s"],
                                          PumpDirection(a["direction"]))
-        ctx.record("addition", material=a.get("material"), vessel=a.get("destination"),
+        after = await _reached(ctx, a.get("destination")) if where.get("route") else None
+        ctx.record("addition", material=a.get("material"), **_addition(where, after=after),
                    requested=a["volume_l"], actual=moved, unit="L")
         return {"volume_l": moved}
 

@@ -164,6 +164,65 @@ class StepContext:
         paused (abort cancels the waiting action)."""
         await self._ex._park(self._active)
 
+    async def resolve_route(self, target: str | None) -> dict[str, Any]:
+        """The vessel a route leads to now: `@sel_valve` is asked for its position and the
+        position looked up in its port_map (routes through several routing devices are
+        followed). Returns {"vessel", "route": [{"device", "position"}...]} and, when the
+        route cannot be read, "vessel": None with "route_error" — an addition is then
+        recorded as unresolved, never against the wrong vessel."""
+        hops: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        lead = target
+        while lead is not None and str(lead).startswith("@"):
+            name = str(lead)[1:]
+            if name in seen:
+                return {"vessel": None, "route": hops, "route_error": f"routing loop at {lead}"}
+            seen.add(name)
+            device = self._ex.devices.get(name)
+            if device is None or not callable(getattr(device, "position", None)):
+                return {"vessel": None, "route": hops,
+                        "route_error": f"routing device {name!r} is not connected"}
+            try:
+                position = int(await device.position())
+            except Exception as exc:  # recorded as unresolved, the run goes on
+                return {"vessel": None, "route": hops,
+                        "route_error": f"{name}: position unreadable: {exc}"}
+            port_map = device.spec.params.get("port_map") or {}
+            lead = port_map.get(str(position)) if isinstance(port_map, Mapping) else None
+            hops.append({"device": name, "position": position, "leads_to": lead})
+            if lead is None:
+                return {"vessel": None, "route": hops,
+                        "route_error": f"{name} position {position} leads nowhere known"}
+        return {"vessel": lead, "route": hops}
+
+    async def cell_temperature(self, vessel: str | None) -> dict[str, Any] | None:
+        """The measured temperature of a vessel from a device that sits under it and reads
+        temperature (a stirrer hotplate's medium probe, a heated block), with where it came
+        from; None when no such device is connected or it cannot be read."""
+        if not vessel:
+            return None
+        for name, device in self._ex.devices.items():
+            if device.spec.params.get("vessel") != vessel:
+                continue
+            if not ({"stirrer", "temperature_controller"} & set(device.capabilities)):
+                continue
+            reader = getattr(device, "temperature_c", None)
+            if not callable(reader):
+                continue
+            try:
+                value = float(await reader())
+            except Exception as exc:  # another device may still answer
+                self._ex._log("warning", device=name,
+                              message=f"temperature of {vessel} unreadable: {exc}")
+                continue
+            sensor = getattr(device, "sensor", None)
+            return {"measured_c": value, "device": name, "vessel": vessel,
+                    "sensor": str(sensor) if sensor else None,
+                    "source": f"measured by {name}"
+                              + (f" ({sensor} sensor)" if sensor else "")
+                              + f" at {vessel}"}
+        return None
+
 
 class Executor:
     """Runs one plan once (or resumes it). Owned by a Bench; also usable on its own."""

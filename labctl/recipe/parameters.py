@@ -200,3 +200,28 @@ def resolve_parameters(
         values[name] = value
         shown[name] = format_value(value) if isinstance(value, pint.Quantity) else value
     return values, shown, issues
+
+
+def typed_parameters(decls: Mapping[str, Parameter], values: Mapping[str, Any],
+                     given: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The resolved parameters for the record, typed: per name its value as a JSON number,
+    boolean or text (a quantity as its magnitude in the declared unit), the unit, the
+    declared type, the text form and whether it was submitted or is the recipe's default.
+    A downstream tool never has to parse "1.2 mol / kg" back."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, decl in decls.items():
+        value = values.get(name, POISON)
+        if value is POISON or value is None:
+            continue
+        entry: dict[str, Any] = {"type": decl.type}
+        if isinstance(value, pint.Quantity):
+            unit = decl.unit or f"{value.units:~}"
+            entry["value"] = float(value.to(unit).magnitude)
+            entry["unit"] = unit
+        else:
+            entry["value"] = value
+            entry["unit"] = None
+        entry["text"] = format_value(value)
+        entry["source"] = "submitted" if name in given else "default"
+        out[name] = entry
+    return out
