@@ -558,6 +558,64 @@ def _watch_temperature(device: Any, setpoint_c: float, band_c: float) -> Watch:
     return watch
 
 
+class _TemperatureLog:
+    """Measured temperatures of a device during a hold, for the record: a sample at the
+    start, at every watch and at the end. A reading that fails is noted, not fatal (a
+    hotplate without a probe still mixes)."""
+
+    def __init__(self, device: Any, ctx: ActionContext):
+        self.device = device
+        self.clock = ctx.clock
+        self.t0 = ctx.clock.monotonic()
+        self.samples: list[dict[str, float]] = []
+        self.error: str | None = None
+
+    async def sample(self) -> float | None:
+        try:
+            value = float(await self.device.temperature_c())
+        except DeviceFault:
+            raise
+        except Exception as exc:  # noted in the record
+            self.error = f"temperature unreadable: {exc}"
+            return None
+        self.samples.append({"t_s": round(self.clock.monotonic() - self.t0, 3),
+                             "measured_c": value})
+        return value
+
+    def watch(self, inner: Watch | None) -> Watch:
+        async def watch() -> None:
+            if inner is not None:
+                await inner()
+            await self.sample()
+
+        return watch
+
+    def summary(self) -> dict[str, Any]:
+        values = [x["measured_c"] for x in self.samples]
+        out: dict[str, Any] = {"measured_c": None, "temperatures": self.samples}
+        if values:
+            out.update(measured_c=sum(values) / len(values), measured_min_c=min(values),
+                       measured_max_c=max(values))
+        if self.error:
+            out["temperature_error"] = self.error
+        return out
+
+
+async def _stirrer_setpoint(device: Any, given: float | None) -> float | None:
+    """The heater setpoint in force: the one this step sets, else the device's own (a
+    `set` step before), None when the heater is off."""
+    if given is not None:
+        return given
+    try:
+        readings = (await device.status()).readings
+    except Exception:  # the setpoint is then unknown, not invented
+        return None
+    if readings.get("heater_on") is False:
+        return None
+    sp = readings.get("temperature_setpoint_c")
+    return float(sp) if isinstance(sp, (int, float)) else None
+
+
 # ---------------------------------------------------------------- syringe pump
 
 
@@ -1168,12 +1226,20 @@ class StirrerStir(ActionSpec):
         if t is not None:
             await device.set_temperature(t)
         await device.set_speed(a["speed_rpm"])
-        held = await _hold(ctx, a["duration_s"], _watch_status(device))
+        setpoint = await _stirrer_setpoint(device, t)
+        temps = _TemperatureLog(device, ctx)
+        await temps.sample()
+        held = await _hold(ctx, a["duration_s"], temps.watch(_watch_status(device)))
         await device.set_speed(0)
         if t is not None:
             await device.set_temperature(None)
-        ctx.record("mixing", speed_rpm=a["speed_rpm"], duration_s=held, temperature_c=t)
-        return {"duration_s": held}
+        measured = temps.summary()
+        ctx.record("mixing", speed_rpm=a["speed_rpm"], duration_s=held,
+                   temperature_c=measured["measured_c"], setpoint_c=setpoint, **{
+                       k: v for k, v in measured.items() if k != "measured_c"},
+                   measured_c=measured["measured_c"])
+        return {"duration_s": held, "setpoint_c": setpoint,
+                "temperature_c": measured["measured_c"]}
 
 
 class StirrerSet(ActionSpec):
@@ -1267,11 +1333,15 @@ class TcHold(ActionSpec):
     async def run(self, device: Any, a: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         await device.set_temperature(a["temperature_c"])
         band = a.get("band_c") or DEFAULT_SOAK_BAND_C
-        held = await _hold(ctx, a["duration_s"],
-                           _watch_temperature(device, a["temperature_c"], band))
+        temps = _TemperatureLog(device, ctx)
+        held = await _hold(ctx, a["duration_s"], temps.watch(
+            _watch_temperature(device, a["temperature_c"], band)))
         reading = await device.temperature_c()
-        ctx.record("heating", temperature_c=a["temperature_c"], duration_s=held,
-                   measured_c=reading)
+        ctx.record("heating", temperature_c=a["temperature_c"], setpoint_c=a["temperature_c"],
+                   duration_s=held, measured_c=reading, vessel=getattr(
+                       getattr(device, "spec", None), "params", {}).get("vessel"),
+                   **{k: v for k, v in temps.summary().items() if k != "measured_c"},
+                   measured_mean_c=temps.summary()["measured_c"])
         return {"duration_s": held, "temperature_c": reading}
 
 
@@ -1365,6 +1435,8 @@ class _Technique(ActionSpec):
 
     async def run(self, device: Any, a: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         technique = self.build(a)
+        reader = getattr(ctx, "cell_temperature", None)
+        before = await reader(a.get("vessel")) if reader is not None else None
         writer = ctx.data_writer(technique)
         n = 0
         try:
@@ -1373,10 +1445,32 @@ class _Technique(ActionSpec):
                 n += 1
         finally:
             writer.close()
+        after = await reader(a.get("vessel")) if reader is not None else None
+        cell = _cell_temperature(before, after)
         ctx.record("measurement", technique=self.name, iri=technique.iri, points=n,
                    vs=a.get("vs"), reference_electrode=a.get("reference_electrode"),
-                   vessel=a.get("vessel"))
-        return {"technique": self.name, "points": n}
+                   vessel=a.get("vessel"), cell_temperature_c=(cell or {}).get("measured_c"))
+        out: dict[str, Any] = {"technique": self.name, "points": n}
+        if cell is not None:
+            ctx.record("temperature", **cell)
+            out["cell_temperature"] = cell
+        return out
+
+
+def _cell_temperature(before: dict[str, Any] | None,
+                      after: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The cell's temperature over a measurement: the mean of the readings at its start
+    and end, both kept, and the device and sensor they came from."""
+    readings = [r for r in (before, after) if r is not None]
+    if not readings:
+        return None
+    values = [float(r["measured_c"]) for r in readings]
+    cell = {k: v for k, v in readings[0].items() if k != "measured_c"}
+    cell.update(measured_c=sum(values) / len(values),
+                measured_start_c=before["measured_c"] if before else None,
+                measured_end_c=after["measured_c"] if after else None)
+    cell["source"] = str(cell.get("source", "measured")) + " at the start and end of the measurement"
+    return cell
 
 
 class Ocv(_Technique):

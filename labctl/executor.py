@@ -656,6 +656,7 @@ class Executor:
         if name not in table:
             raise LabctlError(f"unknown analysis {name!r} (known: {', '.join(sorted(table))})")
         args = dict(_get(step, "args") or {})
+        self._add_measured_temperature(table[name], args)
         out = table[name](self._data_files(), **args)
         if inspect.isawaitable(out):
             out = await out
@@ -665,6 +666,25 @@ class Executor:
             self.figures.append({"analysis": name, "analysis_step": str(_get(step, "id")),
                                  **fig})
         return result
+
+    def _add_measured_temperature(self, analysis: Any, args: dict[str, Any]) -> None:
+        """An analysis that takes the cell's measured temperature gets the one recorded by
+        the measurement it analyses (args.step, else the latest step that measured one),
+        with where it came from; a recipe's own `measured_temperature` is kept."""
+        accepted = getattr(analysis, "args", None)
+        if not isinstance(accepted, Mapping) or "measured_temperature" not in accepted:
+            return
+        if args.get("measured_temperature") is not None:
+            return
+        wanted = args.get("step")
+        for sid in reversed(list(self.results)):
+            if wanted is not None and sid != wanted:
+                continue
+            cell = (self.results[sid] or {}).get("cell_temperature")
+            if isinstance(cell, Mapping) and cell.get("measured_c") is not None:
+                args["measured_temperature"] = float(cell["measured_c"]) + 273.15
+                args["temperature_source"] = f"{cell.get('source')} (step {sid})"
+                return
 
     def _data_files(self) -> dict[str, str]:
         """{step_id: absolute path} of every data file written so far in this run

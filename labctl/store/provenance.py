@@ -177,9 +177,15 @@ def records_from_journal(events: list[dict[str, Any]]) -> dict[str, list[dict[st
         if section == "observations":
             entry["kind"] = ev.get("kind")
         out[section].append(entry)
-        if section == "mixing" and entry.get("temperature_c") is not None:
-            out["temperatures"].append({**entry, "setpoint_c": entry["temperature_c"],
-                                        "source": "mixing"})
+        if section == "mixing" and (entry.get("measured_c") is not None
+                                    or entry.get("setpoint_c") is not None
+                                    or entry.get("temperature_c") is not None):
+            # older journals have only temperature_c (the setpoint given to the stir)
+            setpoint = entry.get("setpoint_c", entry.get("temperature_c")
+                                 if "measured_c" not in entry else None)
+            out["temperatures"].append({
+                **{k: v for k, v in entry.items() if k != "temperatures"},
+                "setpoint_c": setpoint, "source": "mixing"})
     for i, a in enumerate(out["additions"], start=1):
         a["order"] = i
     return out
