@@ -454,6 +454,7 @@ class Bench:
             ticket.plan, self.instruments.devices, clock=self.instruments.clock, record=rec,
             machine=ticket.machine, safe_state_all=self.instruments.safe_state_all,
             emit=self._publish, prior_results=ticket.prior_results,
+            time_basis="simulated" if self.cfg.bench.simulate else "wall",
         )
         ticket.executor = ex
         self.store.index.upsert_run(ticket.run_id, status="running", started=utc_iso())

@@ -139,18 +139,12 @@ class StepContext:
 
         path = self.data_path()
         self.data_files.append(str(path.relative_to(self._ex.record.folder)))
+        start_unix_s = self._ex.data_time()
         self._ex._log("data_file", durable=False, step=self.step_id,
                       path=self.data_files[-1],
-                      technique=getattr(technique, "technique", str(technique)))
-        for name in ("BDFWriter", "BdfWriter", "open_writer", "writer"):
-            factory = getattr(bdf, name, None)
-            if factory is None:
-                continue
-            try:
-                return factory(path, technique=technique)
-            except TypeError:
-                return factory(path, technique)
-        raise LabctlError("labctl.bdf has no writer")
+                      technique=getattr(technique, "technique", str(technique)),
+                      start_unix_s=start_unix_s, clock=self._ex.time_basis)
+        return bdf.BdfWriter(path, technique=technique, start_unix_s=start_unix_s)
 
     def record(self, kind: str, **fields: Any) -> None:
         """A fact for the provenance (an addition with requested and actual amounts, a
@@ -240,6 +234,7 @@ class Executor:
         analyses: Mapping[str, Callable[..., Any]] | None = None,
         emit: EmitFn | None = None,
         prior_results: Mapping[str, dict[str, Any]] | None = None,
+        time_basis: str | None = None,
     ):
         self.plan = plan
         self.devices = devices
@@ -274,6 +269,38 @@ class Executor:
         self.outcome: RunState | None = None
         self.failure: StepFailed | None = None
         self.safe_state_errors: dict[str, str] = {}
+        #: which clock the data's Unix Time follows: "simulated" (simulated seconds anchored
+        #: once at the run start) or "wall" (the computer's clock, for real instruments)
+        self.time_basis = time_basis or ("wall" if clock.time_scale == 1 else "simulated")
+        self._anchor_unix: float | None = None
+        self._anchor_clock = 0.0
+
+    # -- the data's clock ------------------------------------------------------------------
+    def _anchor(self) -> None:
+        """Fix the data clock once per session: on a simulated bench simulated time runs
+        from the wall time of the run start (or from where an earlier session of a resumed
+        run left off, if that is later), so Unix Time never goes back across steps."""
+        floor = 0.0
+        with contextlib.suppress(Exception):
+            for ev in self.record.events():
+                for key in ("clock_unix_s", "start_unix_s"):
+                    v = ev.get(key)
+                    if isinstance(v, (int, float)):
+                        floor = max(floor, float(v))
+        self._anchor_unix = max(time.time(), floor)
+        self._anchor_clock = self.clock.monotonic()
+        self._log("clock_anchor", basis=self.time_basis, anchor_unix_s=self._anchor_unix,
+                  time_scale=self.clock.time_scale)
+
+    def data_time(self) -> float:
+        """Now on the data's clock (Unix seconds): wall time on real hardware, simulated
+        time since the anchor on a simulated bench."""
+        if self.time_basis == "wall":
+            return time.time()
+        if self._anchor_unix is None:
+            self._anchor()
+        assert self._anchor_unix is not None
+        return self._anchor_unix + (self.clock.monotonic() - self._anchor_clock)
 
     # -- journal & events ----------------------------------------------------------------
     def _log(self, event: str, *, durable: bool = True, **fields: Any) -> dict[str, Any]:
@@ -382,6 +409,7 @@ class Executor:
         self.done_estimate_s = sum(float(_get(s, "estimated_s") or 0) for s in self._leaves
                                    if _get(s, "id") in self._skip)
         self.started_wall = time.monotonic()
+        self._anchor()
         try:
             await self.machine.request("start")
             self._main = asyncio.ensure_future(self._run_list(_get(self.plan, "steps") or []))
@@ -591,7 +619,8 @@ class Executor:
                 result = _jsonable(result or {})
                 self.results[sid] = result
                 self._log("step_finished", durable=False, step=sid, kind=kind,
-                          device=device_name, action=_get(step, "action"), result=result)
+                          device=device_name, action=_get(step, "action"), result=result,
+                          clock_unix_s=self.data_time())
                 self._leaf_done(step)
                 await self._maybe_paused()
                 return

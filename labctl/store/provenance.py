@@ -191,6 +191,25 @@ def records_from_journal(events: list[dict[str, Any]]) -> dict[str, list[dict[st
     return out
 
 
+CLOCK_NOTES = {
+    "simulated": "Unix Time in the data files is simulated time: simulated seconds since "
+                 "the run start, anchored once at the wall-clock time of that start (a "
+                 "simulated bench runs faster than the wall clock, so these times run ahead "
+                 "of it); monotonic across the steps of the run",
+    "wall": "Unix Time in the data files is the computer's wall clock (UTC) at each point",
+}
+
+
+def clock_from_journal(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which clock the data's Unix Time follows, and where each session anchored it."""
+    anchors = [e for e in events if e.get("event") == "clock_anchor"]
+    basis = str(anchors[-1].get("basis")) if anchors else "wall"
+    return {"basis": basis, "note": CLOCK_NOTES.get(basis, ""),
+            "sessions": [{"anchor_unix_s": e.get("anchor_unix_s"),
+                          "anchor_utc": e.get("t"), "time_scale": e.get("time_scale")}
+                         for e in anchors]}
+
+
 def build_metadata(
     *,
     context: dict[str, Any],
@@ -214,7 +233,12 @@ def build_metadata(
     }
     meta["steps"] = steps_from_journal(events)
     meta.update(records_from_journal(events))
-    meta["data_files"] = data_files
+    meta["clock"] = clock_from_journal(events)
+    basis = meta["clock"]["basis"]
+    meta["data_files"] = [
+        {**d, "unix_time_clock": basis}
+        if any(c.get("name") == "Unix Time / s" for c in d.get("columns") or []) else d
+        for d in data_files]
     meta["figures_of_merit"] = figures or []
     meta["outcome"] = {
         "status": status or (r.finished or {}).get("status") or r.state,
