@@ -1,0 +1,149 @@
+"""What the run record says must be right (issue 17, the record): real recipes on the
+simulated bench (config/sim.toml), the run folder read back — metadata.json, result.json
+and data/*.csv — and compared with what the simulated world received."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from labctl.bench import Bench
+from labctl.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.timeout(240)
+
+
+async def _run(tmp_path: Path, recipe: Any, params: dict[str, Any] | None = None,
+               time_scale: float = 300) -> tuple[dict[str, Any], Path, list[dict[str, Any]]]:
+    """Run one recipe to its end; (result.json, run folder, the world's ledger)."""
+    cfg = load_config(ROOT / "config" / "sim.toml")
+    # a long watchdog: a loaded test machine may pause the keep-alive for a few hundred ms
+    cfg.devices["hotplate"].params["watchdog"] = "1500 s"
+    bench = Bench(cfg, data_dir=tmp_path / "runs", time_scale=time_scale)
+    await bench.start()
+    try:
+        run_id = await bench.submit(recipe, params or {})
+        await bench.wait(run_id)
+        ledger = list(bench.instruments.simulation.world.ledger)
+    finally:
+        await bench.close()
+    folder = tmp_path / "runs" / run_id
+    result = json.loads((folder / "result.json").read_text())
+    assert result["status"] == "completed", result["errors"]
+    return result, folder, ledger
+
+
+def _meta(folder: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((folder / "metadata.json").read_text())
+    return data
+
+
+ROUTED = {
+    "schema": "labctl.recipe/1", "name": "routed_rinse", "version": "1",
+    "description": "ethanol through the selector valve into cell_vial, then to waste",
+    "materials": {"EtOH": {"name": "ethanol", "location": "res_etoh"}},
+    "steps": [
+        {"id": "to_cell", "device": "sel_valve", "action": "move",
+         "args": {"position": "cell_vial"}},
+        {"id": "into_cell", "device": "rinse_pump", "action": "transfer",
+         "args": {"volume": "1.5 mL", "flow": "30 mL/min"}},
+        {"id": "to_coat", "device": "sel_valve", "action": "move", "args": {"position": 2}},
+        {"id": "into_coat", "device": "rinse_pump", "action": "transfer",
+         "args": {"volume": "2 mL", "flow": "30 mL/min"}},
+    ],
+}
+
+
+async def test_additions_through_the_selector_valve_name_the_vial_they_reached(
+        tmp_path: Path) -> None:
+    _result, folder, ledger = await _run(tmp_path, ROUTED)
+    adds = {a["step"]: a for a in _meta(folder)["additions"]}
+    moved = [e for e in ledger if e["op"] == "move_volume" and e["from"] == "res_etoh"]
+    assert [e["to"] for e in moved] == ["cell_vial", "coat_vial"]  # what the world got
+    assert adds["into_cell"]["vessel"] == "cell_vial"
+    assert adds["into_coat"]["vessel"] == "coat_vial"
+    assert adds["into_coat"]["material"] == "EtOH"
+    assert adds["into_coat"]["route"] == [{"device": "sel_valve", "position": 2,
+                                           "leads_to": "coat_vial"}]
+    assert not any(str(a["vessel"]).startswith("@") for a in adds.values())
+
+
+CONDUCTIVITY = ROOT / "recipes" / "electrolyte_conductivity.json"
+
+
+async def test_mixing_and_conductivity_carry_setpoint_and_measured_temperature(
+        tmp_path: Path) -> None:
+    result, folder, _ledger = await _run(tmp_path, CONDUCTIVITY, {"temperature": "30 degC"})
+    meta = _meta(folder)
+
+    # mixing: the setpoint of the `set` step before it, and the temperatures measured
+    mix = meta["mixing"][0]
+    assert mix["setpoint_c"] == pytest.approx(30.0)
+    samples = mix["temperatures"]
+    assert len(samples) >= 3
+    assert mix["measured_c"] == pytest.approx(
+        sum(s["measured_c"] for s in samples) / len(samples))
+    assert 15.0 < min(s["measured_c"] for s in samples) <= 30.5
+    temps = meta["temperatures"]
+    assert any(t["step"] == "mix" and t["setpoint_c"] == pytest.approx(30.0)
+               and t["measured_c"] is not None for t in temps)
+
+    # the conductivity is given at the cell temperature measured during the EIS
+    cell = next(t for t in temps if t["step"] == "eis")
+    assert cell["device"] == "hotplate" and cell["vessel"] == "cell_vial"
+    sigma = next(f for f in result["figures_of_merit"] if f["name"] == "ionic_conductivity")
+    assert sigma["temperature_k"] == pytest.approx(cell["measured_c"] + 273.15)
+    assert sigma["temperature_measured"] is True
+    assert "hotplate" in sigma["temperature_source"] and "eis" in sigma["temperature_source"]
+    assert sigma["temperature_requested_k"] == pytest.approx(303.15)
+
+
+
+async def test_result_has_typed_resolved_parameters_and_the_rinse_its_vial(
+        tmp_path: Path) -> None:
+    result, folder, ledger = await _run(tmp_path, CONDUCTIVITY,
+                                        {"temperature": "30 degC", "ec_fraction": "0.4"})
+    meta = _meta(folder)
+    # the resolved parameters, defaults included, typed with units, in both documents
+    params = result["parameters"]
+    assert params["temperature"] == {"type": "quantity", "value": 30.0, "unit": "degC",
+                                     "text": "30 °C", "source": "submitted"}
+    assert params["ec_fraction"]["value"] == 0.4 and params["ec_fraction"]["unit"] is None
+    assert params["salt_molality"]["value"] == 1.0
+    assert params["salt_molality"]["unit"] == "mol/kg"
+    assert params["salt_molality"]["source"] == "default"
+    assert params["solvent_volume"]["value"] == 4.0
+    assert meta["parameters_resolved"] == params
+    assert result["parameters_submitted"] == {"temperature": "30 degC", "ec_fraction": "0.4"}
+
+    # the rinse's ethanol went through the selector valve into cell_vial
+    etoh = [a for a in meta["additions"] if a["material"] == "EtOH"]
+    world = [e for e in ledger if e["op"] == "move_volume" and e["from"] == "res_etoh"]
+    assert [a["vessel"] for a in etoh] == [e["to"] for e in world] == ["cell_vial"]
+
+
+async def test_unix_time_never_goes_back_across_the_steps_of_a_run(tmp_path: Path) -> None:
+    _result, folder, _ledger = await _run(
+        tmp_path, ROOT / "recipes" / "stability_window.json",
+        {"scan_rate": "50 mV/s", "upper_limit": "4.5 V", "lower_limit": "1.5 V"})
+    meta = _meta(folder)
+    order = [s["id"] for s in meta["steps"]]
+    files = sorted((f for f in meta["data_files"] if f["path"].endswith(".bdf.csv")),
+                   key=lambda f: order.index(Path(f["path"]).name.split(".")[0]))
+    assert [Path(f["path"]).name for f in files] == ["rest.bdf.csv", "anodic.bdf.csv",
+                                                     "cathodic.bdf.csv"]
+    times: list[float] = []
+    for f in files:
+        with open(folder / f["path"], encoding="utf-8") as fh:
+            times += [float(row["Unix Time / s"]) for row in csv.DictReader(fh)]
+    assert len(times) > 100
+    assert all(b >= a for a, b in zip(times, times[1:], strict=False)), "Unix Time went back"
+    assert all(f["unix_time_clock"] == "simulated" for f in files)
+    assert meta["clock"]["basis"] == "simulated"
+    assert "simulated" in meta["clock"]["note"]
+    assert len(meta["clock"]["sessions"]) == 1
