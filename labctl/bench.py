@@ -409,6 +409,7 @@ class Bench:
             "parameters_resolved": resolved_parameters(plan),
             "instigator": who,
             "bench": prov.bench_info(self.cfg),
+            "conditions": prov.conditions_info(self.cfg),
             "times": {"created": utc_iso()},
             "materials": prov.materials_info(self.cfg, _jsonable(materials or {})),
             "instruments": instruments,
@@ -737,6 +738,7 @@ class Bench:
         meta = rec.read_json("metadata.json") or {}
         context = {k: v for k, v in meta.items() if k in (
             "run_id", "recipe", "parameters", "parameters_resolved", "instigator", "bench",
+            "conditions",
             "times", "materials", "instruments", "software", "fidelity", "sop", "sessions")}
         fresh = self._context(run_id, plan, doc.get("parameters_submitted") or {},
                               meta.get("instigator") or {}, doc.get("source"))

@@ -13,15 +13,17 @@ import pytest
 
 from labctl.bench import Bench
 from labctl.config import load_config
+from labctl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(240)
 
 
 async def _run(tmp_path: Path, recipe: Any, params: dict[str, Any] | None = None,
-               time_scale: float = 300) -> tuple[dict[str, Any], Path, list[dict[str, Any]]]:
+               time_scale: float = 300, config: Path = ROOT / "config" / "sim.toml",
+               ) -> tuple[dict[str, Any], Path, list[dict[str, Any]]]:
     """Run one recipe to its end; (result.json, run folder, the world's ledger)."""
-    cfg = load_config(ROOT / "config" / "sim.toml")
+    cfg = load_config(config)
     # a long watchdog: a loaded test machine may pause the keep-alive for a few hundred ms
     cfg.devices["hotplate"].params["watchdog"] = "1500 s"
     bench = Bench(cfg, data_dir=tmp_path / "runs", time_scale=time_scale)
@@ -101,6 +103,9 @@ async def test_mixing_and_conductivity_carry_setpoint_and_measured_temperature(
     assert sigma["temperature_measured"] is True
     assert "hotplate" in sigma["temperature_source"] and "eis" in sigma["temperature_source"]
     assert sigma["temperature_requested_k"] == pytest.approx(303.15)
+    # ... and the run conditions name it as measured
+    [measured] = meta["conditions"]["cell_temperature"]
+    assert measured["measured_c"] == cell["measured_c"] and measured["step"] == "eis"
 
 
 
@@ -147,3 +152,46 @@ async def test_unix_time_never_goes_back_across_the_steps_of_a_run(tmp_path: Pat
     assert meta["clock"]["basis"] == "simulated"
     assert "simulated" in meta["clock"]["note"]
     assert len(meta["clock"]["sessions"]) == 1
+
+
+def _bench_with_conditions(tmp_path: Path, table: str) -> Path:
+    text = (ROOT / "config" / "sim.toml").read_text(encoding="utf-8")
+    path = tmp_path / "glovebox.toml"
+    path.write_text(text.replace('recipes_dir = "recipes"',
+                                 f'recipes_dir = "{ROOT / "recipes"}"') + "\n" + table,
+                    encoding="utf-8")
+    return path
+
+
+async def test_declared_conditions_go_into_the_metadata(tmp_path: Path) -> None:
+    config = _bench_with_conditions(tmp_path, """
+[conditions]
+atmosphere = "argon glovebox"
+o2_ppm = 0.4
+h2o_ppm = 0.2
+relative_humidity = 35
+ambient_temperature = "22 degC"
+""")
+    _result, folder, _ledger = await _run(tmp_path, ROUTED, config=config)
+    cond = _meta(folder)["conditions"]
+    assert cond["declared"] == {
+        "atmosphere": "argon glovebox", "o2": {"value": 0.4, "unit": "ppm"},
+        "h2o": {"value": 0.2, "unit": "ppm"}, "relative_humidity": {"value": 35.0, "unit": "%"},
+        "ambient_temperature": {"value": pytest.approx(22.0), "unit": "degC"}}
+    assert "glovebox.toml" in cond["declared_source"] and "declared" in cond["declared_source"]
+
+
+@pytest.mark.parametrize(("table", "key", "reason"), [
+    ("o2_ppm = -1", "conditions.o2_ppm", "greater than or equal to 0"),
+    ("relative_humidity = 140", "conditions.relative_humidity", "less than or equal to 100"),
+    ('ambient_temperature = "3 mL"', "conditions.ambient_temperature", "not a temperature"),
+    ('pressure = "2 degC"', "conditions.pressure", "not a pressure"),
+    ("oxygen = 3", "conditions.oxygen", "Extra inputs are not permitted"),
+])
+def test_bad_conditions_name_the_key_and_why(tmp_path: Path, table: str, key: str,
+                                            reason: str) -> None:
+    config = _bench_with_conditions(tmp_path, f"[conditions]\n{table}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert "glovebox.toml" in str(err.value) and key in str(err.value)
+    assert reason in str(err.value)

@@ -99,6 +99,17 @@ def bench_info(cfg: Any) -> dict[str, Any]:
             "simulated": bool(cfg.bench.simulate), "time_scale": cfg.bench.time_scale}
 
 
+def conditions_info(cfg: Any) -> dict[str, Any]:
+    """Ambient and run conditions: what the bench config declares (`[conditions]`: glovebox
+    O2/H2O, humidity...); the measured cell temperatures are added from the journal."""
+    section = getattr(cfg, "conditions", None)
+    declared = section.record() if section is not None else {}
+    return {"declared": declared,
+            "declared_source": (f"bench config {cfg.path} [conditions], as declared (not "
+                                "measured by labctl)") if declared else
+                               "none declared (the bench config has no [conditions] table)"}
+
+
 def materials_info(cfg: Any, recipe_materials: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The recipe's materials, completed from the bench config (SMILES, InChIKey, lot...)."""
     out: list[dict[str, Any]] = []
@@ -232,7 +243,14 @@ def build_metadata(
         "updated": utc_iso(),
     }
     meta["steps"] = steps_from_journal(events)
-    meta.update(records_from_journal(events))
+    records = records_from_journal(events)
+    meta.update(records)
+    conditions = dict(meta.get("conditions") or {})
+    conditions["cell_temperature"] = [
+        {k: t.get(k) for k in ("step", "device", "vessel", "measured_c", "measured_start_c",
+                               "measured_end_c", "source", "time") if k in t}
+        for t in records["temperatures"] if t.get("source", "").startswith("measured")]
+    meta["conditions"] = conditions
     meta["clock"] = clock_from_journal(events)
     basis = meta["clock"]["basis"]
     meta["data_files"] = [
