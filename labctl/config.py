@@ -71,6 +71,31 @@ class MaterialConfig(_Strict):
     phase: Literal["liquid", "solid"] = "liquid"
     density: str | None = None  # "1.07 g/mL"
     molar_mass: str | None = None  # "90.08 g/mol"
+    # hazards for the SOP (labctl.hazards): from the supplier's safety data sheet
+    cas: str | None = None  # "64-17-5"
+    ghs: list[str] = Field(default_factory=list)  # hazard statement codes, ["H225", "H319"]
+    handling: str = ""  # e.g. "moisture sensitive: hydrolyses to HF"
+
+    @field_validator("cas")
+    @classmethod
+    def _cas_number(cls, v: str | None) -> str | None:
+        from labctl.hazards import check_cas
+
+        why = check_cas(v) if v is not None else None
+        if why:
+            raise ValueError(why)
+        return v
+
+    @field_validator("ghs")
+    @classmethod
+    def _hazard_codes(cls, v: list[str]) -> list[str]:
+        from labctl.hazards import check_code
+
+        for code in v:
+            why = check_code(code)
+            if why:
+                raise ValueError(why)
+        return v
 
 
 class VesselConfig(_Strict):

@@ -5,6 +5,8 @@ and data/*.csv — and compared with what the simulated world received."""
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 import json
 from pathlib import Path
 from typing import Any
@@ -194,4 +196,55 @@ def test_bad_conditions_name_the_key_and_why(tmp_path: Path, table: str, key: st
     with pytest.raises(ConfigError) as err:
         load_config(config)
     assert "glovebox.toml" in str(err.value) and key in str(err.value)
+    assert reason in str(err.value)
+
+
+def test_plan_out_writes_sop_with_hazards_and_ppe_and_a_step_csv(tmp_path: Path) -> None:
+    out = tmp_path / "sop"
+    proc = subprocess.run(
+        [sys.executable, "-m", "labctl", "plan", str(CONDUCTIVITY), "--config",
+         str(ROOT / "config" / "sim.toml"), "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    sop = (out / "electrolyte_conductivity.sop.md").read_text(encoding="utf-8")
+    hazards = sop.split("## Hazards and PPE", 1)[1].split("## Instruments", 1)[0]
+    lipf6 = next(line for line in hazards.splitlines() if line.startswith("| LiPF6 |"))
+    assert "21324-40-3" in lipf6 and "H314: Causes severe skin burns and eye damage" in lipf6
+    assert "EUH014: Reacts violently with water" in lipf6 and "HF" in lipf6
+    assert "| DMC | 616-38-6 | H225: Highly flammable liquid and vapour |" in hazards
+    ppe = {line for line in hazards.splitlines() if line.startswith("- ")}
+    assert any("HF" in p and "calcium gluconate" in p and p.endswith("(LiPF6)") for p in ppe)
+    assert any(p.startswith("- Flammable") and p.endswith("(DMC, EtOH)") for p in ppe)
+    assert any("goggles" in p and "LiPF6" in p for p in ppe)
+
+    with open(out / "electrolyte_conductivity.sop.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    from labctl.recipe.plan import build_plan
+
+    plan = build_plan(CONDUCTIVITY, {}, load_config(ROOT / "config" / "sim.toml"))
+    assert [r["step"] for r in rows] == [s.id for s in plan.leaves()]
+    assert [int(r["number"]) for r in rows] == list(range(1, len(rows) + 1))
+    salt = next(r for r in rows if r["step"] == "salt")
+    assert salt["device"] == "dispenser" and salt["materials"] == "LiPF6"
+    assert set(salt["hazards"].split()) == {"H302", "H314", "H372", "EUH014"}
+    assert next(r for r in rows if r["step"] == "mix")["hazards"] == ""
+
+
+@pytest.mark.parametrize(("line", "key", "reason"), [
+    ('cas = "64-17-4"', "materials.EtOH.cas", "wrong check digit (expected 5)"),
+    ('cas = "ethanol"', "materials.EtOH.cas", "not a CAS registry number"),
+    ('ghs = ["H225", "X9"]', "materials.EtOH.ghs", "'X9' is not a GHS hazard statement"),
+])
+def test_bad_material_hazards_name_the_key_and_why(tmp_path: Path, line: str, key: str,
+                                                   reason: str) -> None:
+    text = (ROOT / "config" / "sim.toml").read_text(encoding="utf-8")
+    start = text.index("[materials.EtOH]")
+    block_end = text.index("\n\n", start)
+    block = "\n".join(x for x in text[start:block_end].splitlines()
+                      if not x.startswith(line.split(" ")[0] + " "))
+    path = tmp_path / "bad.toml"
+    path.write_text(text[:start] + block + "\n" + line + text[block_end:], encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "bad.toml" in str(err.value) and key in str(err.value)
     assert reason in str(err.value)
