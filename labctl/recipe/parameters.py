@@ -230,7 +230,7 @@ def typed_parameters(decls: Mapping[str, Parameter], values: Mapping[str, Any],
 def coerce_value(decl: Parameter | Mapping[str, Any], value: Any) -> Any:
     """A value typed the way its declaration says, as JSON data: an integer as an int, a
     number as a float, a boolean as a bool, an enum as its choice, a quantity as text
-    with its unit ('3' for a mL parameter becomes '3 mL'). Text typed into a form or
+    with its unit as written ('3' for a mL parameter becomes '3 mL'). Text typed into a form or
     given on a command line thus records like a value an AI server sends. Bounds are the
     planner's to check. Raises ValueError naming what is wrong."""
     if not isinstance(decl, Parameter):
@@ -240,6 +240,7 @@ def coerce_value(decl: Parameter | Mapping[str, Any], value: Any) -> Any:
     except _Bad as exc:
         raise ValueError(str(exc)) from None
     if isinstance(typed, pint.Quantity):
-        return format_value(typed if not typed.unitless else ureg.Quantity(
-            float(typed.magnitude), decl.unit or ""))
+        if isinstance(value, str) and not quantity(value).unitless:
+            return value.strip()  # as written ('20 mL/min'), known to parse and convert
+        return format_value(ureg.Quantity(float(typed.magnitude), decl.unit or ""))
     return typed
