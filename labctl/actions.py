@@ -1469,7 +1469,8 @@ def _cell_temperature(before: dict[str, Any] | None,
     cell.update(measured_c=sum(values) / len(values),
                 measured_start_c=before["measured_c"] if before else None,
                 measured_end_c=after["measured_c"] if after else None)
-    cell["source"] = str(cell.get("source", "measured")) + " at the start and end of the measurement"
+    cell["source"] = (str(cell.get("source", "measured"))
+                      + " at the start and end of the measurement")
     return cell
 
 

@@ -173,11 +173,12 @@ class StepContext:
                 return {"vessel": None, "route": hops, "route_error": f"routing loop at {lead}"}
             seen.add(name)
             device = self._ex.devices.get(name)
-            if device is None or not callable(getattr(device, "position", None)):
+            read_position = getattr(device, "position", None)
+            if device is None or not callable(read_position):
                 return {"vessel": None, "route": hops,
                         "route_error": f"routing device {name!r} is not connected"}
             try:
-                position = int(await device.position())
+                position = int(await read_position())
             except Exception as exc:  # recorded as unresolved, the run goes on
                 return {"vessel": None, "route": hops,
                         "route_error": f"{name}: position unreadable: {exc}"}

@@ -9,7 +9,7 @@ the material must be handled. The texts are the GHS (Rev. 9) / CLP wording.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 #: GHS / CLP hazard statements labctl knows the text of (codes outside this table are
@@ -138,8 +138,8 @@ PRECAUTIONS: tuple[Precaution, ...] = (
 )
 
 
-def precautions(codes_by_material: dict[str, Iterable[str]],
-                smiles: dict[str, str | None] | None = None) -> list[tuple[str, list[str]]]:
+def precautions(codes_by_material: Mapping[str, Iterable[str]],
+                smiles: Mapping[str, str | None] | None = None) -> list[tuple[str, list[str]]]:
     """(precaution, the materials that call for it) for the materials' hazard codes."""
     out: list[tuple[str, list[str]]] = []
     for p in PRECAUTIONS:

@@ -151,16 +151,17 @@ def ionic_conductivity(files: Files, *, step: str | None = None, cell_constant: 
                               "temperature_source": t_source,
                               "temperature_measured": t_measured,
                               "cell_constant_per_m": cell_constant, "bulk_resistance_ohm": r_b}
+    requested: dict[str, Any] = {}
     if temperature is not None and t_measured:
-        common["temperature_requested_k"] = temperature
+        requested["temperature_requested_k"] = temperature
+    common.update(requested)
     figures += [
         fig("ionic_conductivity", sigma, "S/m", f"EIS: sigma = K_cell/R_b, R_b from the {how}",
             IRI_IONIC_CONDUCTIVITY, **common),
         fig("ionic_conductivity_mS_cm", sigma * 10.0, "mS/cm", "same as ionic_conductivity",
             IRI_IONIC_CONDUCTIVITY, **common),
         fig("temperature", t_k, "K", t_source, step=sid, temperature_measured=t_measured,
-            **({"temperature_requested_k": temperature}
-               if temperature is not None and t_measured else {})),
+            **requested),
     ]
     return figures
 
