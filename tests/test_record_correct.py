@@ -7,9 +7,11 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import signal
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +252,72 @@ def test_bad_material_hazards_name_the_key_and_why(tmp_path: Path, line: str, ke
         load_config(path)
     assert "bad.toml" in str(err.value) and key in str(err.value)
     assert reason in str(err.value)
+
+
+SWEEPS = {
+    "schema": "labctl.recipe/1", "name": "sweeps", "version": "1",
+    "description": "EC/DMC into cell_vial, then a rest and two sweeps (no include: a "
+                   "resumed run replans from its record)",
+    "steps": [
+        {"id": "init", "parallel": [
+            {"id": "pump_ec", "device": "pump_ec", "action": "initialize", "idempotent": True},
+            {"id": "pump_dmc", "device": "pump_dmc", "action": "initialize",
+             "idempotent": True}]},
+        {"id": "route", "device": "sel_valve", "action": "move",
+         "args": {"position": "cell_vial"}, "idempotent": True},
+        {"id": "ec", "device": "pump_ec", "action": "transfer",
+         "args": {"volume": "2 mL", "from": "res_ec", "to": "cell_vial", "flow": "10 mL/min"}},
+        {"id": "dmc", "device": "pump_dmc", "action": "transfer",
+         "args": {"volume": "2 mL", "from": "res_dmc", "to": "cell_vial",
+                  "flow": "10 mL/min"}},
+        {"id": "mix", "device": "hotplate", "action": "stir",
+         "args": {"speed": "300 rpm", "duration": "5 min"}},
+        {"id": "rest", "device": "potentiostat", "action": "ocv",
+         "args": {"duration": "2 min", "sample_interval": "1 s"}, "idempotent": True},
+        {"id": "anodic", "device": "potentiostat", "action": "lsv",
+         "args": {"E_begin": "3.0 V", "E_end": "4.5 V", "E_step": "5 mV",
+                  "scan_rate": "20 mV/s", "vs": "ref"}, "idempotent": True},
+        {"id": "cathodic", "device": "potentiostat", "action": "lsv",
+         "args": {"E_begin": "3.0 V", "E_end": "1.5 V", "E_step": "5 mV",
+                  "scan_rate": "20 mV/s", "vs": "ref"}, "idempotent": True},
+    ],
+}
+
+
+def test_unix_time_stays_monotonic_across_a_kill_and_resume(tmp_path: Path) -> None:
+    """Killed during the anodic scan, resumed: the resumed session's data carry on after
+    the last time recorded by the first (simulated time ran ahead of the wall clock)."""
+    data = tmp_path / "runs"
+    recipe = tmp_path / "sweeps.json"
+    recipe.write_text(json.dumps(SWEEPS), encoding="utf-8")
+    common = ["--config", str(ROOT / "config" / "sim.toml"), "--data-dir", str(data),
+              "--time-scale", "300", "--json"]
+    proc = subprocess.Popen([sys.executable, "-m", "labctl", "run", str(recipe), *common],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        journal: Path | None = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = list(data.glob("*/events.jsonl")) if data.exists() else []
+            journal = found[0] if found else None
+            if journal is not None and '"step_started"' in journal.read_text() and any(
+                    e.get("event") == "step_started" and e.get("step") == "anodic"
+                    for e in map(json.loads, journal.read_text().splitlines())):
+                break
+            time.sleep(0.05)
+        assert journal is not None and proc.poll() is None, "the anodic scan never started"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    run_id = journal.parent.name
+    out = subprocess.run([sys.executable, "-m", "labctl", "resume", run_id, *common],
+                         cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    meta = _meta(journal.parent)
+    order = ["rest", "anodic", "cathodic"]
+    times: list[float] = []
+    for step in order:
+        text = (journal.parent / "data" / f"{step}.bdf.csv").read_text(encoding="utf-8")
+        times += [float(row["Unix Time / s"]) for row in csv.DictReader(io.StringIO(text))]
+    assert all(b >= a for a, b in itertools.pairwise(times)), "Unix Time went back"
+    assert len(meta["clock"]["sessions"]) == 2
