@@ -7,8 +7,8 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import signal
 import json
+import signal
 import subprocess
 import sys
 import time
