@@ -288,6 +288,7 @@ class Executor:
                     v = ev.get(key)
                     if isinstance(v, (int, float)):
                         floor = max(floor, float(v))
+        floor = max(floor, _last_unix_time(self.record.data_dir))
         self._anchor_unix = max(time.time(), floor)
         self._anchor_clock = self.clock.monotonic()
         self._log("clock_anchor", basis=self.time_basis, anchor_unix_s=self._anchor_unix,
@@ -724,6 +725,30 @@ class Executor:
             for rel in (res or {}).get("data_files", []):
                 files.setdefault(sid, str(self.record.folder / rel))
         return files
+
+
+def _last_unix_time(data_dir: Any) -> float:
+    """The latest `Unix Time / s` in the last rows of a run's data files (0 when none):
+    a session killed mid-measurement leaves rows later than any journal line says."""
+    from labctl.bdf import UNIX_TIME
+
+    latest = 0.0
+    for path in sorted(data_dir.glob("*.csv")) if data_dir.is_dir() else []:
+        with contextlib.suppress(OSError, ValueError, IndexError, UnicodeDecodeError):
+            with open(path, "rb") as f:
+                header = f.readline().decode("utf-8").rstrip("\n").split(",")
+                if UNIX_TIME not in header:
+                    continue
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - 4096))
+                lines = [x for x in f.read().decode("utf-8", "replace").splitlines() if x]
+            for line in reversed(lines[1:] if len(lines) > 1 else lines):
+                cells = line.split(",")
+                if len(cells) == len(header):  # a whole row (the tail may be torn)
+                    with contextlib.suppress(ValueError):
+                        latest = max(latest, float(cells[header.index(UNIX_TIME)]))
+                        break
+    return latest
 
 
 def _flatten(eg: BaseExceptionGroup[Any]) -> list[BaseException]:
