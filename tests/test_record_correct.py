@@ -274,9 +274,10 @@ SWEEPS = {
          "args": {"speed": "300 rpm", "duration": "5 min"}},
         {"id": "rest", "device": "potentiostat", "action": "ocv",
          "args": {"duration": "2 min", "sample_interval": "1 s"}, "idempotent": True},
+        # slow enough (750 s simulated, 2.5 s of wall time) to be killed in the middle
         {"id": "anodic", "device": "potentiostat", "action": "lsv",
          "args": {"E_begin": "3.0 V", "E_end": "4.5 V", "E_step": "5 mV",
-                  "scan_rate": "20 mV/s", "vs": "ref"}, "idempotent": True},
+                  "scan_rate": "2 mV/s", "vs": "ref"}, "idempotent": True},
         {"id": "cathodic", "device": "potentiostat", "action": "lsv",
          "args": {"E_begin": "3.0 V", "E_end": "1.5 V", "E_step": "5 mV",
                   "scan_rate": "20 mV/s", "vs": "ref"}, "idempotent": True},
