@@ -109,6 +109,14 @@ class ActionContext(Protocol):
         """Return at once when running, wait while paused, raise when aborted."""
         ...
 
+    async def resolve_route(self, target: str | None) -> dict[str, Any]:
+        """The vessel `@device` leads to now: {"vessel", "route", ["route_error"]}."""
+        ...
+
+    async def cell_temperature(self, vessel: str | None) -> dict[str, Any] | None:
+        """A vessel's measured temperature and its source, None when nothing reads it."""
+        ...
+
 
 log = logging.getLogger("labctl.actions")
 
@@ -564,6 +572,64 @@ def _watch_temperature(device: Any, setpoint_c: float, band_c: float) -> Watch:
     return watch
 
 
+class _TemperatureLog:
+    """Measured temperatures of a device during a hold, for the record: a sample at the
+    start, at every watch and at the end. A reading that fails is noted, not fatal (a
+    hotplate without a probe still mixes)."""
+
+    def __init__(self, device: Any, ctx: ActionContext):
+        self.device = device
+        self.clock = ctx.clock
+        self.t0 = ctx.clock.monotonic()
+        self.samples: list[dict[str, float]] = []
+        self.error: str | None = None
+
+    async def sample(self) -> float | None:
+        try:
+            value = float(await self.device.temperature_c())
+        except DeviceFault:
+            raise
+        except Exception as exc:  # noted in the record
+            self.error = f"temperature unreadable: {exc}"
+            return None
+        self.samples.append({"t_s": round(self.clock.monotonic() - self.t0, 3),
+                             "measured_c": value})
+        return value
+
+    def watch(self, inner: Watch | None) -> Watch:
+        async def watch() -> None:
+            if inner is not None:
+                await inner()
+            await self.sample()
+
+        return watch
+
+    def summary(self) -> dict[str, Any]:
+        values = [x["measured_c"] for x in self.samples]
+        out: dict[str, Any] = {"measured_c": None, "temperatures": self.samples}
+        if values:
+            out.update(measured_c=sum(values) / len(values), measured_min_c=min(values),
+                       measured_max_c=max(values))
+        if self.error:
+            out["temperature_error"] = self.error
+        return out
+
+
+async def _stirrer_setpoint(device: Any, given: float | None) -> float | None:
+    """The heater setpoint in force: the one this step sets, else the device's own (a
+    `set` step before), None when the heater is off."""
+    if given is not None:
+        return given
+    try:
+        readings = (await device.status()).readings
+    except Exception:  # the setpoint is then unknown, not invented
+        return None
+    if readings.get("heater_on") is False:
+        return None
+    sp = readings.get("temperature_setpoint_c")
+    return float(sp) if isinstance(sp, (int, float)) else None
+
+
 # ---------------------------------------------------------------- syringe pump
 
 
@@ -623,6 +689,41 @@ def _reservoir_material(dev: DeviceView, vessel: str | None) -> str | None:
     if v is not None and len(v.contents) == 1:
         return next(iter(v.contents))
     return None
+
+
+async def _reached(ctx: ActionContext, target: str | None) -> dict[str, Any]:
+    """Where material sent to `target` actually goes, read at the time of the move: a
+    vessel as it is, a routing device (`@sel_valve`) resolved through its position now."""
+    if target is None or not str(target).startswith("@"):
+        return {"vessel": target}
+    resolve = getattr(ctx, "resolve_route", None)
+    if resolve is None:
+        return {"vessel": None, "route": [], "route_error": "route not resolvable here"}
+    found: dict[str, Any] = await resolve(target)
+    return found
+
+
+def _expected(expect: str | None, lead: str | None) -> str | None:
+    """The vessel validation expected a move to reach (None: a bare port through a route)."""
+    if expect:
+        return expect
+    return lead if lead and not lead.startswith("@") else None
+
+
+def _addition(where: dict[str, Any], expected: str | None = None,
+              after: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The vessel fields of an addition record: the vessel reached, the route it went
+    through, and what the recipe expected when that differs (a misrouted addition)."""
+    fields: dict[str, Any] = {"vessel": where.get("vessel")}
+    if where.get("route"):
+        fields["route"] = where["route"]
+    if where.get("route_error"):
+        fields["route_error"] = where["route_error"]
+    if expected is not None and where.get("vessel") != expected:
+        fields["expected_vessel"] = expected
+    if after is not None and after.get("vessel") != where.get("vessel"):
+        fields["route_changed_to"] = after.get("vessel")
+    return fields
 
 
 class _SyringeAction(ActionSpec):
@@ -770,9 +871,11 @@ class SyringeDispense(_SyringeAction):
     async def run(self, device: Any, a: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         if a.get("destination_port"):
             await device.set_valve(a["destination_port"])
+        where = await _reached(ctx, a.get("leads_to")) if a.get("destination") else {}
         await device.dispense(a["volume_l"], flow_l_s=a.get("flow_l_s"))
         if a.get("destination"):
-            ctx.record("addition", material=a.get("material"), vessel=a["destination"],
+            ctx.record("addition", material=a.get("material"),
+                       **_addition(where, _expected(a.get("expect"), a.get("leads_to"))),
                        requested=a["volume_l"], actual=a["volume_l"], unit="L")
         return {"volume_l": a["volume_l"], "plunger_volume_l": await device.plunger_volume_l()}
 
@@ -825,9 +928,12 @@ class SyringeTransfer(_SyringeAction):
                 f"{a['destination']}{via} with {dev.name}{flow}.")
 
     async def run(self, device: Any, a: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+        where = await _reached(ctx, a.get("destination_leads_to"))
         moved = await device.transfer(a["volume_l"], a["source_port"], a["destination_port"],
                                       flow_l_s=a.get("flow_l_s"))
-        ctx.record("addition", material=a.get("material"), vessel=a["destination"],
+        ctx.record("addition", material=a.get("material"),
+                   **_addition(where, _expected(a.get("destination_expect"),
+                                                    a.get("destination_leads_to"))),
                    requested=a["volume_l"], actual=moved, unit="L")
         return {"volume_l": moved}
 
@@ -886,9 +992,11 @@ class PumpTransfer(_PumpAction):
     async def run(self, device: Any, a: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         from labctl.capabilities.pump import PumpDirection
 
+        where = await _reached(ctx, a.get("destination"))
         moved = await device.pump_volume(a["volume_l"], a["flow_l_s"],
                                          PumpDirection(a["direction"]))
-        ctx.record("addition", material=a.get("material"), vessel=a.get("destination"),
+        after = await _reached(ctx, a.get("destination")) if where.get("route") else None
+        ctx.record("addition", material=a.get("material"), **_addition(where, after=after),
                    requested=a["volume_l"], actual=moved, unit="L")
         return {"volume_l": moved}
 
@@ -1187,12 +1295,20 @@ class StirrerStir(ActionSpec):
         if t is not None:
             await device.set_temperature(t)
         await device.set_speed(a["speed_rpm"])
-        held = await _hold(ctx, a["duration_s"], _watch_status(device))
+        setpoint = await _stirrer_setpoint(device, t)
+        temps = _TemperatureLog(device, ctx)
+        await temps.sample()
+        held = await _hold(ctx, a["duration_s"], temps.watch(_watch_status(device)))
         await device.set_speed(0)
         if t is not None:
             await device.set_temperature(None)
-        ctx.record("mixing", speed_rpm=a["speed_rpm"], duration_s=held, temperature_c=t)
-        return {"duration_s": held}
+        measured = temps.summary()
+        ctx.record("mixing", speed_rpm=a["speed_rpm"], duration_s=held,
+                   temperature_c=measured["measured_c"], setpoint_c=setpoint, **{
+                       k: v for k, v in measured.items() if k != "measured_c"},
+                   measured_c=measured["measured_c"])
+        return {"duration_s": held, "setpoint_c": setpoint,
+                "temperature_c": measured["measured_c"]}
 
 
 class StirrerSet(ActionSpec):
@@ -1286,11 +1402,15 @@ class TcHold(ActionSpec):
     async def run(self, device: Any, a: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         await device.set_temperature(a["temperature_c"])
         band = a.get("band_c") or DEFAULT_SOAK_BAND_C
-        held = await _hold(ctx, a["duration_s"],
-                           _watch_temperature(device, a["temperature_c"], band))
+        temps = _TemperatureLog(device, ctx)
+        held = await _hold(ctx, a["duration_s"], temps.watch(
+            _watch_temperature(device, a["temperature_c"], band)))
         reading = await device.temperature_c()
-        ctx.record("heating", temperature_c=a["temperature_c"], duration_s=held,
-                   measured_c=reading)
+        ctx.record("heating", temperature_c=a["temperature_c"], setpoint_c=a["temperature_c"],
+                   duration_s=held, measured_c=reading, vessel=getattr(
+                       getattr(device, "spec", None), "params", {}).get("vessel"),
+                   **{k: v for k, v in temps.summary().items() if k != "measured_c"},
+                   measured_mean_c=temps.summary()["measured_c"])
         return {"duration_s": held, "temperature_c": reading}
 
 
@@ -1384,6 +1504,8 @@ class _Technique(ActionSpec):
 
     async def run(self, device: Any, a: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         technique = self.build(a)
+        reader = getattr(ctx, "cell_temperature", None)
+        before = await reader(a.get("vessel")) if reader is not None else None
         writer = ctx.data_writer(technique)
         n = 0
         try:
@@ -1392,10 +1514,33 @@ class _Technique(ActionSpec):
                 n += 1
         finally:
             writer.close()
+        after = await reader(a.get("vessel")) if reader is not None else None
+        cell = _cell_temperature(before, after)
         ctx.record("measurement", technique=self.name, iri=technique.iri, points=n,
                    vs=a.get("vs"), reference_electrode=a.get("reference_electrode"),
-                   vessel=a.get("vessel"))
-        return {"technique": self.name, "points": n}
+                   vessel=a.get("vessel"), cell_temperature_c=(cell or {}).get("measured_c"))
+        out: dict[str, Any] = {"technique": self.name, "points": n}
+        if cell is not None:
+            ctx.record("temperature", **cell)
+            out["cell_temperature"] = cell
+        return out
+
+
+def _cell_temperature(before: dict[str, Any] | None,
+                      after: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The cell's temperature over a measurement: the mean of the readings at its start
+    and end, both kept, and the device and sensor they came from."""
+    readings = [r for r in (before, after) if r is not None]
+    if not readings:
+        return None
+    values = [float(r["measured_c"]) for r in readings]
+    cell = {k: v for k, v in readings[0].items() if k != "measured_c"}
+    cell.update(measured_c=sum(values) / len(values),
+                measured_start_c=before["measured_c"] if before else None,
+                measured_end_c=after["measured_c"] if after else None)
+    cell["source"] = (str(cell.get("source", "measured"))
+                      + " at the start and end of the measurement")
+    return cell
 
 
 class Ocv(_Technique):

@@ -123,6 +123,16 @@ def _step_doc(step: Any) -> dict[str, Any]:
     return doc
 
 
+def resolved_parameters(plan: Any) -> dict[str, Any]:
+    """Every parameter's resolved value, defaults included, typed with its unit
+    (`{"value": 1.2, "unit": "mol/kg", "type": "quantity", "text": ..., "source": ...}`);
+    plain text values for plans built without the typed form."""
+    typed = _get(plan, "parameters_typed")
+    if typed:
+        return dict(_jsonable(typed))
+    return dict(_jsonable(_get(plan, "parameters") or {}))
+
+
 def recipe_info(plan: Any) -> dict[str, Any]:
     recipe = _get(plan, "recipe")
     return {"name": str(_get(recipe, "name") or "recipe"),
@@ -280,7 +290,8 @@ class Bench:
             "run_id": run_id,
             "status": "interrupted",
             "recipe": meta.get("recipe"),
-            "parameters": meta.get("parameters"),
+            "parameters": meta.get("parameters_resolved"),
+            "parameters_submitted": meta.get("parameters"),
             "instigator": instigator,
             "request_id": instigator.get("request_id"),
             "bench_id": self.bench_id,
@@ -395,9 +406,10 @@ class Bench:
             "run_id": run_id,
             "recipe": {**recipe_info(plan), "source": source},
             "parameters": _jsonable(params),
-            "parameters_resolved": _jsonable(_get(plan, "parameters") or {}),
+            "parameters_resolved": resolved_parameters(plan),
             "instigator": who,
             "bench": prov.bench_info(self.cfg),
+            "conditions": prov.conditions_info(self.cfg),
             "times": {"created": utc_iso()},
             "materials": prov.materials_info(self.cfg, _jsonable(materials or {})),
             "instruments": instruments,
@@ -443,6 +455,7 @@ class Bench:
             ticket.plan, self.instruments.devices, clock=self.instruments.clock, record=rec,
             machine=ticket.machine, safe_state_all=self.instruments.safe_state_all,
             emit=self._publish, prior_results=ticket.prior_results,
+            time_basis="simulated" if self.cfg.bench.simulate else "wall",
         )
         ticket.executor = ex
         self.store.index.upsert_run(ticket.run_id, status="running", started=utc_iso())
@@ -514,7 +527,8 @@ class Bench:
             "run_id": ticket.run_id,
             "status": str(state),
             "recipe": meta.get("recipe"),
-            "parameters": ticket.parameters,
+            "parameters": meta.get("parameters_resolved") or resolved_parameters(ticket.plan),
+            "parameters_submitted": _jsonable(ticket.parameters),
             "instigator": ticket.instigator,
             "request_id": ticket.instigator.get("request_id"),
             "bench_id": self.bench_id,
@@ -724,6 +738,7 @@ class Bench:
         meta = rec.read_json("metadata.json") or {}
         context = {k: v for k, v in meta.items() if k in (
             "run_id", "recipe", "parameters", "parameters_resolved", "instigator", "bench",
+            "conditions",
             "times", "materials", "instruments", "software", "fidelity", "sop", "sessions")}
         fresh = self._context(run_id, plan, doc.get("parameters_submitted") or {},
                               meta.get("instigator") or {}, doc.get("source"))

@@ -71,6 +71,31 @@ class MaterialConfig(_Strict):
     phase: Literal["liquid", "solid"] = "liquid"
     density: str | None = None  # "1.07 g/mL"
     molar_mass: str | None = None  # "90.08 g/mol"
+    # hazards for the SOP (labctl.hazards): from the supplier's safety data sheet
+    cas: str | None = None  # "64-17-5"
+    ghs: list[str] = Field(default_factory=list)  # hazard statement codes, ["H225", "H319"]
+    handling: str = ""  # e.g. "moisture sensitive: hydrolyses to HF"
+
+    @field_validator("cas")
+    @classmethod
+    def _cas_number(cls, v: str | None) -> str | None:
+        from labctl.hazards import check_cas
+
+        why = check_cas(v) if v is not None else None
+        if why:
+            raise ValueError(why)
+        return v
+
+    @field_validator("ghs")
+    @classmethod
+    def _hazard_codes(cls, v: list[str]) -> list[str]:
+        from labctl.hazards import check_code
+
+        for code in v:
+            why = check_code(code)
+            if why:
+                raise ValueError(why)
+        return v
 
 
 class VesselConfig(_Strict):
@@ -89,8 +114,76 @@ class BenchSection(_Strict):
     recipes_dir: str = "recipes"
 
 
+# ---------------------------------------------------------------- ambient/run conditions
+# (kept apart from the device and limit validation above: a separate section to merge)
+
+
+class ConditionsConfig(_Strict):
+    """`[conditions]`: the ambient and run conditions the data management plan asks for,
+    as the bench declares them (a glovebox's O2/H2O monitor, the room's humidity). Every
+    key is optional; each value recorded in metadata.json says it was declared, not
+    measured by labctl."""
+
+    atmosphere: str | None = Field(default=None, description="e.g. 'argon glovebox', 'air'")
+    o2_ppm: float | None = Field(default=None, ge=0, le=1e6, description="O2 in ppm")
+    h2o_ppm: float | None = Field(default=None, ge=0, le=1e6, description="H2O in ppm")
+    relative_humidity: float | None = Field(default=None, ge=0, le=100,
+                                            description="relative humidity in %")
+    ambient_temperature: str | None = Field(default=None, description="e.g. '22 degC'")
+    pressure: str | None = Field(default=None, description="e.g. '1 atm'")
+    note: str = ""
+
+    @field_validator("ambient_temperature")
+    @classmethod
+    def _is_temperature(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            q = quantity(v)
+        except UnitError as exc:
+            raise ValueError(str(exc)) from None
+        if not q.check("[temperature]"):
+            raise ValueError(f"{v!r} is not a temperature (e.g. '22 degC')")
+        return v
+
+    @field_validator("pressure")
+    @classmethod
+    def _is_pressure(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            q = quantity(v)
+        except UnitError as exc:
+            raise ValueError(str(exc)) from None
+        if not q.check("[pressure]"):
+            raise ValueError(f"{v!r} is not a pressure (e.g. '1 atm', '101.3 kPa')")
+        return v
+
+    def record(self) -> dict[str, Any]:
+        """The declared conditions for metadata.json, each value with its unit."""
+        from labctl.units import to
+
+        out: dict[str, Any] = {}
+        if self.atmosphere is not None:
+            out["atmosphere"] = self.atmosphere
+        for key, unit in (("o2_ppm", "ppm"), ("h2o_ppm", "ppm"),
+                          ("relative_humidity", "%")):
+            value = getattr(self, key)
+            if value is not None:
+                out[key.removesuffix("_ppm")] = {"value": value, "unit": unit}
+        if self.ambient_temperature is not None:
+            out["ambient_temperature"] = {"value": to(self.ambient_temperature, "degC"),
+                                          "unit": "degC"}
+        if self.pressure is not None:
+            out["pressure"] = {"value": to(self.pressure, "kPa"), "unit": "kPa"}
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
 class BenchConfig(_Strict):
     bench: BenchSection = Field(default_factory=BenchSection)
+    conditions: ConditionsConfig | None = None
     devices: dict[str, DeviceConfig] = Field(default_factory=dict)
     vessels: dict[str, VesselConfig] = Field(default_factory=dict)
     materials: dict[str, MaterialConfig] = Field(default_factory=dict)

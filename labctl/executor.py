@@ -210,18 +210,12 @@ class StepContext:
 
         path = self.data_path()
         self.data_files.append(str(path.relative_to(self._ex.record.folder)))
+        start_unix_s = self._ex.data_time()
         self._ex._log("data_file", durable=False, step=self.step_id,
                       path=self.data_files[-1],
-                      technique=getattr(technique, "technique", str(technique)))
-        for name in ("BDFWriter", "BdfWriter", "open_writer", "writer"):
-            factory = getattr(bdf, name, None)
-            if factory is None:
-                continue
-            try:
-                return factory(path, technique=technique)
-            except TypeError:
-                return factory(path, technique)
-        raise LabctlError("labctl.bdf has no writer")
+                      technique=getattr(technique, "technique", str(technique)),
+                      start_unix_s=start_unix_s, clock=self._ex.time_basis)
+        return bdf.BdfWriter(path, technique=technique, start_unix_s=start_unix_s)
 
     def record(self, kind: str, *, durable: bool = False, **fields: Any) -> None:
         """A fact for the provenance (an addition with requested and actual amounts, a
@@ -235,6 +229,66 @@ class StepContext:
         """Where a long action may be paused or stopped: parks here while the run is
         paused (abort cancels the waiting action)."""
         await self._ex._park(self._active)
+
+    async def resolve_route(self, target: str | None) -> dict[str, Any]:
+        """The vessel a route leads to now: `@sel_valve` is asked for its position and the
+        position looked up in its port_map (routes through several routing devices are
+        followed). Returns {"vessel", "route": [{"device", "position"}...]} and, when the
+        route cannot be read, "vessel": None with "route_error" — an addition is then
+        recorded as unresolved, never against the wrong vessel."""
+        hops: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        lead = target
+        while lead is not None and str(lead).startswith("@"):
+            name = str(lead)[1:]
+            if name in seen:
+                return {"vessel": None, "route": hops, "route_error": f"routing loop at {lead}"}
+            seen.add(name)
+            device = self._ex.devices.get(name)
+            read_position = getattr(device, "position", None)
+            if device is None or not callable(read_position):
+                return {"vessel": None, "route": hops,
+                        "route_error": f"routing device {name!r} is not connected"}
+            try:
+                position = int(await read_position())
+            except Exception as exc:  # recorded as unresolved, the run goes on
+                return {"vessel": None, "route": hops,
+                        "route_error": f"{name}: position unreadable: {exc}"}
+            port_map = device.spec.params.get("port_map") or {}
+            lead = port_map.get(str(position)) if isinstance(port_map, Mapping) else None
+            hops.append({"device": name, "position": position, "leads_to": lead})
+            if lead is None:
+                return {"vessel": None, "route": hops,
+                        "route_error": f"{name} position {position} leads nowhere known"}
+        return {"vessel": lead, "route": hops}
+
+    async def cell_temperature(self, vessel: str | None) -> dict[str, Any] | None:
+        """The measured temperature of a vessel from a device that sits under it and reads
+        temperature (a stirrer hotplate's medium probe, a heated block), with where it came
+        from; None when no such device is connected or it cannot be read."""
+        if not vessel:
+            return None
+        for name, device in self._ex.devices.items():
+            if device.spec.params.get("vessel") != vessel:
+                continue
+            if not ({"stirrer", "temperature_controller"} & set(device.capabilities)):
+                continue
+            reader = getattr(device, "temperature_c", None)
+            if not callable(reader):
+                continue
+            try:
+                value = float(await reader())
+            except Exception as exc:  # another device may still answer
+                self._ex._log("warning", device=name,
+                              message=f"temperature of {vessel} unreadable: {exc}")
+                continue
+            sensor = getattr(device, "sensor", None)
+            return {"measured_c": value, "device": name, "vessel": vessel,
+                    "sensor": str(sensor) if sensor else None,
+                    "source": f"measured by {name}"
+                              + (f" ({sensor} sensor)" if sensor else "")
+                              + f" at {vessel}"}
+        return None
 
 
 class Executor:
@@ -253,6 +307,7 @@ class Executor:
         analyses: Mapping[str, Callable[..., Any]] | None = None,
         emit: EmitFn | None = None,
         prior_results: Mapping[str, dict[str, Any]] | None = None,
+        time_basis: str | None = None,
     ):
         self.plan = plan
         self.devices = devices
@@ -287,6 +342,39 @@ class Executor:
         self.outcome: RunState | None = None
         self.failure: StepFailed | None = None
         self.safe_state_errors: dict[str, str] = {}
+        #: which clock the data's Unix Time follows: "simulated" (simulated seconds anchored
+        #: once at the run start) or "wall" (the computer's clock, for real instruments)
+        self.time_basis = time_basis or ("wall" if clock.time_scale == 1 else "simulated")
+        self._anchor_unix: float | None = None
+        self._anchor_clock = 0.0
+
+    # -- the data's clock ------------------------------------------------------------------
+    def _anchor(self) -> None:
+        """Fix the data clock once per session: on a simulated bench simulated time runs
+        from the wall time of the run start (or from where an earlier session of a resumed
+        run left off, if that is later), so Unix Time never goes back across steps."""
+        floor = 0.0
+        with contextlib.suppress(Exception):
+            for ev in self.record.events():
+                for key in ("clock_unix_s", "start_unix_s"):
+                    v = ev.get(key)
+                    if isinstance(v, (int, float)):
+                        floor = max(floor, float(v))
+        floor = max(floor, _last_unix_time(self.record.data_dir))
+        self._anchor_unix = max(time.time(), floor)
+        self._anchor_clock = self.clock.monotonic()
+        self._log("clock_anchor", basis=self.time_basis, anchor_unix_s=self._anchor_unix,
+                  time_scale=self.clock.time_scale)
+
+    def data_time(self) -> float:
+        """Now on the data's clock (Unix seconds): wall time on real hardware, simulated
+        time since the anchor on a simulated bench."""
+        if self.time_basis == "wall":
+            return time.time()
+        if self._anchor_unix is None:
+            self._anchor()
+        assert self._anchor_unix is not None
+        return self._anchor_unix + (self.clock.monotonic() - self._anchor_clock)
 
     # -- journal & events ----------------------------------------------------------------
     def _log(self, event: str, *, durable: bool = True, **fields: Any) -> dict[str, Any]:
@@ -395,6 +483,7 @@ class Executor:
         self.done_estimate_s = sum(float(_get(s, "estimated_s") or 0) for s in self._leaves
                                    if _get(s, "id") in self._skip)
         self.started_wall = time.monotonic()
+        self._anchor()
         try:
             await self.machine.request("start")
             self._main = asyncio.ensure_future(self._run_plan())
@@ -654,7 +743,8 @@ class Executor:
                 result = _jsonable(result or {})
                 self.results[sid] = result
                 self._log("step_finished", durable=False, step=sid, kind=kind,
-                          device=device_name, action=_get(step, "action"), result=result)
+                          device=device_name, action=_get(step, "action"), result=result,
+                          clock_unix_s=self.data_time())
                 self._leaf_done(step)
                 await self._maybe_paused()
                 return
@@ -719,6 +809,7 @@ class Executor:
         if name not in table:
             raise LabctlError(f"unknown analysis {name!r} (known: {', '.join(sorted(table))})")
         args = dict(_get(step, "args") or {})
+        self._add_measured_temperature(table[name], args)
         out = table[name](self._data_files(), **args)
         if inspect.isawaitable(out):
             out = await out
@@ -729,6 +820,25 @@ class Executor:
                                  **fig})
         return result
 
+    def _add_measured_temperature(self, analysis: Any, args: dict[str, Any]) -> None:
+        """An analysis that takes the cell's measured temperature gets the one recorded by
+        the measurement it analyses (args.step, else the latest step that measured one),
+        with where it came from; a recipe's own `measured_temperature` is kept."""
+        accepted = getattr(analysis, "args", None)
+        if not isinstance(accepted, Mapping) or "measured_temperature" not in accepted:
+            return
+        if args.get("measured_temperature") is not None:
+            return
+        wanted = args.get("step")
+        for sid in reversed(list(self.results)):
+            if wanted is not None and sid != wanted:
+                continue
+            cell = (self.results[sid] or {}).get("cell_temperature")
+            if isinstance(cell, Mapping) and cell.get("measured_c") is not None:
+                args["measured_temperature"] = float(cell["measured_c"]) + 273.15
+                args["temperature_source"] = f"{cell.get('source')} (step {sid})"
+                return
+
     def _data_files(self) -> dict[str, str]:
         """{step_id: absolute path} of every data file written so far in this run
         (including earlier sessions of a resumed run)."""
@@ -737,6 +847,30 @@ class Executor:
             for rel in (res or {}).get("data_files", []):
                 files.setdefault(sid, str(self.record.folder / rel))
         return files
+
+
+def _last_unix_time(data_dir: Any) -> float:
+    """The latest `Unix Time / s` in the last rows of a run's data files (0 when none):
+    a session killed mid-measurement leaves rows later than any journal line says."""
+    from labctl.bdf import UNIX_TIME
+
+    latest = 0.0
+    for path in sorted(data_dir.glob("*.csv")) if data_dir.is_dir() else []:
+        with contextlib.suppress(OSError, ValueError, IndexError, UnicodeDecodeError):
+            with open(path, "rb") as f:
+                header = f.readline().decode("utf-8").rstrip("\n").split(",")
+                if UNIX_TIME not in header:
+                    continue
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - 4096))
+                lines = [x for x in f.read().decode("utf-8", "replace").splitlines() if x]
+            for line in reversed(lines[1:] if len(lines) > 1 else lines):
+                cells = line.split(",")
+                if len(cells) == len(header):  # a whole row (the tail may be torn)
+                    with contextlib.suppress(ValueError):
+                        latest = max(latest, float(cells[header.index(UNIX_TIME)]))
+                        break
+    return latest
 
 
 def _flatten(eg: BaseExceptionGroup[Any]) -> list[BaseException]:

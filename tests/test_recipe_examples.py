@@ -179,6 +179,7 @@ def test_materials_request_list_and_sop(tmp_path: Path) -> None:
         assert needle in sop
     files = write_outputs(plan, cfg, tmp_path / "out")
     assert sorted(f.name for f in files) == ["electrolyte_conductivity.materials.csv",
+                                             "electrolyte_conductivity.sop.csv",
                                              "electrolyte_conductivity.sop.md"]
 
 

@@ -117,7 +117,9 @@ def fig(name: str, value: Any, unit: str, method: str, iri: str = "", **extra: A
 # -- ionic conductivity ------------------------------------------------------------------------
 
 def ionic_conductivity(files: Files, *, step: str | None = None, cell_constant: float,
-                       temperature: float | None, method: str = "fit") -> list[dict[str, Any]]:
+                       temperature: float | None, method: str = "fit",
+                       measured_temperature: float | None = None,
+                       temperature_source: str | None = None) -> list[dict[str, Any]]:
     sid, cols = load(files, step, (FREQUENCY, Z_REAL, Z_IMAG))
     f, zr, zi = cols[FREQUENCY], cols[Z_REAL], cols[Z_IMAG]
     r_hf = eis.hf_intercept(f, zr, zi)
@@ -132,18 +134,34 @@ def ionic_conductivity(files: Files, *, step: str | None = None, cell_constant: 
         r_b, how = fit.r0_ohm, "R0 of an R0 + (R_ct||CPE) least-squares fit"
     elif method != "intercept":
         raise ValueError(f"method must be 'fit' or 'intercept', got {method!r}")
-    t_k = temperature
-    if t_k is None and TEMPERATURE in cols and np.isfinite(cols[TEMPERATURE]).any():
-        t_k = float(np.nanmean(cols[TEMPERATURE])) + 273.15
+    # A conductivity is only comparable at the temperature the cell really had: a measured
+    # cell temperature wins over the recipe's (a setpoint), which wins over nothing.
+    t_k, t_source, t_measured = None, "unknown: no temperature measured or given", False
+    if measured_temperature is not None:
+        t_k, t_measured = measured_temperature, True
+        t_source = temperature_source or "measured cell temperature"
+    elif TEMPERATURE in cols and np.isfinite(cols[TEMPERATURE]).any():
+        t_k, t_measured = float(np.nanmean(cols[TEMPERATURE])) + 273.15, True
+        t_source = f"mean of the {TEMPERATURE} column of step {sid}'s data"
+    elif temperature is not None:
+        t_k = temperature
+        t_source = "as given to the analysis (the recipe's temperature, not measured)"
     sigma = eis.conductivity_s_m(cell_constant, r_b)
-    common = {"step": sid, "temperature_k": t_k, "cell_constant_per_m": cell_constant,
-              "bulk_resistance_ohm": r_b}
+    common: dict[str, Any] = {"step": sid, "temperature_k": t_k,
+                              "temperature_source": t_source,
+                              "temperature_measured": t_measured,
+                              "cell_constant_per_m": cell_constant, "bulk_resistance_ohm": r_b}
+    requested: dict[str, Any] = {}
+    if temperature is not None and t_measured:
+        requested["temperature_requested_k"] = temperature
+    common.update(requested)
     figures += [
         fig("ionic_conductivity", sigma, "S/m", f"EIS: sigma = K_cell/R_b, R_b from the {how}",
             IRI_IONIC_CONDUCTIVITY, **common),
         fig("ionic_conductivity_mS_cm", sigma * 10.0, "mS/cm", "same as ionic_conductivity",
             IRI_IONIC_CONDUCTIVITY, **common),
-        fig("temperature", t_k, "K", "as given to the analysis"),
+        fig("temperature", t_k, "K", t_source, step=sid, temperature_measured=t_measured,
+            **requested),
     ]
     return figures
 
@@ -226,7 +244,13 @@ ANALYSES: dict[str, AnalysisSpec] = {
         "Ionic conductivity sigma = K_cell / R_b from a PEIS spectrum (S/m, with T in K).",
         {"step": _STEP,
          "cell_constant": ArgSpec("1/m", "1.0 /cm", False, "cell constant K_cell"),
-         "temperature": ArgSpec("K", None, False, "electrolyte temperature"),
+         "temperature": ArgSpec("K", None, False, "electrolyte temperature as requested "
+                                "(used only when none was measured)"),
+         "measured_temperature": ArgSpec("K", None, False, "the cell's measured temperature "
+                                         "(filled in by the executor from the measurement "
+                                         "step's record)"),
+         "temperature_source": ArgSpec(None, None, False, "where measured_temperature came "
+                                       "from"),
          "method": ArgSpec(None, "fit", False, "'fit' (R0 + R_ct||CPE) or 'intercept'")},
         ionic_conductivity, IRI_IONIC_CONDUCTIVITY, (FREQUENCY, Z_REAL, Z_IMAG),
     ),

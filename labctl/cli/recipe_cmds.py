@@ -105,13 +105,15 @@ def plan(
     config: ConfigOpt = DEFAULT_CONFIG_PATH,
     param: ParamOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write the materials request list "
-                                             "(CSV) and the SOP (Markdown) here.")] = None,
+                                             "(CSV) and the SOP (Markdown, and CSV with one "
+                                             "row per step) here.")] = None,
     runs: Annotated[int, typer.Option("--runs", min=1, help="Materials for this many runs.")]
     = 1,
     json_out: JsonOpt = False,
 ) -> None:
     """Print the resolved steps with estimated durations and the total; with --out, write
-    the materials request list (CSV) and the standard operating procedure (Markdown)."""
+    the materials request list (CSV) and the standard operating procedure (Markdown with
+    hazards and PPE, and CSV with one row per step)."""
     from labctl.recipe.sop import write_outputs
 
     cfg, p = _plan_or_exit(recipe, config, param, json_out)

@@ -200,3 +200,47 @@ def resolve_parameters(
         values[name] = value
         shown[name] = format_value(value) if isinstance(value, pint.Quantity) else value
     return values, shown, issues
+
+
+def typed_parameters(decls: Mapping[str, Parameter], values: Mapping[str, Any],
+                     given: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The resolved parameters for the record, typed: per name its value as a JSON number,
+    boolean or text (a quantity as its magnitude in the declared unit), the unit, the
+    declared type, the text form and whether it was submitted or is the recipe's default.
+    A downstream tool never has to parse "1.2 mol / kg" back."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, decl in decls.items():
+        value = values.get(name, POISON)
+        if value is POISON or value is None:
+            continue
+        entry: dict[str, Any] = {"type": decl.type}
+        if isinstance(value, pint.Quantity):
+            unit = decl.unit or f"{value.units:~}"
+            entry["value"] = float(value.to(unit).magnitude)
+            entry["unit"] = unit
+        else:
+            entry["value"] = value
+            entry["unit"] = None
+        entry["text"] = format_value(value)
+        entry["source"] = "submitted" if name in given else "default"
+        out[name] = entry
+    return out
+
+
+def coerce_value(decl: Parameter | Mapping[str, Any], value: Any) -> Any:
+    """A value typed the way its declaration says, as JSON data: an integer as an int, a
+    number as a float, a boolean as a bool, an enum as its choice, a quantity as text
+    with its unit as written ('3' for a mL parameter becomes '3 mL'). Text typed into a form or
+    given on a command line thus records like a value an AI server sends. Bounds are the
+    planner's to check. Raises ValueError naming what is wrong."""
+    if not isinstance(decl, Parameter):
+        decl = Parameter.model_validate(dict(decl))
+    try:
+        typed = _convert(decl, value.strip() if isinstance(value, str) else value)
+    except _Bad as exc:
+        raise ValueError(str(exc)) from None
+    if isinstance(typed, pint.Quantity):
+        if isinstance(value, str) and not quantity(value).unitless:
+            return value.strip()  # as written ('20 mL/min'), known to parse and convert
+        return format_value(ureg.Quantity(float(typed.magnitude), decl.unit or ""))
+    return typed

@@ -87,6 +87,8 @@ class Plan:
     source: str = ""
     includes: list[str] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
+    #: resolved parameters typed for the record: name -> {value, unit, type, text, source}
+    parameters_typed: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def leaves(self) -> Iterator[PlannedStep]:
         for s in self.steps:

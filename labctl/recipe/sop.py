@@ -1,6 +1,7 @@
-"""The standard operating procedure (Markdown) and the materials request list (CSV) of a
-Plan: what the BIG-MAP data management plan asks a robot to produce for each suggested
-experiment — parameters, materials needed and where they come from, steps in words."""
+"""The standard operating procedure (Markdown, and CSV with one row per step) and the
+materials request list (CSV) of a Plan: what the BIG-MAP data management plan asks a robot
+to produce for each suggested experiment — parameters, materials needed and where they come
+from, their hazards and the PPE they call for, steps in words."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from labctl.actions import fmt
 from labctl.config import BenchConfig
+from labctl.hazards import precautions, statement
 from labctl.recipe.plan import Plan, PlannedStep
 
 CSV_COLUMNS = ("material", "amount", "unit", "where from", "per run")
@@ -107,6 +109,7 @@ def sop_markdown(plan: Plan, cfg: BenchConfig) -> str:
                        f"{m.supplier or ''} | {m.lot or ''} | {m.source} | {amount} |")
     else:
         out.append("None.")
+    out += ["", *_hazard_lines(plan, cfg)]
     out += ["", "## Instruments", "", "| device | driver | description | configuration |",
             "|---|---|---|---|"]
     for name in plan.devices:
@@ -133,6 +136,68 @@ def sop_markdown(plan: Plan, cfg: BenchConfig) -> str:
     return "\n".join(out)
 
 
+def _material_hazards(plan: Plan, cfg: BenchConfig) -> dict[str, list[str]]:
+    """Hazard codes per material the plan uses (from the bench config's materials)."""
+    return {m.material: list(cfg.materials[m.material].ghs)
+            for m in plan.materials if m.material in cfg.materials}
+
+
+def _hazard_lines(plan: Plan, cfg: BenchConfig) -> list[str]:
+    """Hazards of the materials (CAS, GHS statements, handling) and the precautions and
+    PPE they call for, each naming the materials that call for it."""
+    out = ["## Hazards and PPE", ""]
+    used = [m.material for m in plan.materials]
+    if not used:
+        return [*out, "No materials."]
+    out += ["| material | CAS | GHS hazard statements | handling |", "|---|---|---|---|"]
+    undeclared = []
+    for mid in used:
+        mc = cfg.materials.get(mid)
+        if mc is None or (not mc.ghs and not mc.cas):
+            undeclared.append(mid)
+        codes = "; ".join(statement(c) for c in (mc.ghs if mc else []))
+        out.append(f"| {mid} | {(mc.cas if mc else None) or 'not declared'} | "
+                   f"{codes or 'none declared'} | {(mc.handling if mc else '') or ''} |")
+    out += ["", "Precautions and PPE:", ""]
+    smiles = {mid: cfg.materials[mid].smiles for mid in used if mid in cfg.materials}
+    for what, because in precautions(_material_hazards(plan, cfg), smiles):
+        out.append(f"- {what}" + (f" ({', '.join(because)})" if because else ""))
+    if undeclared:
+        out += ["", f"**No hazard data declared for {', '.join(undeclared)}**: read the "
+                "supplier's safety data sheet before the run (add `cas` and `ghs` to the "
+                "material in the bench config)."]
+    return out
+
+
+SOP_CSV_COLUMNS = ("number", "step", "kind", "device", "action", "description",
+                   "estimated_s", "timeout_s", "retries", "on_error", "moves_material",
+                   "materials", "hazards")
+
+
+def sop_csv(plan: Plan, cfg: BenchConfig) -> str:
+    """The procedure as CSV, one row per step in the order it runs: what it does, on
+    which device, how long, and the hazard codes of the materials it moves."""
+    hazards = _material_hazards(plan, cfg)
+    moved: dict[str, list[str]] = {}
+    for e in plan.material_effects:
+        names = moved.setdefault(str(e.get("step")), [])
+        for mid in [*(e.get("liquids_l") or {}), *(e.get("solids_g") or {})]:
+            if mid not in names:
+                names.append(mid)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SOP_CSV_COLUMNS)
+    for n, step in enumerate(plan.leaves(), start=1):
+        mats = moved.get(step.id, [])
+        codes = sorted({c for m in mats for c in hazards.get(m, [])})
+        w.writerow([n, step.id, step.kind, step.device or "", step.action or "",
+                    step.description, f"{step.estimated_s:.6g}",
+                    "" if step.timeout_s is None else f"{step.timeout_s:.6g}", step.retries,
+                    step.on_error, str(step.moves_material).lower(), " ".join(mats),
+                    " ".join(codes)])
+    return buf.getvalue()
+
+
 def _q(text: str) -> float:
     from labctl.units import to
 
@@ -143,11 +208,14 @@ def _q(text: str) -> float:
 
 
 def write_outputs(plan: Plan, cfg: BenchConfig, out_dir: Path, runs: int = 1) -> list[Path]:
-    """Write `<name>.materials.csv` and `<name>.sop.md` into out_dir; returns the paths."""
+    """Write `<name>.materials.csv`, `<name>.sop.md` and `<name>.sop.csv` (one row per
+    step) into out_dir; returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9_-]", "_", plan.name)[:100] or "recipe"
     csv_path = out_dir / f"{stem}.materials.csv"
     sop_path = out_dir / f"{stem}.sop.md"
+    sop_csv_path = out_dir / f"{stem}.sop.csv"
     csv_path.write_text(materials_csv(plan, runs), encoding="utf-8")
     sop_path.write_text(sop_markdown(plan, cfg), encoding="utf-8")
-    return [csv_path, sop_path]
+    sop_csv_path.write_text(sop_csv(plan, cfg), encoding="utf-8")
+    return [csv_path, sop_path, sop_csv_path]

@@ -59,7 +59,7 @@ from labctl.recipe.models import (
     SequenceStep,
     WaitStep,
 )
-from labctl.recipe.parameters import resolve_parameters
+from labctl.recipe.parameters import resolve_parameters, typed_parameters
 from labctl.recipe.plan import MaterialUse, Plan, PlannedStep
 from labctl.units import quantity
 
@@ -832,6 +832,7 @@ def _compile(source: RecipeSource, params: dict[str, Any], cfg: BenchConfig,
         source=doc.label,
         includes=comp.includes,
         devices=sorted({leaf.device for leaf in leaves if leaf.device}),
+        parameters_typed=typed_parameters(recipe.parameters, values, params),
     )
 
 

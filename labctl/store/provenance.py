@@ -99,6 +99,17 @@ def bench_info(cfg: Any) -> dict[str, Any]:
             "simulated": bool(cfg.bench.simulate), "time_scale": cfg.bench.time_scale}
 
 
+def conditions_info(cfg: Any) -> dict[str, Any]:
+    """Ambient and run conditions: what the bench config declares (`[conditions]`: glovebox
+    O2/H2O, humidity...); the measured cell temperatures are added from the journal."""
+    section = getattr(cfg, "conditions", None)
+    declared = section.record() if section is not None else {}
+    return {"declared": declared,
+            "declared_source": (f"bench config {cfg.path} [conditions], as declared (not "
+                                "measured by labctl)") if declared else
+                               "none declared (the bench config has no [conditions] table)"}
+
+
 def materials_info(cfg: Any, recipe_materials: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The recipe's materials, completed from the bench config (SMILES, InChIKey, lot...)."""
     out: list[dict[str, Any]] = []
@@ -177,12 +188,37 @@ def records_from_journal(events: list[dict[str, Any]]) -> dict[str, list[dict[st
         if section == "observations":
             entry["kind"] = ev.get("kind")
         out[section].append(entry)
-        if section == "mixing" and entry.get("temperature_c") is not None:
-            out["temperatures"].append({**entry, "setpoint_c": entry["temperature_c"],
-                                        "source": "mixing"})
+        if section == "mixing" and (entry.get("measured_c") is not None
+                                    or entry.get("setpoint_c") is not None
+                                    or entry.get("temperature_c") is not None):
+            # older journals have only temperature_c (the setpoint given to the stir)
+            setpoint = entry.get("setpoint_c", entry.get("temperature_c")
+                                 if "measured_c" not in entry else None)
+            out["temperatures"].append({
+                **{k: v for k, v in entry.items() if k != "temperatures"},
+                "setpoint_c": setpoint, "source": "mixing"})
     for i, a in enumerate(out["additions"], start=1):
         a["order"] = i
     return out
+
+
+CLOCK_NOTES = {
+    "simulated": "Unix Time in the data files is simulated time: simulated seconds since "
+                 "the run start, anchored once at the wall-clock time of that start (a "
+                 "simulated bench runs faster than the wall clock, so these times run ahead "
+                 "of it); monotonic across the steps of the run",
+    "wall": "Unix Time in the data files is the computer's wall clock (UTC) at each point",
+}
+
+
+def clock_from_journal(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which clock the data's Unix Time follows, and where each session anchored it."""
+    anchors = [e for e in events if e.get("event") == "clock_anchor"]
+    basis = str(anchors[-1].get("basis")) if anchors else "wall"
+    return {"basis": basis, "note": CLOCK_NOTES.get(basis, ""),
+            "sessions": [{"anchor_unix_s": e.get("anchor_unix_s"),
+                          "anchor_utc": e.get("t"), "time_scale": e.get("time_scale")}
+                         for e in anchors]}
 
 
 def build_metadata(
@@ -207,8 +243,20 @@ def build_metadata(
         "updated": utc_iso(),
     }
     meta["steps"] = steps_from_journal(events)
-    meta.update(records_from_journal(events))
-    meta["data_files"] = data_files
+    records = records_from_journal(events)
+    meta.update(records)
+    conditions = dict(meta.get("conditions") or {})
+    conditions["cell_temperature"] = [
+        {k: t.get(k) for k in ("step", "device", "vessel", "measured_c", "measured_start_c",
+                               "measured_end_c", "source", "time") if k in t}
+        for t in records["temperatures"] if t.get("source", "").startswith("measured")]
+    meta["conditions"] = conditions
+    meta["clock"] = clock_from_journal(events)
+    basis = meta["clock"]["basis"]
+    meta["data_files"] = [
+        {**d, "unix_time_clock": basis}
+        if any(c.get("name") == "Unix Time / s" for c in d.get("columns") or []) else d
+        for d in data_files]
     meta["figures_of_merit"] = figures or []
     meta["outcome"] = {
         "status": status or (r.finished or {}).get("status") or r.state,

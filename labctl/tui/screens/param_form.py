@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from pydantic import ValidationError
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -18,7 +19,16 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Static
 
+from labctl.recipe.parameters import coerce_value
 from labctl.tui.backend import BackendError, BenchBackend, Problem, RecipeEntry, RecipeRejected
+
+
+class FormProblems(Exception):
+    """Fields that cannot be read as their declared type."""
+
+    def __init__(self, problems: list[Problem]):
+        super().__init__("; ".join(f"{p.path}: {p.message}" for p in problems))
+        self.problems = problems
 
 
 def field_of(path: str, names: list[str]) -> str | None:
@@ -85,12 +95,25 @@ class ParameterFormScreen(ModalScreen[str | None]):
                 yield Button("Cancel (esc)", id="form-cancel")
 
     def values(self) -> dict[str, Any]:
-        """What the operator typed; an emptied field means the declared default."""
+        """What the operator typed, typed by the recipe's declarations (an integer as an
+        int, a quantity as text with its unit...); an emptied field means the declared
+        default. Raises FormProblems when a field cannot be read as its type."""
         out: dict[str, Any] = {}
+        problems: list[Problem] = []
         for name in self.names:
             text = self.query_one(f"#param-{name}", Input).value.strip()
-            if text:
+            if not text:
+                continue
+            try:
+                out[name] = coerce_value(self.entry.parameters[name], text)
+            except ValidationError:  # a broken declaration: the planner reports it
                 out[name] = text
+            except ValueError as exc:
+                kind = self.entry.parameters[name].get("type") or "value"
+                problems.append(Problem(f"parameters.{name}",
+                                        f"{text!r} is not a valid {kind}: {exc}"))
+        if problems:
+            raise FormProblems(problems)
         return out
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -108,10 +131,15 @@ class ParameterFormScreen(ModalScreen[str | None]):
     def action_start(self) -> None:
         if self.busy:
             return
+        try:
+            values = self.values()
+        except FormProblems as exc:  # nothing goes to the bench
+            self.show_problems(exc.problems)
+            return
         self.busy = True
         self.query_one("#form-problems", Static).update(Text("checking on the bench…",
                                                              style="italic"))
-        self._submit(self.values())
+        self._submit(values)
 
     @work(exclusive=True, group="form")
     async def _submit(self, values: dict[str, Any]) -> None:

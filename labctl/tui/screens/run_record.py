@@ -27,7 +27,9 @@ def summary(rec: dict[str, Any]) -> Text:
         t.append(f"recipe      {recipe.get('name')} v{recipe.get('version')}\n")
     params = result.get("parameters") or meta.get("parameters")
     if params:
-        t.append("parameters  " + ", ".join(f"{k}={v}" for k, v in params.items()) + "\n")
+        t.append("parameters  " + ", ".join(
+            f"{k}={v.get('text', v.get('value')) if isinstance(v, dict) else v}"
+            for k, v in params.items()) + "\n")
     who = result.get("instigator") or meta.get("instigator") or {}
     if who:
         t.append(f"instigator  {who.get('kind')}:{who.get('id')}\n")
