@@ -14,7 +14,15 @@ import pytest
 from drivers.palmsens import EmStat
 from labctl.analysis import ANALYSES
 from labctl.analysis.cycling import charges_per_cycle, end_of_life_cycle, retention_pct
-from labctl.analysis.eis import first_apex, fit_r_rc_cpe, hf_intercept, r_rc_cpe
+from labctl.analysis.eis import (
+    SpectrumRefused,
+    check_spectrum,
+    first_apex,
+    fit_circuit,
+    hf_intercept,
+    lin_kk,
+)
+from labctl.analysis.registry import AnalysisRefused
 from labctl.analysis.voltammetry import onset_potential
 from labctl.bdf import BdfWriter
 from labctl.clock import ScaledClock
@@ -77,13 +85,39 @@ async def bench_factory() -> AsyncIterator[Any]:
 
 # -- pure functions on synthetic spectra --------------------------------------------------------
 
+def r_rc_cpe(freq: np.ndarray, r0: float, r_ct: float, q: float, n: float) -> np.ndarray:
+    """Z of R0 + (R_ct ‖ CPE), CPE = 1/(Q (jω)^n): the truth synthetic spectra are made of."""
+    jw = 1j * 2 * np.pi * np.asarray(freq, dtype=float)
+    return r0 + r_ct / (1.0 + r_ct * q * jw**n)
+
+
 def test_fit_recovers_a_known_circuit() -> None:
     f = np.geomspace(1e5, 1, 41)
     z = r_rc_cpe(f, 42.0, 300.0, 2e-6, 0.85)
-    fit = fit_r_rc_cpe(f, z.real, z.imag)
-    assert fit.r0_ohm == pytest.approx(42.0, rel=1e-4)
-    assert fit.r_ct_ohm == pytest.approx(300.0, rel=1e-3)
-    assert fit.n == pytest.approx(0.85, abs=1e-3)
+    fit = fit_circuit(f, z.real, z.imag)
+    assert fit.circuit == "R0-p(R1,CPE1)"
+    assert fit.parameters["R0"] == pytest.approx(42.0, rel=1e-4)
+    assert fit.parameters["R1"] == pytest.approx(300.0, rel=1e-3)
+    assert fit.parameters["CPE1_1"] == pytest.approx(0.85, abs=1e-3)
+    assert fit.units["R0"] == "Ohm" and fit.rms_relative < 1e-4
+    model = fit.predict(f)
+    assert np.allclose(model, z, rtol=1e-3)
+
+
+def test_another_circuit_fits_the_whole_randles_spectrum() -> None:
+    """A circuit string from the recipe: the simulated cell's own Randles circuit, fitted to
+    the whole spectrum (diffusion tail included), recovers every element."""
+    from simulators.electrochem_cell import Cell
+
+    cell = Cell(conductivity=lambda: (0.5, 25.0))
+    f = np.geomspace(1e5, 0.1, 31)
+    z = np.array([cell.impedance(x) for x in f])
+    fit = fit_circuit(f, z.real, z.imag, "R0-p(C1,R1-W1)")
+    assert fit.points == 31
+    assert fit.parameters["R0"] == pytest.approx(cell.r_s(), rel=1e-3)
+    assert fit.parameters["C1"] == pytest.approx(cell.c_dl(), rel=1e-2)
+    assert fit.parameters["R1"] == pytest.approx(cell.r_ct(), rel=1e-2)
+    assert fit.parameters["W1"] == pytest.approx(100.0, rel=1e-2)
 
 
 def test_intercept_with_an_inductive_tail() -> None:
@@ -105,8 +139,23 @@ def test_noise_near_the_axis_is_not_the_arc() -> None:
     zim = z.imag.copy()
     zim[:4] = [-0.79, -1.10, -0.52, -1.08]  # noise of 0.1 % of |Z| on the first points
     assert first_apex(zim) == first_apex(z.imag) == int(np.argmax(-z.imag))
-    fit = fit_r_rc_cpe(f, z.real, zim)
-    assert fit.r0_ohm == pytest.approx(300.0, rel=0.01)
+    fit = fit_circuit(f, z.real, zim)
+    assert fit.parameters["R0"] == pytest.approx(300.0, rel=0.01)
+
+
+def test_lin_kk_passes_a_linear_spectrum_and_fails_a_drifting_one() -> None:
+    """A spectrum whose cell changes while it is measured (R grows 50 % from the first
+    frequency to the last) is no linear time-invariant response: Lin-KK rejects it, and the
+    analysis refuses it with that reason."""
+    f = np.geomspace(1e5, 0.1, 31)
+    z = r_rc_cpe(f, 80.0, 130.0, 4e-6, 0.95)
+    good = lin_kk(f, z.real, z.imag)
+    assert good.valid and max(good.max_residual_real, good.max_residual_imag) < 1e-3
+    drift = z * np.linspace(1.0, 1.5, len(f))
+    bad = lin_kk(f, drift.real, drift.imag)
+    assert not bad.valid and max(bad.max_residual_real, bad.max_residual_imag) > 0.01
+    with pytest.raises(SpectrumRefused, match="Lin-KK"):
+        check_spectrum(f, drift.real, drift.imag)
 
 
 def test_onsets_and_cycling_on_synthetic_data() -> None:
