@@ -275,3 +275,69 @@ async def test_coulombic_efficiency_and_retention_from_cycling(bench_factory: An
     assert result["end_of_life_cycle"]["value"] is None
     assert ANALYSES["capacity_retention"]([path])["capacity_retention"]["value"] == \
         pytest.approx(retention[2])
+
+
+# -- physically meaningless input: refused with a reason, never a number -----------------------
+
+def empty_vial_world() -> World:
+    """The cell sits in an empty vial: electrodes in air, an open circuit."""
+    return World.from_spec({"materials": {"EC": {"density_g_ml": 1.32}},
+                            "vessels": {"cell_vial": {"capacity": "20 mL"}}})
+
+
+async def test_open_circuit_spectrum_is_refused(bench_factory: Any, tmp_path: Path) -> None:
+    """The EmStat measures a cell in an empty vial: huge |Z|, capacitive at every frequency,
+    no real-axis intercept. No conductivity comes out; the main figures are marked failed
+    with the reason."""
+    b = await bench_factory(empty_vial_world())
+    path = await b.record(PEIS(amplitude_v=0.01, f_start_hz=1e5, f_end_hz=0.1,
+                               n_frequencies=31), tmp_path / "eis_dry.bdf.csv")
+    with pytest.raises(AnalysisRefused, match="open circuit") as info:
+        ANALYSES["ionic_conductivity"]({"eis_dry": path}, cell_constant="1.0 /cm")
+    failed = {f["name"]: f for f in info.value.failed_figures}
+    assert set(failed) == {"ionic_conductivity", "ionic_conductivity_mS_cm"}
+    for f in failed.values():
+        assert f["value"] is None and f["status"] == "failed"
+        assert "no real-axis intercept" in f["reason"]
+
+
+async def test_open_circuit_sweeps_are_refused(bench_factory: Any, tmp_path: Path) -> None:
+    """Linear sweeps on an empty vial: no current flows, no window can be read."""
+    b = await bench_factory(empty_vial_world())
+    an = await b.record(LSV(E_begin_v=3.0, E_end_v=5.3, E_step_v=0.01, scan_rate_v_s=0.05),
+                        tmp_path / "lsv_ox.bdf.csv")
+    cat = await b.record(LSV(E_begin_v=3.0, E_end_v=0.3, E_step_v=0.01, scan_rate_v_s=0.05),
+                         tmp_path / "lsv_red.bdf.csv")
+    with pytest.raises(AnalysisRefused, match="never reached the threshold") as info:
+        ANALYSES["stability_window"]({"lsv_ox": an, "lsv_red": cat}, anodic_step="lsv_ox",
+                                     cathodic_step="lsv_red")
+    assert {f["name"] for f in info.value.failed_figures} == {
+        "anodic_limit", "cathodic_limit", "electrochemical_window"}
+
+
+async def test_a_sweep_in_the_wrong_direction_is_refused(bench_factory: Any,
+                                                         tmp_path: Path) -> None:
+    b = await bench_factory(None, redox_concentration=0)
+    down = await b.record(LSV(E_begin_v=3.0, E_end_v=0.3, E_step_v=0.01, scan_rate_v_s=0.05),
+                          tmp_path / "down.bdf.csv")
+    with pytest.raises(AnalysisRefused, match="never rises"):
+        ANALYSES["stability_window"]({"down": down}, anodic_step="down", cathodic_step="down")
+
+
+async def test_open_circuit_cycling_is_refused(bench_factory: Any, tmp_path: Path) -> None:
+    """A galvanostat on an empty vial cannot drive its current: every phase ends at its
+    first point and the 'charge' is noise. No efficiency comes out."""
+    b = await bench_factory(empty_vial_world(), scale=20000)
+    tech = GCPL(n_cycles=2, phases=[
+        GCPLPhase(mode="cc", current_a=2e-4, upper_cutoff_v=3.45, max_time_s=600,
+                  sample_interval_s=5),
+        GCPLPhase(mode="rest", max_time_s=60, sample_interval_s=20),
+        GCPLPhase(mode="cc", current_a=-2e-4, lower_cutoff_v=2.55, max_time_s=600,
+                  sample_interval_s=5),
+    ])
+    path = await b.record(tech, tmp_path / "cycling_dry.bdf.csv")
+    with pytest.raises(AnalysisRefused) as info:
+        ANALYSES["coulombic_efficiency"]([path])
+    assert {f["name"] for f in info.value.failed_figures} == {
+        "coulombic_efficiency", "capacity_retention"}
+    assert all(f["value"] is None for f in info.value.failed_figures)
