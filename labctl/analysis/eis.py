@@ -211,12 +211,20 @@ class CircuitFit:
 
     def predict(self, freq: np.ndarray) -> np.ndarray:
         """The model's complex impedance at these frequencies."""
-        _impedance_py()
-        from impedance.models.circuits import CustomCircuit
+        return predict(self.circuit, self.parameters, freq)
 
-        c = CustomCircuit(self.circuit, initial_guess=list(self.parameters.values()))
-        c.parameters_ = np.array(list(self.parameters.values()))
-        return np.asarray(c.predict(np.asarray(freq, dtype=float), use_initial=False))
+
+def predict(circuit: str, parameters: dict[str, float], freq: np.ndarray) -> np.ndarray:
+    """Complex impedance of an impedance.py circuit with these parameters (as recorded in a
+    figure of merit: in the circuit's parameter order)."""
+    _impedance_py()
+    from impedance.models.circuits import CustomCircuit
+
+    values = [float(v) for v in parameters.values()]
+    c = CustomCircuit(circuit, initial_guess=values)
+    with warnings.catch_warnings():  # "simulating from initial parameters": they are the fit
+        warnings.simplefilter("ignore")
+        return np.asarray(c.predict(np.asarray(freq, dtype=float), use_initial=True))
 
 
 def _guess(circuit: str, f: np.ndarray, r: np.ndarray, i: np.ndarray) -> list[float]:

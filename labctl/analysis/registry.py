@@ -215,8 +215,10 @@ def stability_window(files: Files, *, step: str | None = None, anodic_step: str 
     limits: dict[str, float | None] = {}
     rates: list[float] = []
     peak_j: dict[str, float] = {}
+    sids: dict[str, str] = {}
     for direction, s in (("anodic", anodic_step or step), ("cathodic", cathodic_step or step)):
         sid, cols = sweep(s)
+        sids[direction] = sid
         e = pick(cols, APPLIED_POTENTIAL, WE_POTENTIAL, VOLTAGE)
         if e is None:
             raise ValueError(f"step {sid}: no potential column")
@@ -240,7 +242,8 @@ def stability_window(files: Files, *, step: str | None = None, anodic_step: str 
     w = voltammetry.Window(limits["anodic"], limits["cathodic"])
     common = {"threshold_a_m2": threshold, "threshold_mA_cm2": threshold / 10.0,
               "area_m2": area, "scan_rate_v_s": float(np.nanmedian(rates)),
-              "reference": reference or ""}
+              "reference": reference or "", "anodic_step": sids["anodic"],
+              "cathodic_step": sids["cathodic"]}
     method = "LSV: first potential where |j| exceeds the threshold current density"
     unreached = {d: {"reason": "the threshold was not reached within the sweep"}
                  for d, v in limits.items() if v is None}

@@ -1,4 +1,4 @@
-"""`labctl run`, `labctl resume` and `labctl runs list|show|export`.
+"""`labctl run`, `labctl resume` and `labctl runs list|show|export|plot`.
 
 `run` validates first (exit 2, nothing started, on any fault), then runs the recipe on the
 bench through the Bench service with a live display, and exits 0 completed, 1 failed,
@@ -46,7 +46,7 @@ EXIT_BY_STATUS = {"completed": EXIT_OK, "failed": EXIT_FAILED, "aborted": EXIT_A
 OperatorOpt = Annotated[str | None, typer.Option(
     "--operator", help="Who runs this (recorded as the run's instigator; default: $USER).")]
 
-runs_app = typer.Typer(help="Run records: list, show, export.", no_args_is_help=True)
+runs_app = typer.Typer(help="Run records: list, show, export, plot.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 
 
@@ -409,3 +409,36 @@ def runs_export(
         print(json.dumps({"ok": True, "run_id": run_id, "zip": str(path)}))
     else:
         print(str(path))
+
+
+@runs_app.command("plot")
+def runs_plot(
+    run_id: Annotated[str, typer.Argument(help="The run.")],
+    data_dir: DataDirOpt = DEFAULT_DATA_DIR,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Folder for the figures (default DATA_DIR/RUN_ID/figures).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Figures of a run as PNG and SVG: Nyquist and Bode plots with the fitted circuit,
+    voltammograms with the stability window marked, capacity and coulombic efficiency per
+    cycle, mass and temperature traces; figures.json lists them with their point counts."""
+    store = _store(data_dir)
+    try:
+        folder = store.open(run_id).folder
+    except FileNotFoundError as exc:
+        store.close()
+        fail(str(exc), EXIT_INVALID, as_json=json_out)
+    store.close()
+    from labctl.plots import plot_run
+
+    made = plot_run(folder, out)
+    target = out if out is not None else folder / "figures"
+    if json_out:
+        print(json.dumps({"ok": True, "run_id": run_id, "out": str(target),
+                          "figures": [p.as_dict() for p in made]}))
+        return
+    if not made:
+        print(f"run {run_id}: no data to plot")
+    for p in made:
+        for name in p.files:
+            print(str(target / name))
