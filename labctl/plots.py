@@ -39,9 +39,6 @@ from labctl.bdf import (
 )
 
 FORMATS = ("png", "svg")
-RC: dict[str, Any] = {"path.simplify": False, "svg.hashsalt": "labctl", "font.size": 9,
-      "axes.titlesize": 9,
-      "axes.grid": True, "grid.alpha": 0.3}
 
 
 @dataclass
@@ -323,7 +320,9 @@ def plot_run(folder: Path, out: Path | None = None) -> list[Plotted]:
     for path in sorted((folder / "data").glob("*.csv")) if (folder / "data").exists() else []:
         data[path.name.split(".", 1)[0]] = read_bdf(path)
     made: list[Plotted] = []
-    with matplotlib.rc_context(RC):
+    with matplotlib.rc_context({"path.simplify": False, "svg.hashsalt": "labctl",
+                                "font.size": 9, "axes.titlesize": 9, "axes.grid": True,
+                                "grid.alpha": 0.3}):
         for sid, cols in data.items():
             tech = techniques.get(sid, "").lower()
             if all(pick(cols, c) is not None for c in (FREQUENCY, Z_REAL, Z_IMAG)) and \
