@@ -169,3 +169,28 @@ def test_startup_imports_none_of_the_heavy_libraries() -> None:
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_export_is_a_crate_with_the_figures_and_only_the_used_instruments(
+        records: dict[str, Any], tmp_path: Path) -> None:
+    """`labctl runs export` of a real run: ro-crate-py reads the zip back; the crate lists
+    the devices the stability-window recipe drove and none of the bench's others, and holds
+    the voltammograms."""
+    from rocrate.rocrate import ROCrate
+
+    folder, _, result = records["stability_window"]
+    zpath = tmp_path / "crate.zip"
+    out = labctl("runs", "export", result["run_id"], "--data-dir", str(records["data_dir"]),
+                 "-o", str(zpath))
+    assert out.returncode == 0, out.stderr
+    crate = ROCrate(zpath)
+    [action] = [e for e in crate.get_entities() if e.type == "CreateAction"]
+    meta = json.loads((folder / "metadata.json").read_text())
+    driven = {s["device"] for s in meta["steps"] if s.get("device")}
+    listed_devices = {e["name"] for e in action["instrument"] if e.id.startswith("#instrument-")}
+    assert listed_devices == driven
+    assert "potentiostat" in driven and not {"balance", "block_heater", "pump_teos"} & driven
+    assert len(meta["instruments"]) > len(listed_devices)
+    for name in ("anodic_voltammogram.png", "cathodic_voltammogram.svg"):
+        assert crate.get(f"figures/{name}") is not None
+    assert {"data/anodic.bdf.csv", "data/cathodic.bdf.csv"} <= {e.id for e in action["result"]}

@@ -396,8 +396,8 @@ def runs_export(
                       ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Write a zip of the run folder with an RO-Crate 1.1 ro-crate-metadata.json (Process
-    Run Crate profile)."""
+    """Write a zip of the run (its files, its figures, and an RO-Crate 1.1
+    ro-crate-metadata.json at the root, Process Run Crate profile)."""
     store = _store(data_dir)
     try:
         path = store.export(run_id, output)
