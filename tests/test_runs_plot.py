@@ -1,6 +1,8 @@
-"""`labctl runs plot` on records of real recipes run on the simulated bench: the files exist,
-are valid PNG and SVG, and every data row of the record is a point drawn in the figure
-(counted in the SVG, where each data series carries its id)."""
+"""`labctl runs plot` and `labctl runs export` on records of real recipes run on the simulated
+bench. Figures: the files exist, are valid PNG and SVG, and every data row of the record is
+a point drawn in the figure (counted in the SVG, where each data series carries its id).
+Exports: ro-crate-py reads the crate back; every Bluesky document passes event-model's
+schema."""
 
 from __future__ import annotations
 
@@ -194,3 +196,65 @@ def test_export_is_a_crate_with_the_figures_and_only_the_used_instruments(
     for name in ("anodic_voltammogram.png", "cathodic_voltammogram.svg"):
         assert crate.get(f"figures/{name}") is not None
     assert {"data/anodic.bdf.csv", "data/cathodic.bdf.csv"} <= {e.id for e in action["result"]}
+
+
+def read_documents(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    return [tuple(json.loads(line)) for line in path.read_text().splitlines()]  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("recipe", ["stability_window", "coating_synthesis"])
+def test_bluesky_documents_validate_and_hold_every_row(records: dict[str, Any], recipe: str,
+                                                       tmp_path: Path) -> None:
+    from event_model import DocumentNames, schema_validators
+
+    folder, _, result = records[recipe]
+    dest = tmp_path / "run.jsonl"
+    out = labctl("runs", "export", result["run_id"], "--data-dir", str(records["data_dir"]),
+                 "--format", "bluesky", "-o", str(dest), "--json")
+    assert out.returncode == 0, out.stderr
+    docs = read_documents(dest)
+    for name, doc in docs:  # event-model's own schemas, every document
+        schema_validators[DocumentNames[name]].validate(doc)
+    assert json.loads(out.stdout)["counts"]["event"] == sum(1 for n, _ in docs if n == "event")
+    names = [n for n, _ in docs]
+    assert names[0] == "start" and names[-1] == "stop" and names.count("start") == 1
+    start, stop = docs[0][1], docs[-1][1]
+    meta = json.loads((folder / "metadata.json").read_text())
+    assert start["labctl"]["run_id"] == result["run_id"] == start["labctl_run_id"]
+    assert start["labctl"]["recipe"]["sha256"] == meta["recipe"]["sha256"]
+    assert start["labctl"]["instigator"] == meta["instigator"]
+    assert start["labctl"]["fidelity"]["level"] == "simulated"
+    assert start["plan_name"] == recipe
+    assert stop["exit_status"] == "success" and stop["run_start"] == start["uid"]
+    streams = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
+    per_stream: dict[str, int] = {}
+    for n, d in docs:
+        if n == "event":
+            per_stream[streams[d["descriptor"]]] = per_stream.get(streams[d["descriptor"]], 0) + 1
+    assert stop["num_events"] == per_stream
+    for path in (folder / "data").glob("*.csv") if (folder / "data").exists() else []:
+        step = path.name.split(".", 1)[0]
+        assert per_stream[step] == len(read_bdf(path)["Test Time / s"])  # one event per row
+    journal = list(read_journal(folder / "events.jsonl"))
+    weighings = [e for e in journal if e.get("kind") == "weighing"]
+    assert per_stream.get("weighings", 0) == len(weighings)
+    if recipe == "stability_window":
+        [fom] = [d for n, d in docs if n == "event" and streams[d["descriptor"]]
+                 == "figures_of_merit"]
+        window = next(f for f in result["figures_of_merit"]
+                      if f["name"] == "electrochemical_window")
+        assert fom["data"]["electrochemical_window"] == pytest.approx(window["value"])
+    else:
+        assert weighings and "weighings" in per_stream
+    # the same run exports to the same documents
+    again = tmp_path / "again.jsonl"
+    labctl("runs", "export", result["run_id"], "--data-dir", str(records["data_dir"]),
+           "--format", "bluesky", "-o", str(again))
+    assert again.read_text() == dest.read_text()
+
+
+def test_export_refuses_an_unknown_format(records: dict[str, Any]) -> None:
+    result = records["stability_window"][2]
+    out = labctl("runs", "export", result["run_id"], "--data-dir", str(records["data_dir"]),
+                 "--format", "hdf5")
+    assert out.returncode == 2 and "--format" in out.stderr

@@ -391,22 +391,38 @@ def runs_show(
 def runs_export(
     run_id: Annotated[str, typer.Argument(help="The run.")],
     data_dir: DataDirOpt = DEFAULT_DATA_DIR,
-    output: Annotated[Path | None, typer.Option("--output", "-o",
-                                                help="Zip file (default DATA_DIR/RUN_ID.zip).")
-                      ] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="File to write (default DATA_DIR/RUN_ID.zip, or "
+        "DATA_DIR/RUN_ID.bluesky.jsonl with --format bluesky).")] = None,
+    fmt: Annotated[str, typer.Option(
+        "--format", help="rocrate: a zip with the run's files, figures and an RO-Crate 1.1 "
+        "(Process Run Crate). bluesky: event-model documents (RunStart, EventDescriptor, "
+        "Event, RunStop) as JSON Lines of [name, document].")] = "rocrate",
     json_out: JsonOpt = False,
 ) -> None:
-    """Write a zip of the run (its files, its figures, and an RO-Crate 1.1
-    ro-crate-metadata.json at the root, Process Run Crate profile)."""
+    """Write a run as an RO-Crate zip (its files, its figures, ro-crate-metadata.json at the
+    root, Process Run Crate profile) or as Bluesky event-model documents."""
+    if fmt not in ("rocrate", "bluesky"):
+        fail(f"--format {fmt!r}: expected 'rocrate' or 'bluesky'", EXIT_INVALID,
+             as_json=json_out)
     store = _store(data_dir)
     try:
-        path = store.export(run_id, output)
+        if fmt == "rocrate":
+            path = store.export(run_id, output)
+            extra: dict[str, Any] = {"zip": str(path)}
+        else:
+            from labctl.store.bluesky import export_jsonl
+
+            folder = store.open(run_id).folder
+            path, counts = export_jsonl(
+                folder, output or Path(data_dir) / f"{run_id}.bluesky.jsonl")
+            extra = {"documents": str(path), "counts": counts}
     except FileNotFoundError as exc:
         store.close()
         fail(str(exc), EXIT_INVALID, as_json=json_out)
     store.close()
     if json_out:
-        print(json.dumps({"ok": True, "run_id": run_id, "zip": str(path)}))
+        print(json.dumps({"ok": True, "run_id": run_id, "format": fmt, **extra}))
     else:
         print(str(path))
 
