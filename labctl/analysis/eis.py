@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -204,7 +204,6 @@ class CircuitFit:
     points: int
     f_min_hz: float
     f_max_hz: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

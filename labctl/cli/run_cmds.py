@@ -397,7 +397,7 @@ def runs_export(
     fmt: Annotated[str, typer.Option(
         "--format", help="rocrate: a zip with the run's files, figures and an RO-Crate 1.1 "
         "(Process Run Crate). bluesky: event-model documents (RunStart, EventDescriptor, "
-        "Event, RunStop) as JSON Lines of [name, document].")] = "rocrate",
+        "Event, RunStop), one JSON array (name, document) per line.")] = "rocrate",
     json_out: JsonOpt = False,
 ) -> None:
     """Write a run as an RO-Crate zip (its files, its figures, ro-crate-metadata.json at the
