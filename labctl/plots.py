@@ -3,11 +3,12 @@
 Per data file, by the technique its measurement record names: Nyquist and Bode plots of an
 impedance spectrum with the fitted equivalent circuit; the voltammogram with the stability
 window's limits and the threshold marked; for galvanostatic cycling the potential trace and
-the capacity and coulombic efficiency per cycle. From the journal: the mass trace (every
-weighing) and the temperature trace (heating and stirring set-points, and any temperature
-column of the data). Each figure is written as PNG and SVG; `figures.json` lists them with
-the number of points each data series holds, so a reader (or a test) can check that the
-figure shows all the data.
+the capacity and coulombic efficiency per cycle; for other techniques (open-circuit
+potential, chronoamperometry) potential and current against time. From the journal: the
+mass at every weighing and the temperatures held (heating and stirring set-points for their
+recorded durations), and any temperature column of the data. Each figure is written as PNG
+and SVG; `figures.json` lists them with the number of points each data series holds, so a
+reader (or a test) can check that the figure shows all the data.
 
 matplotlib is imported here, lazily, on the Agg backend (no display, no pyplot state).
 Data series carry an SVG id (`gid`), and path simplification is off, so the SVG holds every
@@ -229,6 +230,31 @@ def _cycling(out: Path, sid: str, cols: dict[str, Any], meta: dict[str, Any]) ->
     return [trace, per]
 
 
+# -- other techniques ------------------------------------------------------------------------------
+
+def _time_trace(out: Path, sid: str, cols: dict[str, Any], meta: dict[str, Any],
+                technique: str) -> list[Plotted]:
+    """Potential and current against time (open-circuit potential, chronoamperometry…):
+    the finite columns only."""
+    t = np.asarray(cols[TEST_TIME], float)
+    series = [(col, label, scale) for col, label, scale in (
+        (pick(cols, WE_POTENTIAL, VOLTAGE, APPLIED_POTENTIAL), "E / V", 1.0),
+        (cols.get(CURRENT), "I / mA", 1e3))
+        if col is not None and np.isfinite(np.asarray(col, float)).any()]
+    if not series:
+        return []
+    fig, axes = _figure(len(series), height=2.6)
+    for ax, (col, label, scale), gid in zip(axes, series, ("potential", "current"),
+                                            strict=False):
+        ax.plot(t / 60, np.asarray(col, float) * scale, "-", lw=1.0, gid=f"{sid}-{gid}",
+                label=f"{len(t)} points")
+        ax.set_ylabel(label)
+        ax.legend(loc="upper right")
+    axes[-1].set_xlabel("test time / min")
+    axes[0].set_title(_title(meta, f"{sid}: {technique.upper() or 'measurement'} against time"))
+    return [_save(fig, out, Plotted(f"{sid}_trace", "trace", sid, rows=len(t)))]
+
+
 # -- journal traces --------------------------------------------------------------------------------
 
 def _journal(folder: Path) -> list[dict[str, Any]]:
@@ -334,6 +360,8 @@ def plot_run(folder: Path, out: Path | None = None) -> list[Plotted]:
             elif CURRENT in cols and tech in ("lsv", "cv", "") and \
                     pick(cols, APPLIED_POTENTIAL, WE_POTENTIAL, VOLTAGE) is not None:
                 made += _voltammogram(out, sid, cols, meta, result, tech or "sweep")
+            elif TEST_TIME in cols:
+                made += _time_trace(out, sid, cols, meta, tech)
         made += _traces(out, folder, meta, data)
     (out / "figures.json").write_text(json.dumps([p.as_dict() for p in made], indent=2) + "\n")
     return made

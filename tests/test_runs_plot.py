@@ -108,6 +108,10 @@ def test_voltammograms_hold_every_point_and_the_window(records: dict[str, Any]) 
         text = svg.read_text()
         assert f"anodic limit {limits['anodic_limit']:.3f} V" in text
         assert f"cathodic limit {limits['cathodic_limit']:.3f} V" in text
+    # the open-circuit rest before the sweeps: its potential against time, every point
+    rows = len(read_bdf(folder / "data" / "rest.bdf.csv")["Test Time / s"])
+    _, rest = check_files(figs, "rest_trace")
+    assert svg_points(rest, "rest-potential") == rows
 
 
 def test_cycling_figures_hold_every_point_and_each_cycle(records: dict[str, Any]) -> None:
