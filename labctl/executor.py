@@ -810,9 +810,17 @@ class Executor:
             raise LabctlError(f"unknown analysis {name!r} (known: {', '.join(sorted(table))})")
         args = dict(_get(step, "args") or {})
         self._add_measured_temperature(table[name], args)
-        out = table[name](self._data_files(), **args)
-        if inspect.isawaitable(out):
-            out = await out
+        try:
+            out = table[name](self._data_files(), **args)
+            if inspect.isawaitable(out):
+                out = await out
+        except Exception as exc:
+            # a refusal (meaningless input) records its figures as failed, with the reason,
+            # before the step fails: the result says why there is no number
+            for failed in getattr(exc, "failed_figures", None) or []:
+                self.figures.append({"analysis": name, "analysis_step": str(_get(step, "id")),
+                                     **_jsonable(failed)})
+            raise
         result = _jsonable(out if isinstance(out, dict) else {"value": out})
         figs = result.get("figures") if isinstance(result.get("figures"), list) else None
         for fig in figs or [result]:

@@ -19,7 +19,10 @@ cell"), so that analyses have a known truth to recover:
   charge already stored kept, so the fade shows in the retention and the measured CE is the
   configured one). The OCP is its OCV (constant while no current flows). Simplification: the
   voltammetric response does not include the insertion electrode, and the sweeps ignore iR
-  drop.
+  drop;
+- a dry cell (no electrolyte in its vial, electrodes in air) is an open circuit: its
+  impedance is the stray capacitance of the leads (10 pF) in parallel with a 1 TΩ leak, no
+  DC current flows (sweeps read only noise, a galvanostat cannot drive its current).
 
 Units: SI throughout (m, m², F, A, V, s, mol/m³).
 """
@@ -33,6 +36,7 @@ import numpy as np
 
 FARADAY = 96485.33212
 GAS_R = 8.314462618
+OPEN_CIRCUIT_OHM = 1e12
 
 
 @dataclass
@@ -60,6 +64,7 @@ class CellParams:
     capacity_fade: float = 0.01  # capacity lost per full charge, as a fraction
     convection_time_s: float = 30.0  # diffusion-layer growth stops after this (stirring)
     temperature_c: float = 25.0  # used when the electrolyte gives none
+    stray_capacitance_f: float = 10e-12  # leads and electrodes: all a dry cell shows
 
 
 def _w_of_exp(y: float) -> float:
@@ -131,12 +136,17 @@ class Cell:
                 self._electrolyte = (float(sigma), float(temp))
         return self._electrolyte
 
+    @property
+    def open_circuit(self) -> bool:
+        """No electrolyte between the electrodes (an empty vial): no current path."""
+        return self.electrolyte()[0] <= 0
+
     def r_s(self) -> float:
         """Ohmic (solution) resistance K_cell/σ; a dry cell is an open circuit (1 TΩ)."""
         sigma, _ = self.electrolyte()
         if sigma <= 0:
-            return 1e12
-        return min(1e12, self.params.cell_constant_m / sigma)
+            return OPEN_CIRCUIT_OHM
+        return min(OPEN_CIRCUIT_OHM, self.params.cell_constant_m / sigma)
 
     def thermal_voltage(self) -> float:
         _, t_c = self.electrolyte()
@@ -153,6 +163,8 @@ class Cell:
     def impedance(self, f_hz: float) -> complex:
         """Randles: R_s + 1/(jωC_dl + 1/(R_ct + σ_W(1−j)/√ω)). Im < 0 when capacitive."""
         w = 2 * math.pi * f_hz
+        if self.open_circuit:  # the leads' stray capacitance and a 1 TΩ leak
+            return 1.0 / (1.0 / OPEN_CIRCUIT_OHM + 1j * w * self.params.stray_capacitance_f)
         zw = self.params.warburg_ohm_s05 * (1 - 1j) / math.sqrt(w)
         zf = self.r_ct() + zw
         return self.r_s() + 1.0 / (1j * w * self.c_dl() + 1.0 / zf)
@@ -277,6 +289,9 @@ class Voltammetry:
 
     def sample(self, e_v: float, de_dt: float, t_since_step: float | None = None) -> float:
         """Current (A, anodic positive) at the next grid point with potential e_v."""
+        if self.cell.open_circuit:  # electrodes in air: only the leads' charging current
+            self.n += 1
+            return self.cell.params.stray_capacitance_f * de_dt
         i_f = self._push(e_v)
         i_c = self.cell.c_dl() * de_dt
         if t_since_step is not None and self.rest_v is not None:

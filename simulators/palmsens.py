@@ -829,13 +829,16 @@ class EmStatSimulator(Simulator):
         for k in range(1, n + 1):
             await self._wait_until(run, t0 + k * t_int)
             self._fault_check(stmt)
-            i = i_set if self.cell_on else 0.0
+            # an open cell (empty vial) carries no current: the galvanostat runs into its
+            # compliance, the potential to the end of its range
+            i = i_set if self.cell_on and not self.cell.open_circuit else 0.0
             status = 0
             if abs(i) > self.current_range:  # a galvanostat cannot exceed its range
                 i = math.copysign(self.current_range, i)
                 status = 0x2
             self.cell.pass_current(i, t_int)
-            e = self.cell.galvanostatic_potential(i)
+            e = (self.cell.galvanostatic_potential(i) if not self.cell.open_circuit
+                 else math.copysign(2 * max(abs(self.model.e_min), abs(self.model.e_max)), i_set))
             run.vars[stmt.args[0]] = self._measure_potential(e)
             cur = Var(i + self._gauss(self.noise * self.current_range), "ba")
             index = self.model.current_ranges.index(self.current_range)

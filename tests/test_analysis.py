@@ -14,7 +14,15 @@ import pytest
 from drivers.palmsens import EmStat
 from labctl.analysis import ANALYSES
 from labctl.analysis.cycling import charges_per_cycle, end_of_life_cycle, retention_pct
-from labctl.analysis.eis import first_apex, fit_r_rc_cpe, hf_intercept, r_rc_cpe
+from labctl.analysis.eis import (
+    SpectrumRefused,
+    check_spectrum,
+    first_apex,
+    fit_circuit,
+    hf_intercept,
+    lin_kk,
+)
+from labctl.analysis.registry import AnalysisRefused
 from labctl.analysis.voltammetry import onset_potential
 from labctl.bdf import BdfWriter
 from labctl.clock import ScaledClock
@@ -77,13 +85,39 @@ async def bench_factory() -> AsyncIterator[Any]:
 
 # -- pure functions on synthetic spectra --------------------------------------------------------
 
+def r_rc_cpe(freq: np.ndarray, r0: float, r_ct: float, q: float, n: float) -> np.ndarray:
+    """Z of R0 + (R_ct ‖ CPE), CPE = 1/(Q (jω)^n): the truth synthetic spectra are made of."""
+    jw = 1j * 2 * np.pi * np.asarray(freq, dtype=float)
+    return r0 + r_ct / (1.0 + r_ct * q * jw**n)
+
+
 def test_fit_recovers_a_known_circuit() -> None:
     f = np.geomspace(1e5, 1, 41)
     z = r_rc_cpe(f, 42.0, 300.0, 2e-6, 0.85)
-    fit = fit_r_rc_cpe(f, z.real, z.imag)
-    assert fit.r0_ohm == pytest.approx(42.0, rel=1e-4)
-    assert fit.r_ct_ohm == pytest.approx(300.0, rel=1e-3)
-    assert fit.n == pytest.approx(0.85, abs=1e-3)
+    fit = fit_circuit(f, z.real, z.imag)
+    assert fit.circuit == "R0-p(R1,CPE1)"
+    assert fit.parameters["R0"] == pytest.approx(42.0, rel=1e-4)
+    assert fit.parameters["R1"] == pytest.approx(300.0, rel=1e-3)
+    assert fit.parameters["CPE1_1"] == pytest.approx(0.85, abs=1e-3)
+    assert fit.units["R0"] == "Ohm" and fit.rms_relative < 1e-4
+    model = fit.predict(f)
+    assert np.allclose(model, z, rtol=1e-3)
+
+
+def test_another_circuit_fits_the_whole_randles_spectrum() -> None:
+    """A circuit string from the recipe: the simulated cell's own Randles circuit, fitted to
+    the whole spectrum (diffusion tail included), recovers every element."""
+    from simulators.electrochem_cell import Cell
+
+    cell = Cell(conductivity=lambda: (0.5, 25.0))
+    f = np.geomspace(1e5, 0.1, 31)
+    z = np.array([cell.impedance(x) for x in f])
+    fit = fit_circuit(f, z.real, z.imag, "R0-p(C1,R1-W1)")
+    assert fit.points == 31
+    assert fit.parameters["R0"] == pytest.approx(cell.r_s(), rel=1e-3)
+    assert fit.parameters["C1"] == pytest.approx(cell.c_dl(), rel=1e-2)
+    assert fit.parameters["R1"] == pytest.approx(cell.r_ct(), rel=1e-2)
+    assert fit.parameters["W1"] == pytest.approx(100.0, rel=1e-2)
 
 
 def test_intercept_with_an_inductive_tail() -> None:
@@ -105,8 +139,23 @@ def test_noise_near_the_axis_is_not_the_arc() -> None:
     zim = z.imag.copy()
     zim[:4] = [-0.79, -1.10, -0.52, -1.08]  # noise of 0.1 % of |Z| on the first points
     assert first_apex(zim) == first_apex(z.imag) == int(np.argmax(-z.imag))
-    fit = fit_r_rc_cpe(f, z.real, zim)
-    assert fit.r0_ohm == pytest.approx(300.0, rel=0.01)
+    fit = fit_circuit(f, z.real, zim)
+    assert fit.parameters["R0"] == pytest.approx(300.0, rel=0.01)
+
+
+def test_lin_kk_passes_a_linear_spectrum_and_fails_a_drifting_one() -> None:
+    """A spectrum whose cell changes while it is measured (R grows 50 % from the first
+    frequency to the last) is no linear time-invariant response: Lin-KK rejects it, and the
+    analysis refuses it with that reason."""
+    f = np.geomspace(1e5, 0.1, 31)
+    z = r_rc_cpe(f, 80.0, 130.0, 4e-6, 0.95)
+    good = lin_kk(f, z.real, z.imag)
+    assert good.valid and max(good.max_residual_real, good.max_residual_imag) < 1e-3
+    drift = z * np.linspace(1.0, 1.5, len(f))
+    bad = lin_kk(f, drift.real, drift.imag)
+    assert not bad.valid and max(bad.max_residual_real, bad.max_residual_imag) > 0.01
+    with pytest.raises(SpectrumRefused, match="Lin-KK"):
+        check_spectrum(f, drift.real, drift.imag)
 
 
 def test_onsets_and_cycling_on_synthetic_data() -> None:
@@ -226,3 +275,69 @@ async def test_coulombic_efficiency_and_retention_from_cycling(bench_factory: An
     assert result["end_of_life_cycle"]["value"] is None
     assert ANALYSES["capacity_retention"]([path])["capacity_retention"]["value"] == \
         pytest.approx(retention[2])
+
+
+# -- physically meaningless input: refused with a reason, never a number -----------------------
+
+def empty_vial_world() -> World:
+    """The cell sits in an empty vial: electrodes in air, an open circuit."""
+    return World.from_spec({"materials": {"EC": {"density_g_ml": 1.32}},
+                            "vessels": {"cell_vial": {"capacity": "20 mL"}}})
+
+
+async def test_open_circuit_spectrum_is_refused(bench_factory: Any, tmp_path: Path) -> None:
+    """The EmStat measures a cell in an empty vial: huge |Z|, capacitive at every frequency,
+    no real-axis intercept. No conductivity comes out; the main figures are marked failed
+    with the reason."""
+    b = await bench_factory(empty_vial_world())
+    path = await b.record(PEIS(amplitude_v=0.01, f_start_hz=1e5, f_end_hz=0.1,
+                               n_frequencies=31), tmp_path / "eis_dry.bdf.csv")
+    with pytest.raises(AnalysisRefused, match="open circuit") as info:
+        ANALYSES["ionic_conductivity"]({"eis_dry": path}, cell_constant="1.0 /cm")
+    failed = {f["name"]: f for f in info.value.failed_figures}
+    assert set(failed) == {"ionic_conductivity", "ionic_conductivity_mS_cm"}
+    for f in failed.values():
+        assert f["value"] is None and f["status"] == "failed"
+        assert "no real-axis intercept" in f["reason"]
+
+
+async def test_open_circuit_sweeps_are_refused(bench_factory: Any, tmp_path: Path) -> None:
+    """Linear sweeps on an empty vial: no current flows, no window can be read."""
+    b = await bench_factory(empty_vial_world())
+    an = await b.record(LSV(E_begin_v=3.0, E_end_v=5.3, E_step_v=0.01, scan_rate_v_s=0.05),
+                        tmp_path / "lsv_ox.bdf.csv")
+    cat = await b.record(LSV(E_begin_v=3.0, E_end_v=0.3, E_step_v=0.01, scan_rate_v_s=0.05),
+                         tmp_path / "lsv_red.bdf.csv")
+    with pytest.raises(AnalysisRefused, match="never reached the threshold") as info:
+        ANALYSES["stability_window"]({"lsv_ox": an, "lsv_red": cat}, anodic_step="lsv_ox",
+                                     cathodic_step="lsv_red")
+    assert {f["name"] for f in info.value.failed_figures} == {
+        "anodic_limit", "cathodic_limit", "electrochemical_window"}
+
+
+async def test_a_sweep_in_the_wrong_direction_is_refused(bench_factory: Any,
+                                                         tmp_path: Path) -> None:
+    b = await bench_factory(None, redox_concentration=0)
+    down = await b.record(LSV(E_begin_v=3.0, E_end_v=0.3, E_step_v=0.01, scan_rate_v_s=0.05),
+                          tmp_path / "down.bdf.csv")
+    with pytest.raises(AnalysisRefused, match="never rises"):
+        ANALYSES["stability_window"]({"down": down}, anodic_step="down", cathodic_step="down")
+
+
+async def test_open_circuit_cycling_is_refused(bench_factory: Any, tmp_path: Path) -> None:
+    """A galvanostat on an empty vial cannot drive its current: every phase ends at its
+    first point and the 'charge' is noise. No efficiency comes out."""
+    b = await bench_factory(empty_vial_world(), scale=20000)
+    tech = GCPL(n_cycles=2, phases=[
+        GCPLPhase(mode="cc", current_a=2e-4, upper_cutoff_v=3.45, max_time_s=600,
+                  sample_interval_s=5),
+        GCPLPhase(mode="rest", max_time_s=60, sample_interval_s=20),
+        GCPLPhase(mode="cc", current_a=-2e-4, lower_cutoff_v=2.55, max_time_s=600,
+                  sample_interval_s=5),
+    ])
+    path = await b.record(tech, tmp_path / "cycling_dry.bdf.csv")
+    with pytest.raises(AnalysisRefused) as info:
+        ANALYSES["coulombic_efficiency"]([path])
+    assert {f["name"] for f in info.value.failed_figures} == {
+        "coulombic_efficiency", "capacity_retention"}
+    assert all(f["value"] is None for f in info.value.failed_figures)

@@ -84,6 +84,6 @@ def test_runs_list_show_export(tmp_path: Path) -> None:
     out = labctl("runs", "export", run_id, "--data-dir", str(data), "--output", str(zpath))
     assert out.returncode == 0 and out.stdout.strip() == str(zpath)
     with zipfile.ZipFile(zpath) as z:
-        assert f"{run_id}/ro-crate-metadata.json" in z.namelist()
+        assert "ro-crate-metadata.json" in z.namelist()
     missing = labctl("runs", "show", "20250101T000000Z-none-000000", "--data-dir", str(data))
     assert missing.returncode == 2

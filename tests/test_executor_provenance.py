@@ -87,7 +87,7 @@ async def test_conductivity_run_records_what_the_world_received(tmp_path: Path) 
     # the RO-Crate export describes the same run
     zpath = Bench(cfg, data_dir=tmp_path / "runs").store.export(run_id)
     with zipfile.ZipFile(zpath) as z:
-        crate = json.loads(z.read(f"{run_id}/ro-crate-metadata.json"))
+        crate = json.loads(z.read("ro-crate-metadata.json"))
     action = next(e for e in crate["@graph"] if e["@type"] == "CreateAction")
     assert {"@id": "#instrument-potentiostat"} in action["instrument"]
     assert {"@id": eis["path"]} in action["result"]

@@ -188,11 +188,22 @@ def test_provenance_from_journal_records() -> None:
 
 
 def test_export_writes_an_ro_crate_zip(tmp_path: Path) -> None:
+    """The zip has ro-crate-metadata.json at its root; ro-crate-py reads it back as a Process
+    Run Crate naming only the instruments the run drove, with the figures of the data."""
+    from rocrate.rocrate import ROCrate
+
     store = RunStore(tmp_path)
     rec = store.create("demo")
     rec.write_recipe({"recipe": {"name": "demo"}})
-    rec.data_path("eis").write_text("Test Time / s,Voltage / V,Current / A\n0,0,0\n")
+    rec.data_path("eis").write_text(
+        "Test Time / s,Frequency / Hz,Real Impedance / ohm,Imaginary Impedance / ohm\n"
+        "0,1000,100,-20\n1,100,120,-40\n2,10,150,-30\n")
     rec.journal.append("transition", trigger="start", source="ready", dest="running")
+    rec.journal.append("step_started", step="eis", kind="action", device="potentiostat",
+                       action="peis")
+    rec.journal.append("record", kind="measurement", step="eis", device="potentiostat",
+                       technique="peis")
+    rec.journal.append("step_finished", step="eis", kind="action", device="potentiostat")
     rec.journal.append("run_finished", status="completed")
     meta = build_metadata(
         context={"run_id": rec.run_id, "recipe": {"name": "demo", "sha256": "ab"},
@@ -201,7 +212,9 @@ def test_export_writes_an_ro_crate_zip(tmp_path: Path) -> None:
                  "instruments": {"potentiostat": {"driver": "palmsens-emstat",
                                                   "capabilities": ["potentiostat"],
                                                   "identity": {"model": "EmStat Pico",
-                                                               "serial": "SIM1"}}},
+                                                               "serial": "SIM1"}},
+                                 "balance": {"driver": "mettler-balance",
+                                             "capabilities": ["balance"]}},
                  "software": {"version": "0.1.0"}, "fidelity": {"level": "simulated"}},
         events=rec.events(), data_files=rec.data_files(), status="completed")
     rec.write_metadata(meta)
@@ -210,22 +223,32 @@ def test_export_writes_an_ro_crate_zip(tmp_path: Path) -> None:
     zpath = store.export(rec.run_id, tmp_path / "out.zip")
     with zipfile.ZipFile(zpath) as z:
         names = set(z.namelist())
-        crate = json.loads(z.read(f"{rec.run_id}/ro-crate-metadata.json"))
-    assert {f"{rec.run_id}/{n}" for n in ("recipe.json", "metadata.json", "events.jsonl",
-                                          "result.json", "data/eis.bdf.csv")} <= names
-    assert crate["@context"] == "https://w3id.org/ro/crate/1.1/context"
-    graph = {e["@id"]: e for e in crate["@graph"]}
-    assert graph["ro-crate-metadata.json"]["about"] == {"@id": "./"}
-    root = graph["./"]
-    assert {"@id": "https://w3id.org/ro/wfrun/process/0.5"} == root["conformsTo"]
-    [action] = [e for e in crate["@graph"] if e["@type"] == "CreateAction"]
-    assert action["agent"]["@id"] in graph and graph[action["agent"]["@id"]]["identifier"] == "q7"
-    assert {"@id": "#instrument-potentiostat"} in action["instrument"]
-    assert graph["#instrument-potentiostat"]["serialNumber"] == "SIM1"
-    assert {"@id": "data/eis.bdf.csv"} in action["result"]
-    assert action["object"] == [{"@id": "recipe.json"}]
+        raw = json.loads(z.read("ro-crate-metadata.json"))
+    assert {"ro-crate-metadata.json", "recipe.json", "metadata.json", "events.jsonl",
+            "result.json", "data/eis.bdf.csv", "figures/eis_nyquist.png",
+            "figures/eis_bode.svg"} <= names
+    assert not any(n.startswith(f"{rec.run_id}/") for n in names)
+    assert raw["@context"] == "https://w3id.org/ro/crate/1.1/context"
+
+    crate = ROCrate(zpath)  # read back with the library
+    assert crate.metadata["about"] is crate.root_dataset
+    descriptor = next(e for e in raw["@graph"] if e["@id"] == "ro-crate-metadata.json")
+    assert descriptor["conformsTo"] == {"@id": "https://w3id.org/ro/crate/1.1"}
+    root = crate.root_dataset
+    assert root["conformsTo"].id == "https://w3id.org/ro/wfrun/process/0.5"
+    [action] = [e for e in crate.get_entities() if e.type == "CreateAction"]
+    assert action in root["mentions"]
+    assert action["agent"]["identifier"] == "q7"
+    instruments = {e.id for e in action["instrument"]}
+    assert instruments == {"#software-labctl", "#instrument-potentiostat"}  # no balance
+    assert crate.get("#instrument-potentiostat")["serialNumber"] == "SIM1"
+    assert [e.id for e in action["object"]] == ["recipe.json"]
+    assert {"data/eis.bdf.csv", "result.json"} <= {e.id for e in action["result"]}
     assert action["startTime"] and action["endTime"]
-    assert graph["data/eis.bdf.csv"]["sha256"] == meta["data_files"][0]["sha256"]
+    data = crate.get("data/eis.bdf.csv")
+    assert data["sha256"] == meta["data_files"][0]["sha256"]
+    nyquist = crate.get("figures/eis_nyquist.png")
+    assert nyquist["encodingFormat"] == "image/png" and nyquist["about"] is data
     store.close()
 
 

@@ -42,6 +42,34 @@ def charges_per_cycle(time_s: np.ndarray, current_a: np.ndarray, cycle: np.ndarr
     return out
 
 
+MIN_SAMPLES = 3  # a charge "integrated" over fewer consecutive samples is no charge
+
+
+def _longest_run(mask: np.ndarray) -> int:
+    best = run = 0
+    for m in mask:
+        run = run + 1 if m else 0
+        best = max(best, run)
+    return best
+
+
+def check_cycles(current_a: np.ndarray, cycle: np.ndarray, cycles: list[int]) -> str | None:
+    """Why these cycles give no meaningful efficiency (None when they do): a cycle whose
+    charge or discharge current flows for fewer than MIN_SAMPLES consecutive samples, as
+    when the galvanostat meets an open circuit and every phase ends at its first point."""
+    i = np.asarray(current_a, dtype=float)
+    c = np.asarray(cycle, dtype=float)
+    for n in cycles:
+        sel = i[c == n]
+        for word, mask in (("charge", sel > 0), ("discharge", sel < 0)):
+            run = _longest_run(mask)
+            if run < MIN_SAMPLES:
+                return (f"cycle {n}: the {word} current flows for {run} consecutive sample(s) "
+                        "only: no current path (open circuit: is the cell in electrolyte?) "
+                        "or every phase ended at its first point")
+    return None
+
+
 def retention_pct(cycles: list[CycleCharge], reference_cycle: int = 1) -> dict[int, float]:
     ref = next((c.discharge_ah for c in cycles if c.cycle == reference_cycle), None)
     if not ref:

@@ -4,6 +4,11 @@
 quantities with units (strings like "1.0 /cm", "25 degC") or floats already in the unit the
 spec states. The result holds `figures` (each with name, value, unit, method and the
 ontology IRI of formats.md where one exists) and the same figures by name.
+
+Physically meaningless input (an open-circuit spectrum, a sweep that never sweeps, cycles
+without current) is refused: `AnalysisRefused` carries the reason and the analysis's main
+figures marked `"status": "failed"` with `value` None, which the executor records before the
+step fails. A refusal never yields a number.
 """
 
 from __future__ import annotations
@@ -40,6 +45,26 @@ IRI_CYCLING = EMMO_EC + "electrochemistry_79a8802e_8296_459a_b65d_6e5c79e1bf37"
 Files = Mapping[str, Any] | Sequence[Any]
 
 
+class Refusal(ValueError):
+    """Raised inside an analysis: this input has no meaningful figure; `details` go to the
+    record."""
+
+    def __init__(self, reason: str, **details: Any):
+        super().__init__(reason)
+        self.reason = reason
+        self.details = details
+
+
+class AnalysisRefused(ValueError):
+    """An analysis refused its input: the reason, and its main figures marked failed."""
+
+    def __init__(self, analysis: str, reason: str, failed_figures: list[dict[str, Any]]):
+        super().__init__(f"{analysis} refused its input: {reason}")
+        self.analysis = analysis
+        self.reason = reason
+        self.failed_figures = failed_figures
+
+
 @dataclass(frozen=True)
 class ArgSpec:
     unit: str | None = None  # None: taken as it is (text, integer)
@@ -58,6 +83,8 @@ class AnalysisSpec:
     func: Callable[..., list[dict[str, Any]]]
     iri: str = ""
     columns: tuple[str, ...] = field(default_factory=tuple)
+    #: (name, unit) of the figures a refusal marks failed
+    main_figures: tuple[tuple[str, str], ...] = ()
 
     def convert(self, args: Mapping[str, Any]) -> dict[str, Any]:
         from labctl.units import to
@@ -79,7 +106,13 @@ class AnalysisSpec:
 
     def __call__(self, files: Files, **args: Any) -> dict[str, Any]:
         known = self.convert(args)
-        figures = self.func(files, **known)
+        try:
+            figures = self.func(files, **known)
+        except (Refusal, eis.SpectrumRefused) as exc:
+            failed = [fig(name, None, unit, self.description, self.iri, status="failed",
+                          reason=exc.reason, **exc.details)
+                      for name, unit in self.main_figures]
+            raise AnalysisRefused(self.name, exc.reason, failed) from exc
         return {"analysis": self.name, "figures": figures,
                 **{f["name"]: f for f in figures}}
 
@@ -119,21 +152,42 @@ def fig(name: str, value: Any, unit: str, method: str, iri: str = "", **extra: A
 def ionic_conductivity(files: Files, *, step: str | None = None, cell_constant: float,
                        temperature: float | None, method: str = "fit",
                        measured_temperature: float | None = None,
-                       temperature_source: str | None = None) -> list[dict[str, Any]]:
-    sid, cols = load(files, step, (FREQUENCY, Z_REAL, Z_IMAG))
-    f, zr, zi = cols[FREQUENCY], cols[Z_REAL], cols[Z_IMAG]
-    r_hf = eis.hf_intercept(f, zr, zi)
-    figures = [fig("bulk_resistance_intercept", r_hf, "ohm", "high-frequency intercept",
-                   step=sid)]
-    r_b, how = r_hf, "high-frequency intercept of the Nyquist plot"
-    if method == "fit":
-        fit = eis.fit_r_rc_cpe(f, zr, zi)
-        figures.append(fig("bulk_resistance_fit", fit.r0_ohm, "ohm", "R0 + (R_ct||CPE) fit",
-                           step=sid, r_ct_ohm=fit.r_ct_ohm, cpe_q=fit.q, cpe_n=fit.n,
-                           rms_relative=fit.rms_relative, points=fit.points))
-        r_b, how = fit.r0_ohm, "R0 of an R0 + (R_ct||CPE) least-squares fit"
-    elif method != "intercept":
+                       temperature_source: str | None = None,
+                       circuit: str = eis.DEFAULT_CIRCUIT, kk_limit: float = eis.KK_LIMIT
+                       ) -> list[dict[str, Any]]:
+    if method not in ("fit", "intercept"):
         raise ValueError(f"method must be 'fit' or 'intercept', got {method!r}")
+    sid, cols = load(files, step, (FREQUENCY, Z_REAL, Z_IMAG))
+    kk_limit = float(kk_limit)
+    f, zr, zi = cols[FREQUENCY], cols[Z_REAL], cols[Z_IMAG]
+    kk = eis.check_spectrum(f, zr, zi, kk_limit)  # refuses open circuits and invalid spectra
+    validity = kk.as_dict()
+    r_hf = eis.hf_intercept(f, zr, zi)
+    figures = [
+        fig("spectrum_validity", 100 * max(kk.max_residual_real, kk.max_residual_imag), "%",
+            "Lin-KK test (Schönleber et al. 2014, impedance.py): largest residual, "
+            "relative to |Z|", step=sid, **validity),
+        fig("bulk_resistance_intercept", r_hf, "ohm", "high-frequency intercept", step=sid),
+    ]
+    r_b, how = r_hf, "high-frequency intercept of the Nyquist plot"
+    fit_info: dict[str, Any] = {}
+    if method == "fit":
+        fit = eis.fit_circuit(f, zr, zi, circuit)
+        if not fit.rms_relative <= eis.FIT_RMS_LIMIT:
+            raise Refusal(f"circuit {circuit} does not describe the spectrum: RMS residual "
+                          f"{100 * fit.rms_relative:.3g} % of |Z| (limit "
+                          f"{100 * eis.FIT_RMS_LIMIT:g} %)", circuit=circuit,
+                          fit_rms_relative=fit.rms_relative)
+        r_b = eis.bulk_resistance(fit)
+        if not r_b > 0:
+            raise Refusal(f"circuit {circuit}: fitted R0 = {r_b:.3g} ohm, no bulk resistance",
+                          circuit=circuit)
+        figures.append(fig("bulk_resistance_fit", r_b, "ohm", f"R0 of a {circuit} fit "
+                           "(impedance.py, residuals weighted by |Z|)", step=sid,
+                           **fit.as_dict()))
+        how = f"R0 of a {circuit} equivalent-circuit fit (impedance.py)"
+        fit_info = {"circuit": circuit, "fit_rms_relative": fit.rms_relative,
+                    "fit_points": fit.points}
     # A conductivity is only comparable at the temperature the cell really had: a measured
     # cell temperature wins over the recipe's (a setpoint), which wins over nothing.
     t_k, t_source, t_measured = None, "unknown: no temperature measured or given", False
@@ -150,7 +204,12 @@ def ionic_conductivity(files: Files, *, step: str | None = None, cell_constant: 
     common: dict[str, Any] = {"step": sid, "temperature_k": t_k,
                               "temperature_source": t_source,
                               "temperature_measured": t_measured,
-                              "cell_constant_per_m": cell_constant, "bulk_resistance_ohm": r_b}
+                              "cell_constant_per_m": cell_constant, "bulk_resistance_ohm": r_b,
+                              **fit_info,
+                              "lin_kk": {"valid": kk.valid,
+                                         "max_residual_real": kk.max_residual_real,
+                                         "max_residual_imag": kk.max_residual_imag,
+                                         "limit": kk.limit}}
     requested: dict[str, Any] = {}
     if temperature is not None and t_measured:
         requested["temperature_requested_k"] = temperature
@@ -176,24 +235,46 @@ def stability_window(files: Files, *, step: str | None = None, anodic_step: str 
 
     limits: dict[str, float | None] = {}
     rates: list[float] = []
+    peak_j: dict[str, float] = {}
+    sids: dict[str, str] = {}
     for direction, s in (("anodic", anodic_step or step), ("cathodic", cathodic_step or step)):
         sid, cols = sweep(s)
+        sids[direction] = sid
         e = pick(cols, APPLIED_POTENTIAL, WE_POTENTIAL, VOLTAGE)
         if e is None:
             raise ValueError(f"step {sid}: no potential column")
+        check = voltammetry.check_sweep(e, cols[CURRENT], area, threshold, direction)
+        if check is not None:
+            raise Refusal(f"step {sid}: {check}", step=sid, direction=direction)
         limits[direction] = voltammetry.onset_potential(e, cols[CURRENT], area, threshold,
                                                         direction)
+        peak_j[direction] = float(np.nanmax(np.abs(np.asarray(cols[CURRENT], float)))) / area
         rates.append(voltammetry.scan_rate_v_s(cols[TEST_TIME], e))
+    if limits["anodic"] is None and limits["cathodic"] is None:
+        raise Refusal(
+            f"the current density never reached the threshold {threshold / 10:g} mA/cm^2 in "
+            f"either direction (largest {max(peak_j.values()) / 10:.3g} mA/cm^2): no current "
+            "flows (open circuit: is the cell in electrolyte?) or the sweeps stop inside the "
+            "window", largest_j_a_m2=max(peak_j.values()))
+    if (limits["anodic"] is not None and limits["cathodic"] is not None
+            and limits["anodic"] <= limits["cathodic"]):
+        raise Refusal(f"anodic limit {limits['anodic']:.3g} V is not above the cathodic limit "
+                      f"{limits['cathodic']:.3g} V: no window")
     w = voltammetry.Window(limits["anodic"], limits["cathodic"])
     common = {"threshold_a_m2": threshold, "threshold_mA_cm2": threshold / 10.0,
               "area_m2": area, "scan_rate_v_s": float(np.nanmedian(rates)),
-              "reference": reference or ""}
+              "reference": reference or "", "anodic_step": sids["anodic"],
+              "cathodic_step": sids["cathodic"]}
     method = "LSV: first potential where |j| exceeds the threshold current density"
+    unreached = {d: {"reason": "the threshold was not reached within the sweep"}
+                 for d, v in limits.items() if v is None}
     return [
-        fig("anodic_limit", w.e_ox_v, "V", method, IRI_WINDOW, **common),
-        fig("cathodic_limit", w.e_red_v, "V", method, IRI_WINDOW, **common),
+        fig("anodic_limit", w.e_ox_v, "V", method, IRI_WINDOW, **common,
+            **unreached.get("anodic", {})),
+        fig("cathodic_limit", w.e_red_v, "V", method, IRI_WINDOW, **common,
+            **unreached.get("cathodic", {})),
         fig("electrochemical_window", w.width_v, "V", "E_ox - E_red, " + method, IRI_WINDOW,
-            **common),
+            **common, **({"reason": "one limit was not reached"} if unreached else {})),
     ]
 
 
@@ -205,7 +286,10 @@ def coulombic_efficiency(files: Files, *, step: str | None = None, reference_cyc
     cyc = cycling.charges_per_cycle(cols[TEST_TIME], cols[CURRENT], cols[CYCLE])
     full = [c for c in cyc if c.charge_ah > 0 and c.discharge_ah > 0]
     if not full:
-        raise ValueError(f"step {sid}: no cycle with both charge and discharge")
+        raise Refusal(f"step {sid}: no cycle with both charge and discharge", step=sid)
+    check = cycling.check_cycles(cols[CURRENT], cols[CYCLE], [c.cycle for c in full])
+    if check is not None:
+        raise Refusal(f"step {sid}: {check}", step=sid)
     ce = [c.efficiency_pct for c in full]
     ret = cycling.retention_pct(cyc, int(reference_cycle))
     method = "integral of current per cycle: CE_n = Q_dis,n / Q_ch,n x 100 %"
@@ -237,6 +321,7 @@ _CE = AnalysisSpec(
     "coulombic_efficiency", "Coulombic efficiency and capacity retention per cycle (GCPL).",
     {"step": _STEP, "reference_cycle": ArgSpec(None, 1), "end_of_life": ArgSpec(None, 80.0)},
     coulombic_efficiency, IRI_COULOMBIC_EFFICIENCY, (CURRENT, CYCLE),
+    (("coulombic_efficiency", "%"), ("capacity_retention", "%")),
 )
 ANALYSES: dict[str, AnalysisSpec] = {
     "ionic_conductivity": AnalysisSpec(
@@ -251,8 +336,13 @@ ANALYSES: dict[str, AnalysisSpec] = {
                                          "step's record)"),
          "temperature_source": ArgSpec(None, None, False, "where measured_temperature came "
                                        "from"),
-         "method": ArgSpec(None, "fit", False, "'fit' (R0 + R_ct||CPE) or 'intercept'")},
+         "method": ArgSpec(None, "fit", False, "'fit' (equivalent circuit) or 'intercept'"),
+         "circuit": ArgSpec(None, eis.DEFAULT_CIRCUIT, False,
+                            "impedance.py circuit string; its series resistance R0 is R_b"),
+         "kk_limit": ArgSpec(None, eis.KK_LIMIT, False,
+                             "largest Lin-KK residual (fraction of |Z|) of a valid spectrum")},
         ionic_conductivity, IRI_IONIC_CONDUCTIVITY, (FREQUENCY, Z_REAL, Z_IMAG),
+        (("ionic_conductivity", "S/m"), ("ionic_conductivity_mS_cm", "mS/cm")),
     ),
     "stability_window": AnalysisSpec(
         "stability_window",
@@ -262,6 +352,7 @@ ANALYSES: dict[str, AnalysisSpec] = {
          "area": ArgSpec("m^2", "0.196 cm^2", False, "working electrode area"),
          "reference": ArgSpec(None, "", False, "reference electrode of the potentials")},
         stability_window, IRI_WINDOW, (CURRENT,),
+        (("anodic_limit", "V"), ("cathodic_limit", "V"), ("electrochemical_window", "V")),
     ),
     "coulombic_efficiency": _CE,
     "capacity_retention": _CE,

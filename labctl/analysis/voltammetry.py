@@ -42,6 +42,33 @@ def onset_potential(potential_v: np.ndarray, current_a: np.ndarray, area_m2: flo
     return _first_crossing(e, i / area_m2, threshold_a_m2, sign)
 
 
+MIN_SPAN_V = 0.01  # a "sweep" over less than this is not one
+
+
+def check_sweep(potential_v: np.ndarray, current_a: np.ndarray, area_m2: float,
+                threshold_a_m2: float, direction: str) -> str | None:
+    """Why this data cannot give an onset in `direction` (None when it can): no finite
+    points, no sweep in that direction, or a current already beyond the threshold at the
+    sweep's first point (a short circuit, or a start outside the window)."""
+    e = np.asarray(potential_v, dtype=float)
+    i = np.asarray(current_a, dtype=float)
+    ok = np.isfinite(e) & np.isfinite(i)
+    e, i = e[ok], i[ok]
+    if len(e) < 2:
+        return f"{len(e)} finite points: nothing to analyse (was the cell switched on?)"
+    sign = 1.0 if direction == "anodic" else -1.0
+    moving = np.sign(np.diff(e)) == sign
+    if not moving.any() or float(np.ptp(e)) < MIN_SPAN_V:
+        word = "rises" if sign > 0 else "falls"
+        return (f"the potential never {word} by {MIN_SPAN_V * 1000:g} mV: not an {direction} "
+                "sweep")
+    first = int(np.argmax(moving))  # the point the first sweep in this direction starts at
+    if sign * i[first] / area_m2 > threshold_a_m2:
+        return (f"the current density is beyond the threshold at the sweep's start "
+                f"({e[first]:.3g} V): a short circuit, or the sweep starts outside the window")
+    return None
+
+
 def scan_rate_v_s(time_s: np.ndarray, potential_v: np.ndarray) -> float:
     """Median |dE/dt| of a sweep."""
     t, e = np.asarray(time_s, dtype=float), np.asarray(potential_v, dtype=float)

@@ -1,4 +1,4 @@
-"""`labctl run`, `labctl resume` and `labctl runs list|show|export`.
+"""`labctl run`, `labctl resume` and `labctl runs list|show|export|plot`.
 
 `run` validates first (exit 2, nothing started, on any fault), then runs the recipe on the
 bench through the Bench service with a live display, and exits 0 completed, 1 failed,
@@ -46,7 +46,7 @@ EXIT_BY_STATUS = {"completed": EXIT_OK, "failed": EXIT_FAILED, "aborted": EXIT_A
 OperatorOpt = Annotated[str | None, typer.Option(
     "--operator", help="Who runs this (recorded as the run's instigator; default: $USER).")]
 
-runs_app = typer.Typer(help="Run records: list, show, export.", no_args_is_help=True)
+runs_app = typer.Typer(help="Run records: list, show, export, plot.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 
 
@@ -391,21 +391,70 @@ def runs_show(
 def runs_export(
     run_id: Annotated[str, typer.Argument(help="The run.")],
     data_dir: DataDirOpt = DEFAULT_DATA_DIR,
-    output: Annotated[Path | None, typer.Option("--output", "-o",
-                                                help="Zip file (default DATA_DIR/RUN_ID.zip).")
-                      ] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="File to write (default DATA_DIR/RUN_ID.zip, or "
+        "DATA_DIR/RUN_ID.bluesky.jsonl with --format bluesky).")] = None,
+    fmt: Annotated[str, typer.Option(
+        "--format", help="rocrate: a zip with the run's files, figures and an RO-Crate 1.1 "
+        "(Process Run Crate). bluesky: event-model documents (RunStart, EventDescriptor, "
+        "Event, RunStop), one JSON array (name, document) per line.")] = "rocrate",
     json_out: JsonOpt = False,
 ) -> None:
-    """Write a zip of the run folder with an RO-Crate 1.1 ro-crate-metadata.json (Process
-    Run Crate profile)."""
+    """Write a run as an RO-Crate zip (its files, its figures, ro-crate-metadata.json at the
+    root, Process Run Crate profile) or as Bluesky event-model documents."""
+    if fmt not in ("rocrate", "bluesky"):
+        fail(f"--format {fmt!r}: expected 'rocrate' or 'bluesky'", EXIT_INVALID,
+             as_json=json_out)
     store = _store(data_dir)
     try:
-        path = store.export(run_id, output)
+        if fmt == "rocrate":
+            path = store.export(run_id, output)
+            extra: dict[str, Any] = {"zip": str(path)}
+        else:
+            from labctl.store.bluesky import export_jsonl
+
+            folder = store.open(run_id).folder
+            path, counts = export_jsonl(
+                folder, output or Path(data_dir) / f"{run_id}.bluesky.jsonl")
+            extra = {"documents": str(path), "counts": counts}
     except FileNotFoundError as exc:
         store.close()
         fail(str(exc), EXIT_INVALID, as_json=json_out)
     store.close()
     if json_out:
-        print(json.dumps({"ok": True, "run_id": run_id, "zip": str(path)}))
+        print(json.dumps({"ok": True, "run_id": run_id, "format": fmt, **extra}))
     else:
         print(str(path))
+
+
+@runs_app.command("plot")
+def runs_plot(
+    run_id: Annotated[str, typer.Argument(help="The run.")],
+    data_dir: DataDirOpt = DEFAULT_DATA_DIR,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Folder for the figures (default DATA_DIR/RUN_ID/figures).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Figures of a run as PNG and SVG: Nyquist and Bode plots with the fitted circuit,
+    voltammograms with the stability window marked, capacity and coulombic efficiency per
+    cycle, mass and temperature traces; figures.json lists them with their point counts."""
+    store = _store(data_dir)
+    try:
+        folder = store.open(run_id).folder
+    except FileNotFoundError as exc:
+        store.close()
+        fail(str(exc), EXIT_INVALID, as_json=json_out)
+    store.close()
+    from labctl.plots import plot_run
+
+    made = plot_run(folder, out)
+    target = out if out is not None else folder / "figures"
+    if json_out:
+        print(json.dumps({"ok": True, "run_id": run_id, "out": str(target),
+                          "figures": [p.as_dict() for p in made]}))
+        return
+    if not made:
+        print(f"run {run_id}: no data to plot")
+    for p in made:
+        for name in p.files:
+            print(str(target / name))

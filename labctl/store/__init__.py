@@ -42,7 +42,7 @@ class RunStore:
         }
 
     def export(self, run_id: str, dest: str | Path | None = None) -> Path:
-        """A zip of the run folder with an RO-Crate ro-crate-metadata.json."""
+        """A zip of the run folder and its figures, ro-crate-metadata.json at its root."""
         from labctl.store.rocrate import export_zip
 
         rec = self.open(run_id)
