@@ -563,6 +563,14 @@ class QuantosSimulator(MettlerBalanceSimulator):
         })
         return snap
 
+    def saved_state(self) -> dict[str, Any]:
+        """The powder left in the dosing head (the world gets what it doses)."""
+        return {"head_content_g": self.head_content_g}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        if "head_content_g" in state:
+            self.head_content_g = float(state["head_content_g"])
+
     def is_safe(self) -> bool:
         return not (self._dose is not None and not self._dose.done())
 
