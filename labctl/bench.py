@@ -61,9 +61,13 @@ class InDoubtError(LabctlError):
     """Resume needs an operator's decision on steps that were interrupted mid-action and
     may not simply be repeated."""
 
-    def __init__(self, run_id: str, steps: list[str], world_note: str = ""):
+    def __init__(self, run_id: str, steps: list[str],
+                 world: dict[str, Any] | None = None):
         self.run_id = run_id
         self.steps = steps
+        #: simulated bench: what its saved world holds of each step (simulation.in_doubt_report)
+        self.world = world or {}
+        world_note = describe_in_doubt(self.world)
         names = ", ".join(steps)
         super().__init__(
             f"run {run_id}: step{'s' if len(steps) > 1 else ''} {names} started but did not "
@@ -700,11 +704,10 @@ class Bench:
         undecided = [s for s in in_doubt if s not in accept_in_doubt and s not in redo
                      and not _idempotent(leaves[s])]
         if undecided:
-            note = ""
+            world = None
             if self.cfg.bench.simulate:
-                note = describe_in_doubt(in_doubt_report(read_saved_world(rec.folder),
-                                                         undecided))
-            raise InDoubtError(run_id, undecided, note)
+                world = in_doubt_report(read_saved_world(rec.folder), undecided)
+            raise InDoubtError(run_id, undecided, world)
         return rec, plan, doc, r, in_doubt
 
     def use_saved_world(self, run_id: str) -> dict[str, Any] | None:

@@ -373,6 +373,11 @@ class Executor:
         self.done_estimate_s = sum(float(_get(s, "estimated_s") or 0) for s in self._leaves
                                    if _get(s, "id") in self._skip)
         self.started_wall = time.monotonic()
+        for leaf in self._leaves:  # resuming: the figures of analyses done before the crash
+            sid = str(_get(leaf, "id"))
+            if (_get(leaf, "kind") == "analysis" and sid in self._skip
+                    and isinstance(self.results.get(sid), dict)):
+                self._add_figures(leaf, self.results[sid])
         try:
             await self.machine.request("start")
             self._main = asyncio.ensure_future(self._resume_then_run())
@@ -701,11 +706,15 @@ class Executor:
         if inspect.isawaitable(out):
             out = await out
         result = _jsonable(out if isinstance(out, dict) else {"value": out})
+        self._add_figures(step, result)
+        return result
+
+    def _add_figures(self, step: Any, result: dict[str, Any]) -> None:
+        name = str(_get(step, "analysis") or _get(step, "action"))
         figs = result.get("figures") if isinstance(result.get("figures"), list) else None
         for fig in figs or [result]:
             self.figures.append({"analysis": name, "analysis_step": str(_get(step, "id")),
                                  **fig})
-        return result
 
     def _data_files(self) -> dict[str, str]:
         """{step_id: absolute path} of every data file written so far in this run

@@ -300,7 +300,8 @@ def resume(
         bench.check_resume(run_id, accept_in_doubt=accept_in_doubt or [], redo=redo or [])
     except InDoubtError as exc:
         bench.store.close()
-        fail(str(exc), EXIT_INVALID, as_json=json_out, in_doubt=exc.steps)
+        fail(str(exc), EXIT_INVALID, as_json=json_out, in_doubt=exc.steps,
+             **({"sim_world": exc.world} if exc.world else {}))
     except (NothingToResume, RecipeError) as exc:
         bench.store.close()
         fail(str(exc), EXIT_INVALID, as_json=json_out)
