@@ -57,6 +57,21 @@ def time_scale(plan: Any) -> float:
     return min(5000.0, max(1000.0, float(plan.estimated_s) / WALL_S))
 
 
+def kill_point(plan: Any, k: int) -> int:
+    """Which step of the plan (index of its leaves) to kill the k-th recipe in: the first
+    step of one of its kinds of step (a kind is device and action, or wait, or analysis),
+    the kind stepping on with k, so that the recipes get killed in different kinds of step
+    (today: a heated hold, a stir, a transfer, a dispense, a wait, an LSV)."""
+    leaves = iter_leaves(plan.steps)
+
+    def kind(s: Any) -> str:
+        return f"{s.kind} {s.device or ''}.{s.action or ''}"
+
+    kinds = list(dict.fromkeys(kind(s) for s in leaves[1:]))
+    wanted = kinds[(4 + 3 * k + k // 3) % len(kinds)]
+    return next(i for i, s in enumerate(leaves) if i > 0 and kind(s) == wanted)
+
+
 def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*LABCTL, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
@@ -170,10 +185,8 @@ def test_kill_mid_step_then_resume_completes_with_the_same_figures(
         tmp_path: Path, recipe: Path) -> None:
     plan = plan_of(recipe)
     scale = time_scale(plan)
-    leaves = [str(s.id) for s in iter_leaves(plan.steps)]
-    # the Nth step, N different for each recipe: 2nd, 5th, 8th... of the plan (mod its size)
-    n = (1 + 3 * RECIPES.index(recipe)) % len(leaves)
-    target = leaves[n]
+    n = kill_point(plan, RECIPES.index(recipe))
+    target = str(iter_leaves(plan.steps)[n].id)
 
     clean = cli(*run_args(recipe, tmp_path / "clean", scale))
     assert clean.returncode == 0, clean.stdout[-2000:] + clean.stderr[-2000:]
