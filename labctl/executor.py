@@ -612,7 +612,10 @@ class Executor:
                                       device=device_name)
                 last = attempt == attempts or isinstance(exc, LimitError)
                 cont = last and on_error == "continue"
-                self._step_boundary("step_failed", sid)
+                try:  # the step's own error is what the run must report
+                    self._step_boundary("step_failed", sid)
+                except Exception as save_exc:
+                    log.error("step %s: could not save at its failure: %s", sid, save_exc)
                 self._log("step_failed", step=sid, kind=kind, device=device_name,
                           action=_get(step, "action"), attempt=attempt,
                           error=f"{type(exc).__name__}: {exc}",
