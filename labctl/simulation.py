@@ -107,9 +107,19 @@ class WorldKeeper:
 def read_saved_world(folder: Path) -> dict[str, Any] | None:
     """The world a run saved (None when it saved none: not simulated in-process, or killed
     before its first step)."""
+    return read_world_file(Path(folder) / WORLD_FILE)
+
+
+def save_world_file(simulation: Any, path: Path) -> None:
+    """Save a simulated bench's world to `path` (atomically): `labctl sim serve --state`."""
+    write_json_atomic(Path(path), {"schema": WORLD_SCHEMA, "saved": utc_iso(),
+                                   "state": simulation.state()})
+
+
+def read_world_file(path: Path) -> dict[str, Any] | None:
+    """A saved world document (None when the file does not exist)."""
     import json
 
-    path = Path(folder) / WORLD_FILE
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:

@@ -308,3 +308,57 @@ def test_resume_puts_back_the_setpoints_completed_steps_left_running() -> None:
     assert standing_setpoints(leaves, upto) == {"hotplate": {"temperature_c": 25.0}}
     assert standing_setpoints(leaves, upto | {"eis", "cool"}) == {}
     assert standing_setpoints(leaves, set(ids[: ids.index("heat")])) == {}
+
+
+# ---------------------------------------------------------------- `labctl sim serve --state`
+
+
+EXEC_BENCH = ROOT / "tests" / "configs" / "exec_bench.toml"
+EXEC_FILL = ROOT / "tests" / "recipes" / "exec_fill.json"
+
+
+def serve_sim(state: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    server = subprocess.Popen([*LABCTL, "sim", "serve", "--config", str(EXEC_BENCH),
+                               "--time-scale", "1000", "--state", str(state)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert server.stdout is not None
+    endpoints = {}
+    for _ in range(3):
+        line = json.loads(server.stdout.readline())
+        endpoints[line["name"]] = line["endpoint"]
+    return server, endpoints
+
+
+def vial_g(state: Path) -> dict[str, float]:
+    doc = json.loads(state.read_text())
+    contents: dict[str, float] = doc["state"]["world"]["vessels"]["vial"]["contents_g"]
+    return contents
+
+
+def test_sim_serve_keeps_its_world_across_a_restart(tmp_path: Path) -> None:
+    """Instruments served in a process of their own outlive a kill of `labctl run`; with
+    --state they also outlive their own restart: the vial still holds what a run put in."""
+    state = tmp_path / "world.json"
+    server, endpoints = serve_sim(state)
+    try:
+        text = EXEC_BENCH.read_text().replace("simulate = true", "simulate = false")
+        text = text.replace('watchdog = "1500 s"\n', "")  # host clock real, see test_crash_resume
+        for name, placeholder in (("pump_a", "/dev/ttyUSB0"), ("pump_b", "/dev/ttyUSB1"),
+                                  ("hotplate", "/dev/ttyUSB5")):
+            text = text.replace(f'endpoint = "{placeholder}"',
+                                f'endpoint = "{endpoints[name]}"')
+        bench = tmp_path / "bench.toml"
+        bench.write_text(text)
+        out = cli("run", str(EXEC_FILL), "--config", str(bench), "--data-dir",
+                  str(tmp_path / "runs"), "--param", "mix_time=1 s", "--param", "rest=1 s",
+                  "--json")
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    finally:
+        server.terminate()
+        server.wait(30)
+    filled = vial_g(state)
+    assert filled.get("DMC", 0.0) > 1.0 and filled.get("EC", 0.0) > 1.0
+    server, _ = serve_sim(state)  # the config's vial is empty: the file must win
+    server.terminate()
+    server.wait(30)
+    assert vial_g(state) == pytest.approx(filled)
