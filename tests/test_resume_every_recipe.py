@@ -362,3 +362,24 @@ def test_sim_serve_keeps_its_world_across_a_restart(tmp_path: Path) -> None:
     server.terminate()
     server.wait(30)
     assert vial_g(state) == pytest.approx(filled)
+
+
+def test_figures_of_an_analysis_done_before_the_kill_are_in_the_resumed_result(
+        tmp_path: Path) -> None:
+    """Stability window killed in its rinse, after its analysis: the resumed run skips the
+    analysis (completed) and must still report its figures."""
+    recipe = ROOT / "recipes" / "stability_window.json"
+    data = tmp_path / "runs"
+    journal = kill_after_start(recipe, data, 1000, "rinse.init")
+    r = replay(read_journal(journal))
+    assert "window" in r.completed
+    done = r.steps["window"].result or {}
+    before = {f["name"]: f["value"] for f in done.get("figures") or []}
+    assert before, done
+    out = resume_deciding(data, journal.parent.name, 1000)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    result = last_json(out.stdout)
+    events = read_journal(journal)
+    i_res = max(i for i, e in enumerate(events) if e["event"] == "resumed")
+    assert "window" not in leaf_starts(events[i_res:])  # not computed again
+    assert {k: v for k, v in figures(result).items() if k in before} == before
