@@ -37,6 +37,14 @@ from labctl.errors import LabctlError
 from labctl.executor import Executor, _get, _jsonable, iter_leaves, moves_material
 from labctl.instruments import Instruments
 from labctl.run_machine import FINAL_STATES, IllegalTransition, RunMachine, RunState
+from labctl.simulation import (
+    WORLD_FILE,
+    WorldKeeper,
+    can_save,
+    describe_in_doubt,
+    in_doubt_report,
+    read_saved_world,
+)
 from labctl.store import RunRecord, RunStore, replay, utc_iso
 from labctl.store import provenance as prov
 
@@ -53,15 +61,20 @@ class InDoubtError(LabctlError):
     """Resume needs an operator's decision on steps that were interrupted mid-action and
     may not simply be repeated."""
 
-    def __init__(self, run_id: str, steps: list[str]):
+    def __init__(self, run_id: str, steps: list[str],
+                 world: dict[str, Any] | None = None):
         self.run_id = run_id
         self.steps = steps
+        #: simulated bench: what its saved world holds of each step (simulation.in_doubt_report)
+        self.world = world or {}
+        world_note = describe_in_doubt(self.world)
         names = ", ".join(steps)
         super().__init__(
             f"run {run_id}: step{'s' if len(steps) > 1 else ''} {names} started but did not "
             "finish, and repeating it could add material twice. Decide for each: "
             + "; ".join(f"--accept-in-doubt {s} (mark it done as it stands) or --redo {s} "
                         "(repeat it)" for s in steps)
+            + (f". On resume {world_note}" if world_note else "")
         )
 
 
@@ -175,6 +188,9 @@ class Bench:
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._started = False
         self.startup_safe_state_errors: dict[str, str] = {}
+        #: the run whose saved simulated world the simulators were started from, and it
+        self._world_from: str | None = None
+        self._saved_world: dict[str, Any] | None = None
 
     # -- life cycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -451,11 +467,15 @@ class Bench:
 
     async def _execute(self, ticket: RunTicket) -> None:
         rec = ticket.record
+        keeper = None
+        if can_save(self.instruments.simulation):  # simulated in-process: keep its world
+            keeper = WorldKeeper(self.instruments.simulation, rec.folder, ticket.run_id)
         ex = Executor(
             ticket.plan, self.instruments.devices, clock=self.instruments.clock, record=rec,
             machine=ticket.machine, safe_state_all=self.instruments.safe_state_all,
             emit=self._publish, prior_results=ticket.prior_results,
             time_basis="simulated" if self.cfg.bench.simulate else "wall",
+            on_boundary=keeper.boundary if keeper is not None else None,
         )
         ticket.executor = ex
         self.store.index.upsert_run(ticket.run_id, status="running", started=utc_iso())
@@ -698,8 +718,45 @@ class Bench:
         undecided = [s for s in in_doubt if s not in accept_in_doubt and s not in redo
                      and not _idempotent(leaves[s])]
         if undecided:
-            raise InDoubtError(run_id, undecided)
+            world = None
+            if self.cfg.bench.simulate:
+                world = in_doubt_report(read_saved_world(rec.folder), undecided)
+            raise InDoubtError(run_id, undecided, world)
         return rec, plan, doc, r, in_doubt
+
+    def use_saved_world(self, run_id: str) -> dict[str, Any] | None:
+        """Start this (simulated, not yet started) bench's simulators from the world the run
+        saved, so its resume finds the vials as they were; the saved document, or None
+        when the bench is not simulated or the run saved none."""
+        if self._started:
+            raise LabctlError("the saved simulated world must be chosen before the bench "
+                              "starts")
+        if not self.cfg.bench.simulate:
+            return None
+        try:
+            rec = self.store.open(run_id)
+        except FileNotFoundError as exc:
+            raise NothingToResume(str(exc)) from None
+        saved = read_saved_world(rec.folder)
+        if saved is not None:
+            self.instruments.sim_state = saved.get("state")
+            self._world_from, self._saved_world = run_id, saved
+        return saved
+
+    def _world_on_resume(self, run_id: str, in_doubt: list[str]) -> dict[str, Any] | None:
+        """What the resumed run's simulated world is (journaled with `resumed`)."""
+        if self.instruments.simulation is None:
+            return None  # real instruments, or simulators in a process of their own
+        if self._world_from == run_id and self._saved_world is not None:
+            saved = self._saved_world
+            return {"restored": True, "saved": saved.get("saved"), "saved_at": saved.get("at"),
+                    "in_doubt": in_doubt_report(saved, in_doubt)}
+        rec = self.store.open(run_id)
+        has = (rec.folder / WORLD_FILE).exists()
+        return {"restored": False,
+                "note": ("the run saved its simulated world, but this bench's simulators "
+                         "were started without it (resume with `labctl resume`, which starts "
+                         "them from it)") if has else "the run saved no simulated world"}
 
     async def resume_run(
         self,
@@ -719,14 +776,22 @@ class Bench:
         who = operator or "unknown"
         journal = rec.journal
         skip = set(r.completed)
+        world = self._world_on_resume(run_id, in_doubt)
+        holds = (world or {}).get("in_doubt") or {}
+
+        def sim(s: str) -> dict[str, Any]:
+            return {"sim_world_holds": holds[s]["holds"]} if s in holds else {}
+
         for s in in_doubt:
             if s in accept_in_doubt:
                 journal.append("decision", run_id=run_id, step=s, decision="accept",
-                               operator=who, note="in-doubt step accepted as it stands")
+                               operator=who, note="in-doubt step accepted as it stands",
+                               **sim(s))
                 skip.add(s)
             elif s in redo:
                 journal.append("decision", run_id=run_id, step=s, decision="redo",
-                               operator=who, note="in-doubt step repeated on resume")
+                               operator=who, note="in-doubt step repeated on resume",
+                               **sim(s))
             else:
                 journal.append("decision", run_id=run_id, step=s, decision="rerun",
                                operator="labctl", note="idempotent step re-run on resume")
@@ -749,7 +814,8 @@ class Bench:
                                 "skipped": sorted(skip),
                                 "time_scale": self.instruments.clock.time_scale,
                                 "instruments": fresh["instruments"],
-                                "software": fresh["software"]}]
+                                "software": fresh["software"],
+                                **({"sim_world": world} if world is not None else {})}]
         ticket = self._ticket(rec, plan, doc.get("parameters_submitted") or {},
                               context.get("instigator") or {}, None, context)
         ticket.skip = skip
@@ -757,7 +823,7 @@ class Bench:
         ticket.prior_results = {sid: st.result or {} for sid, st in r.steps.items()
                                 if st.state == "completed"}
         journal.append("resumed", run_id=run_id, operator=who, skip=sorted(skip),
-                       in_doubt=in_doubt, reason=reason)
+                       in_doubt=in_doubt, reason=reason, sim_world=world)
         await ticket.machine.request("validate")
         await ticket.machine.request("validated")
         self.store.index.upsert_run(run_id, status="queued")

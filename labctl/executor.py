@@ -26,7 +26,7 @@ from typing import Any
 
 from labctl.clock import Clock
 from labctl.device import Device
-from labctl.errors import DeviceError, DeviceTimeout, LabctlError, LimitError
+from labctl.errors import DeviceError, DeviceFault, DeviceTimeout, LabctlError, LimitError
 from labctl.run_machine import IllegalTransition, RunMachine, RunState
 from labctl.store.journal import LEAF_KINDS
 from labctl.store.record import RunRecord
@@ -166,6 +166,48 @@ def interrupted_steps(events: list[dict[str, Any]]) -> dict[str, list[dict[str, 
         elif kind == "record" and sid in out:
             out[sid].append(ev)
     return out
+
+
+#: resuming: a restored temperature setpoint is back when read within this band...
+RESTORE_BAND_C = 0.3
+#: ...polled this often (device time)...
+RESTORE_POLL_S = 5.0
+#: ...and a fault when not back after this long
+RESTORE_TIMEOUT_S = 3600.0
+
+
+def standing_setpoints(leaves: Collection[Any], done: Collection[str]
+                       ) -> dict[str, dict[str, float]]:
+    """Per device, the set-points that the `done` steps (in plan order) left running: a
+    stirrer's `set` temperature and speed, a temperature controller's `set_temperature` or
+    `hold` temperature, until an `off` (or the end of a `stir`) took them back. After a crash
+    the start-up safe state switched them off; a resumed run puts them back before going
+    on, or it would measure a sample its skipped steps had heated at room temperature."""
+    state: dict[str, dict[str, float]] = {}
+    for s in leaves:
+        if str(_get(s, "id")) not in done or _get(s, "kind") != "action":
+            continue
+        cap, action = _get(s, "capability"), _get(s, "action")
+        args = _get(s, "args") or {}
+        d = state.setdefault(str(_get(s, "device")), {})
+        t, rpm = args.get("temperature_c"), args.get("speed_rpm")
+        if cap == "stirrer" and action == "set":
+            if t is not None:
+                d["temperature_c"] = float(t)
+            if rpm is not None:
+                d["speed_rpm"] = float(rpm)
+        elif cap == "stirrer" and action == "stir":
+            d.pop("speed_rpm", None)  # a stir stops its motor at its end...
+            if t is not None:  # ...and its heater, when it heated
+                d.pop("temperature_c", None)
+        elif cap == "temperature_controller" and action in ("set_temperature", "hold"):
+            d["temperature_c"] = float(args["temperature_c"])
+        elif action == "off" and cap in ("stirrer", "temperature_controller"):
+            d.clear()
+    for d in state.values():
+        if d.get("speed_rpm") == 0.0:
+            del d["speed_rpm"]
+    return {dev: d for dev, d in state.items() if d}
 
 
 def default_action_resolver(device: Device, action: str) -> Any:
@@ -308,8 +350,12 @@ class Executor:
         emit: EmitFn | None = None,
         prior_results: Mapping[str, dict[str, Any]] | None = None,
         time_basis: str | None = None,
+        on_boundary: Callable[[str, str], None] | None = None,
     ):
         self.plan = plan
+        #: called with (event, step id) before a leaf step's start or end is journaled: a
+        #: simulated bench saves its world there (labctl.simulation.WorldKeeper)
+        self._on_boundary = on_boundary
         self.devices = devices
         self.clock = clock
         self.record = record
@@ -386,6 +432,10 @@ class Executor:
             except Exception:  # a subscriber must never break a run
                 log.exception("event subscriber failed")
         return rec
+
+    def _step_boundary(self, event: str, step_id: str) -> None:
+        if self._on_boundary is not None:
+            self._on_boundary(event, step_id)
 
     # -- public control ------------------------------------------------------------------
     @property
@@ -484,6 +534,11 @@ class Executor:
                                    if _get(s, "id") in self._skip)
         self.started_wall = time.monotonic()
         self._anchor()
+        for leaf in self._leaves:  # resuming: the figures of analyses done before the crash
+            sid = str(_get(leaf, "id"))
+            if (_get(leaf, "kind") == "analysis" and sid in self._skip
+                    and isinstance(self.results.get(sid), dict)):
+                self._add_figures(leaf, self.results[sid])
         try:
             await self.machine.request("start")
             self._main = asyncio.ensure_future(self._run_plan())
@@ -560,6 +615,8 @@ class Executor:
                 f"--accept-in-doubt {first})"), device=_get(step, "device"),
                 action=_get(step, "action"))
         await self._recover_interrupted(events)
+        if self._skip:
+            await self._restore_setpoints()
         await self._run_list(steps)
 
     async def _recover_interrupted(self, events: list[dict[str, Any]]) -> None:
@@ -592,6 +649,46 @@ class Executor:
                       action=_get(step, "action"), result=result)
             if sid in self._skip:
                 self.results[sid] = result
+
+    async def _restore_setpoints(self) -> None:
+        """Resuming: the set-points the skipped steps left running, back on (journaled
+        first, like every action)."""
+        for name, points in standing_setpoints(self._leaves, self._skip).items():
+            device = self.devices.get(name)
+            self._log("setpoint_restored", device=name,
+                      temperature_c=points.get("temperature_c"),
+                      speed_rpm=points.get("speed_rpm"),
+                      note="left running by completed steps; switched off by the start-up "
+                           "safe state after the crash")
+            try:
+                if device is None:
+                    raise DeviceError(f"device {name!r} is not connected", device=name)
+                dev: Any = device
+                if "speed_rpm" in points:
+                    await dev.set_speed(points["speed_rpm"])
+                if "temperature_c" in points:
+                    await dev.set_temperature(points["temperature_c"])
+                    reached = await self._settle(dev, points["temperature_c"])
+                    self._log("setpoint_reached", durable=False, device=name,
+                              temperature_c=reached)
+            except Exception as exc:  # the run cannot go on in conditions it did not set
+                raise StepFailed("resume", exc, device=name, action="restore set-points"
+                                 ) from exc
+
+    async def _settle(self, device: Any, setpoint_c: float) -> float:
+        """Wait (simulated time on a simulated bench) until the device reads its setpoint
+        again, within RESTORE_BAND_C; a DeviceFault after RESTORE_TIMEOUT_S."""
+        waited = 0.0
+        while True:
+            t = float(await device.temperature_c())
+            if abs(t - setpoint_c) <= RESTORE_BAND_C:
+                return t
+            if waited >= RESTORE_TIMEOUT_S:
+                raise DeviceFault(f"{device.name} reads {t:.1f} °C, not back at its setpoint "
+                                  f"{setpoint_c:g} °C after {RESTORE_TIMEOUT_S:g} s",
+                                  device=device.name, code="setpoint_not_reached")
+            await self.clock.sleep(RESTORE_POLL_S)
+            waited += RESTORE_POLL_S
 
     async def _run_list(self, steps: Collection[Any]) -> None:
         for step in steps:
@@ -697,6 +794,7 @@ class Executor:
         for attempt in range(1, attempts + 1):
             act = _Active(step=step, device=device, task=asyncio.current_task())
             self._active[sid] = act
+            self._step_boundary("step_started", sid)
             self._log("step_started", step=sid, kind=kind, path=_get(step, "path"),
                       device=device_name, action=_get(step, "action"),
                       args=_jsonable(_get(step, "args") or {}), attempt=attempt,
@@ -710,6 +808,8 @@ class Executor:
                     result = await self._dispatch(step, device, act)
             except asyncio.CancelledError:
                 self._active.pop(sid, None)
+                with contextlib.suppress(Exception):  # the cancellation goes on regardless
+                    self._step_boundary("step_cancelled", sid)
                 self._log("step_cancelled", durable=False, step=sid, kind=kind,
                           device=device_name, attempt=attempt, reason=self._stop_reason)
                 raise
@@ -720,6 +820,10 @@ class Executor:
                                       device=device_name)
                 last = attempt == attempts or isinstance(exc, LimitError)
                 cont = last and on_error == "continue"
+                try:  # the step's own error is what the run must report
+                    self._step_boundary("step_failed", sid)
+                except Exception as save_exc:
+                    log.error("step %s: could not save at its failure: %s", sid, save_exc)
                 self._log("step_failed", step=sid, kind=kind, device=device_name,
                           action=_get(step, "action"), attempt=attempt,
                           error=f"{type(exc).__name__}: {exc}",
@@ -742,6 +846,7 @@ class Executor:
                 self._active.pop(sid, None)
                 result = _jsonable(result or {})
                 self.results[sid] = result
+                self._step_boundary("step_finished", sid)
                 self._log("step_finished", durable=False, step=sid, kind=kind,
                           device=device_name, action=_get(step, "action"), result=result,
                           clock_unix_s=self.data_time())
@@ -822,11 +927,15 @@ class Executor:
                                      **_jsonable(failed)})
             raise
         result = _jsonable(out if isinstance(out, dict) else {"value": out})
+        self._add_figures(step, result)
+        return result
+
+    def _add_figures(self, step: Any, result: dict[str, Any]) -> None:
+        name = str(_get(step, "analysis") or _get(step, "action"))
         figs = result.get("figures") if isinstance(result.get("figures"), list) else None
         for fig in figs or [result]:
             self.figures.append({"analysis": name, "analysis_step": str(_get(step, "id")),
                                  **fig})
-        return result
 
     def _add_measured_temperature(self, analysis: Any, args: dict[str, Any]) -> None:
         """An analysis that takes the cell's measured temperature gets the one recorded by

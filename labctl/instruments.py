@@ -28,8 +28,11 @@ class Instruments:
         clock: Clock | None = None,
         time_scale: float | None = None,
         only: list[str] | None = None,
+        sim_state: dict[str, Any] | None = None,
     ):
         self.cfg = cfg
+        #: a saved simulated world to start the simulators from (a resumed run's)
+        self.sim_state = sim_state
         scale = time_scale if time_scale is not None else cfg.bench.time_scale
         self.clock: Clock = clock or make_clock(scale if cfg.bench.simulate else None)
         self.links = LinkPool()
@@ -48,7 +51,8 @@ class Instruments:
         if self.simulated:
             from labctl.simulation import start_simulation
 
-            self.simulation = await start_simulation(self.cfg, self.clock, names)
+            self.simulation = await start_simulation(self.cfg, self.clock, names,
+                                                     self.sim_state)
         for name in names:
             spec = self.cfg.device_spec(name)
             if self.simulation is not None:

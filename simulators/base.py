@@ -127,6 +127,15 @@ class Simulator(ABC):
         """Internal state for tests and the world view (what the instrument 'really' does)."""
         return {}
 
+    def saved_state(self) -> dict[str, Any]:
+        """What this instrument holds that outlives a power cycle and is not in the world
+        (a dosing head's powder, a cell's state of charge), as plain JSON data. Saved with
+        the world so a resumed simulated run continues from it; {} for most instruments."""
+        return {}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Take back what `saved_state` returned (called before the instrument serves)."""
+
     def is_safe(self) -> bool:
         """True when the instrument is in its safe state (nothing moving, heating, on)."""
         return True

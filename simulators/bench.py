@@ -24,12 +24,31 @@ class SimulatedBench:
             await s.close()
         self.served.clear()
 
+    def state(self) -> dict[str, Any]:
+        """The world and what each instrument holds outside it, as plain JSON data (what
+        `start_simulated_bench` takes back under spec["state"])."""
+        return {"world": self.world.to_state(),
+                "instruments": {name: st for name, sim in self.simulators.items()
+                                if (st := sim.saved_state())}}
+
+    def ledger_length(self) -> int:
+        return len(self.world.ledger)
+
+    def moves_since(self, index: int) -> list[dict[str, Any]]:
+        """The world's moves from ledger entry `index` on."""
+        return list(self.world.ledger[index:])
+
 
 async def start_simulated_bench(spec: dict[str, Any], clock: Clock | None = None) -> SimulatedBench:
     """spec = {"world": {...}, "devices": [{"name", "kind", "address", "options", "bus",
-    "endpoint"}]}. Devices with the same `bus` share one line. Returns the endpoints."""
+    "endpoint"}], "state": {...}}. Devices with the same `bus` share one line. `state`, when
+    given, is what `SimulatedBench.state()` saved: the world is rebuilt from it (not from the
+    config's initial contents) before any instrument is built, so each reads its vessel as
+    it was. Returns the endpoints."""
     clock = clock or RealClock()
-    world = World.from_spec(spec.get("world") or {})
+    saved = spec.get("state") or None
+    world = (World.from_state(saved["world"]) if saved and saved.get("world")
+             else World.from_spec(spec.get("world") or {}))
     bench = SimulatedBench(world=world)
     groups: dict[str, list[tuple[str, Any]]] = {}
     endpoint_of: dict[str, str] = {}
@@ -42,6 +61,8 @@ async def start_simulated_bench(spec: dict[str, Any], clock: Clock | None = None
             options=dev.get("options") or {},
             name=dev["name"],
         )
+        if saved and dev["name"] in (saved.get("instruments") or {}):
+            sim.restore_state(saved["instruments"][dev["name"]])
         bus = dev.get("bus") or f"__{dev['name']}"
         groups.setdefault(bus, []).append((dev["name"], sim))
         endpoint_of[bus] = dev.get("endpoint") or "pty"

@@ -342,6 +342,14 @@ class MettlerBalanceSimulator(Simulator):
         return "M21 L"
 
     # -- views ----------------------------------------------------------------------------
+    def saved_state(self) -> dict[str, Any]:
+        """The tare the balance holds."""
+        return {"tare_g": self.tare_g}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        if "tare_g" in state:
+            self.tare_g = float(state["tare_g"])
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "gross_g": self.gross_g(),
@@ -562,6 +570,16 @@ class QuantosSimulator(MettlerBalanceSimulator):
             "dosed_g": self.dosed_g,
         })
         return snap
+
+    def saved_state(self) -> dict[str, Any]:
+        """The powder left in the dosing head (the world gets what it doses), and the
+        balance's tare."""
+        return {**super().saved_state(), "head_content_g": self.head_content_g}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        super().restore_state(state)
+        if "head_content_g" in state:
+            self.head_content_g = float(state["head_content_g"])
 
     def is_safe(self) -> bool:
         return not (self._dose is not None and not self._dose.done())

@@ -414,6 +414,17 @@ class EmStatSimulator(Simulator):
         self.packages_sent = 0
 
     # -- electrolyte ---------------------------------------------------------------------
+    def saved_state(self) -> dict[str, Any]:
+        """The cell's charge state (the electrolyte is in the world)."""
+        c = self.cell
+        return {"soc": c.soc, "capacity_c": c.capacity_c, "charge_in_c": c.charge_in_c,
+                "charge_out_c": c.charge_out_c}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        for key in ("soc", "capacity_c", "charge_in_c", "charge_out_c"):
+            if key in state:
+                setattr(self.cell, key, float(state[key]))
+
     def electrolyte(self) -> Electrolyte:
         """What is in the cell's vessel now (or the fixed electrolyte of the options)."""
         vessel = self.options.get("vessel")

@@ -766,6 +766,19 @@ class TriContinentSimulator(Simulator):
         self._deferred_failure = code
 
     # -- views ------------------------------------------------------------------------
+    def saved_state(self) -> dict[str, Any]:
+        """Initialisation, plunger and valve: a pump keeps them while the host restarts
+        (the liquid in its syringe is in the world)."""
+        return {"initialized": self.initialized, "mode": self.mode,
+                "position": self.actual_position(), "valve": self.valve}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self.initialized = bool(state.get("initialized", self.initialized))
+        self.mode = int(state.get("mode", self.mode))
+        self.position = int(state.get("position", self.position))
+        valve = state.get("valve", self.valve)
+        self.valve = valve if isinstance(valve, str) else int(valve)
+
     def snapshot(self) -> dict[str, Any]:
         snap: dict[str, Any] = {
             "address": self.addr, "initialized": self.initialized, "busy": self.busy,

@@ -263,6 +263,15 @@ class ViciValveSimulator(Simulator):
             self.world.set_route(self.name, vessel)
 
     # -- views ----------------------------------------------------------------------------
+    def saved_state(self) -> dict[str, Any]:
+        """The position the valve stands at (the route it gives is in the world)."""
+        return {"current": self.current}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        if "current" in state:
+            self.current = int(state["current"])
+            self._settled()
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "position": self.current,

@@ -12,7 +12,7 @@ Amounts are kept as grams per material. The volume of a vessel is the volume of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 AMBIENT_C = 22.0
@@ -101,6 +101,29 @@ class World:
                 qty, unit = parse_amount(amount)
                 grams = qty * 1000 * world.materials[mid].density_g_ml if unit == "L" else qty
                 vessel.contents_g[mid] = vessel.contents_g.get(mid, 0.0) + grams
+        return world
+
+    # -- saving and restoring ----------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        """Everything the world holds, as plain JSON data: materials, every vessel (contents
+        in grams, temperature, stirring) and the routes. A simulated bench saves it so that
+        a run resumed after a crash finds the vials as they were, not an empty bench."""
+        return {
+            "materials": {mid: asdict(m) for mid, m in self.materials.items()},
+            "vessels": {name: asdict(v) for name, v in self.vessels.items()},
+            "routes": dict(self.routes),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> World:
+        """The world `to_state` saved (the ledger starts empty: it is this process's)."""
+        world = cls()
+        for mid, m in (state.get("materials") or {}).items():
+            world.materials[mid] = Material(**{**m, "id": mid})
+        for name, v in (state.get("vessels") or {}).items():
+            world.vessels[name] = Vessel(**{**v, "name": name,
+                                            "contents_g": dict(v.get("contents_g") or {})})
+        world.routes = {str(k): str(v) for k, v in (state.get("routes") or {}).items()}
         return world
 
     def _ensure_material(self, mid: str) -> Material:

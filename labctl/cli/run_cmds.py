@@ -300,10 +300,21 @@ def resume(
         bench.check_resume(run_id, accept_in_doubt=accept_in_doubt or [], redo=redo or [])
     except InDoubtError as exc:
         bench.store.close()
-        fail(str(exc), EXIT_INVALID, as_json=json_out, in_doubt=exc.steps)
+        fail(str(exc), EXIT_INVALID, as_json=json_out, in_doubt=exc.steps,
+             **({"sim_world": exc.world} if exc.world else {}))
     except (NothingToResume, RecipeError) as exc:
         bench.store.close()
         fail(str(exc), EXIT_INVALID, as_json=json_out)
+    try:  # a simulated bench starts from the world the run saved, not an empty one
+        saved = bench.use_saved_world(run_id)
+    except ConfigError as exc:
+        bench.store.close()
+        fail(str(exc), EXIT_INVALID, as_json=json_out)
+    if saved is not None and not json_out:
+        at = saved.get("at") or {}
+        Console(stderr=True).print(
+            f"simulated world restored as saved at {at.get('event')} {at.get('step')} "
+            f"({saved.get('saved')})")
 
     async def start(b: Any) -> str:
         rid: str = await b.resume_run(run_id, accept_in_doubt=accept_in_doubt or [],

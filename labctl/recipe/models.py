@@ -109,15 +109,29 @@ class IncludeStep(_StepBase):
     params: dict[str, Scalar] = Field(default_factory=dict)
 
 
+class InlinedStep(_StepBase):
+    """An include as a run's resolved recipe (`<run>/recipe.json`) records it: the included
+    recipe's steps inlined, with its parameter declarations and the values they took. labctl
+    writes these so that a run can be planned again (resume) from its own record, not from
+    files that may have changed since; recipes people write use `include`."""
+
+    included_from: str = Field(description="the recipe file that was included")
+    parameters: dict[VarName, Parameter] = Field(default_factory=dict)
+    params: dict[str, Scalar] = Field(default_factory=dict, description="the values the "
+                                      "included recipe's parameters took")
+    steps: list[Step] = Field(min_length=1)
+
+
 STEP_TAGS = ("ActionStep", "WaitStep", "ParallelStep", "SequenceStep", "RepeatStep",
-             "ForEachStep", "AnalysisStep", "IncludeStep")
+             "ForEachStep", "AnalysisStep", "IncludeStep", "InlinedStep")
 
 
 def step_kind(value: Any) -> str | None:
     """Which kind of step an object is, from the keys it has."""
     keys = value.keys() if isinstance(value, dict) else (
         set(type(value).model_fields) if isinstance(value, BaseModel) else set())
-    for key, tag in (("include", "IncludeStep"), ("parallel", "ParallelStep"),
+    for key, tag in (("include", "IncludeStep"), ("included_from", "InlinedStep"),
+                     ("parallel", "ParallelStep"),
                      ("repeat", "RepeatStep"), ("for_each", "ForEachStep"),
                      ("wait", "WaitStep"), ("analysis", "AnalysisStep"),
                      ("device", "ActionStep"), ("action", "ActionStep"),
@@ -135,7 +149,8 @@ Step = Annotated[
     | Annotated[RepeatStep, Tag("RepeatStep")]
     | Annotated[ForEachStep, Tag("ForEachStep")]
     | Annotated[AnalysisStep, Tag("AnalysisStep")]
-    | Annotated[IncludeStep, Tag("IncludeStep")],
+    | Annotated[IncludeStep, Tag("IncludeStep")]
+    | Annotated[InlinedStep, Tag("InlinedStep")],
     Discriminator(
         step_kind,
         custom_error_type="step_kind",
@@ -162,7 +177,7 @@ class Recipe(_Strict):
     steps: list[Step] = Field(min_length=1)
 
 
-for _m in (ParallelStep, SequenceStep, RepeatStep, ForEachStep, Recipe):
+for _m in (ParallelStep, SequenceStep, RepeatStep, ForEachStep, InlinedStep, Recipe):
     _m.model_rebuild()
 
 

@@ -31,6 +31,7 @@ from labctl.actions import (
 )
 from labctl.config import BenchConfig
 from labctl.recipe.expressions import (
+    POISON,
     ExpressionError,
     Unresolved,
     format_value,
@@ -52,6 +53,7 @@ from labctl.recipe.models import (
     AnalysisStep,
     ForEachStep,
     IncludeStep,
+    InlinedStep,
     Material,
     ParallelStep,
     Recipe,
@@ -305,6 +307,8 @@ class Compiler:
             planned = self.analysis(st, p, ctx)
         elif isinstance(st, IncludeStep):
             planned = self.include(st, p, ctx)
+        elif isinstance(st, InlinedStep):
+            planned = self.inlined_include(st, p, ctx)
         else:  # pragma: no cover - the schema admits no other kind
             self.issue(p, "unknown kind of step")
             return None
@@ -625,6 +629,29 @@ class Compiler:
                            description=f"Include {st.include}: "
                                        f"{recipe.description or recipe.name}")
 
+    def inlined_include(self, st: InlinedStep, p: str, ctx: _Ctx) -> PlannedStep | None:
+        """An include already inlined by an earlier planning (a run's recipe.json): planned
+        exactly as the include was — same ids, its own parameters and values — from the
+        record itself, without reading any file."""
+        ok, given = self.evaluate(dict(st.params), ctx.names, f"{p}.params", ctx.loop)
+        if not ok:
+            return None
+        values, _shown, issues = resolve_parameters(st.parameters, given,
+                                                    path=f"{p}.parameters",
+                                                    given_path=f"{p}.params")
+        for i in issues:
+            self.issue(i.path, i.message, ctx.loop)
+        if issues:
+            return None
+        self.inlined[p] = ({}, values, ctx.doc)
+        pid = ctx.id_prefix + st.id
+        inner = _Ctx(ctx.doc, pid + ".", values, ctx.chain, ctx.loop,
+                     frozenset(st.parameters))
+        children = self.steps(st.steps, f"{p}.steps", inner)
+        return PlannedStep(pid, p, "sequence", children=children,
+                           estimated_s=sum(c.estimated_s for c in children),
+                           description=f"Include {st.included_from}")
+
     # -- whole-recipe checks ------------------------------------------------------------
     def check_material_flow(self, steps: list[PlannedStep]) -> Inventory:
         inv = Inventory(self.cfg)
@@ -707,20 +734,54 @@ def _resolved_steps(raw_steps: Any, path: str, names: Mapping[str, Any],
             out.append(raw)
             continue
         step: dict[str, Any] = {}
+        if "include" in raw and p in comp.inlined:
+            out.append(_inlined_step(raw, p, names, comp))
+            continue
+        inner = names
+        if "included_from" in raw and p in comp.inlined:  # planned again from a record
+            inner = comp.inlined[p][1]
+        var = _loop_var(raw)
+        if var:  # inside the loop its variable is not known here: kept as written (a
+            # name like `T` must not resolve to the unit tesla)
+            inner = {**inner, var: POISON}
         for k, v in raw.items():
             if k == "steps":
-                step[k] = _resolved_steps(v, f"{p}.steps", names, comp)
+                step[k] = _resolved_steps(v, f"{p}.steps", inner, comp)
             elif k == "parallel":
                 step[k] = _resolved_steps(v, f"{p}.parallel", names, comp)
-            elif k == "include" and p in comp.inlined:
-                data, values, _doc = comp.inlined[p]
-                step["included_from"] = v
-                step["steps"] = _resolved_steps(data.get("steps"),
-                                                f"{p}.include({v}).steps", values, comp)
+            elif k in ("params", "parameters") and inner is not names:
+                step[k] = v
             else:
                 step[k] = _apply(v, names)
         out.append(step)
     return out
+
+
+def _loop_var(raw: dict[str, Any]) -> str | None:
+    """The variable a repeat / for_each step binds in its body, if any."""
+    var = raw.get("var") if "repeat" in raw else None
+    each = raw.get("for_each")
+    if isinstance(each, dict):
+        var = each.get("var")
+    return var if isinstance(var, str) and var else None
+
+
+def _inlined_step(raw: dict[str, Any], p: str, names: Mapping[str, Any],
+                  comp: Compiler) -> dict[str, Any]:
+    """An include as the resolved recipe records it (models.InlinedStep): the included
+    steps with its parameters resolved, the declarations and every value they took, so the
+    record plans again by itself (resume) to the same steps."""
+    data, values, _doc = comp.inlined[p]
+    ref = raw["include"]
+    step: dict[str, Any] = {k: _apply(v, names) for k, v in raw.items()
+                            if k not in ("include", "params")}
+    step["included_from"] = ref
+    decls = data.get("parameters")
+    step["parameters"] = decls if isinstance(decls, dict) else {}
+    step["params"] = {n: _jsonable(v) for n, v in values.items()}
+    step["steps"] = _resolved_steps(data.get("steps"), f"{p}.include({ref}).steps", values,
+                                    comp)
+    return step
 
 
 def resolved_recipe(data: dict[str, Any], values: Mapping[str, Any], shown: Mapping[str, Any],
