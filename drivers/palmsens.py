@@ -28,9 +28,15 @@ from pydantic import TypeAdapter
 
 from labctl.capabilities.potentiostat import DataPoint, Potentiostat
 from labctl.device import DeviceInfo, DeviceState, DeviceStatus
-from labctl.errors import DeviceBusy, DeviceFault, DeviceTimeout, ProtocolError
+from labctl.errors import (
+    DeviceBusy,
+    DeviceError,
+    DeviceFault,
+    DeviceTimeout,
+    ProtocolError,
+)
 from labctl.techniques import CA, CP, CV, GCPL, LSV, OCV, PEIS, AnyTechnique, Technique
-from labctl.transport import SerialSettings
+from labctl.transport import Link, SerialSettings
 
 log = logging.getLogger("labctl.drivers.palmsens")
 
@@ -177,6 +183,8 @@ ERROR_TEXT = {
     "400B": "nested measurement loop not allowed", "0032": "critical overload (cell off)",
 }
 _ERROR = re.compile(r"!([0-9A-Fa-f]{4})(.*)")
+#: the answer to a `Z` sent earlier (`Z` while running, `Z!0006` when idle)
+_STALE_ABORT = re.compile(rb"Z(![0-9A-Fa-f]{4})?\r?\n$")
 
 
 class MethodScriptError(ProtocolError):
@@ -232,6 +240,8 @@ class EmStat(Potentiostat):
         self.model_id: str | None = None
         self._reader: asyncio.Task[None] | None = None
         self._abort_sent = False
+        #: set by safe_state(): a script still waiting for the link is never started
+        self._safe_requested = False
         self.messages: list[str] = []
         self.points_received = 0
         self.last_point: DataPoint | None = None
@@ -354,24 +364,52 @@ class EmStat(Potentiostat):
                 pass
 
     async def safe_state(self) -> None:
-        """Abort whatever runs, then switch the cell off explicitly."""
-        await self.abort()
+        """Stop whatever runs (ours, or a script left from before), wait until the device
+        is idle, then switch the cell off with a one-line script. Replies still in flight
+        from earlier `Z`s (a cancelled measurement sends one too) are skipped, never taken
+        for the answer to `cell_off`."""
+        self._safe_requested = True
+        if self.running:
+            await self.abort()
         link = self.open_link()
+        t = self._timeout()
         async with link.lock:
-            link.reset_input()
+            await self._quiesce(link, t)
             await link.write(b"e\ncell_off\n\n")
-            t = self._timeout()
-            head = await link.read_until(b"\n", t)
-            if head != b"e\n":
-                raise ProtocolError(f"cell_off script answered {head!r}", device=self.name)
+            while True:
+                head = await link.read_until(b"\n", t)
+                if head == b"e\n":
+                    break
+                if not _STALE_ABORT.match(head):
+                    raise ProtocolError(f"cell_off script answered {head!r}",
+                                        device=self.name)
             line = await link.read_until(b"\n", t)
-            if line != b"\n":
+            error: DeviceError | None = None
+            while line != b"\n":
                 m = _ERROR.search(line.decode("latin-1"))
-                with contextlib.suppress(DeviceTimeout):
-                    while line != b"\n":
-                        line = await link.read_until(b"\n", t)
-                if m:
-                    raise error_for(m.group(1), m.group(2).strip(), self.name)
+                if m and error is None and not _STALE_ABORT.match(line):
+                    error = error_for(m.group(1), m.group(2).strip(), self.name)
+                line = await link.read_until(b"\n", t)
+            if error is not None:
+                raise error
+
+    async def _quiesce(self, link: Link, t: float) -> None:
+        """`Z` then `v` until `v` is answered as by an idle device: everything before that
+        answer (stale abort replies, the rest of an aborted script) is read and dropped.
+        Called with the link's lock held."""
+        link.reset_input()
+        await link.write(b"Z\nv\n")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + t + 5.0
+        while True:
+            line = await link.read_until(b"\n", max(0.05, deadline - loop.time()))
+            if line.startswith(b"v!"):  # still running its on_finished block: ask again
+                if loop.time() > deadline:
+                    raise DeviceTimeout("the script does not end after Z", device=self.name)
+                await asyncio.sleep(0.01)
+                await link.write(b"v\n")
+            elif line.startswith(b"v"):
+                return
 
     # -- limits -------------------------------------------------------------------------------
     def _check_potential(self, name: str, value: float | None) -> None:
@@ -561,6 +599,7 @@ class EmStat(Potentiostat):
             raise DeviceBusy("a script is already running", device=self.name)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self._abort_sent = False
+        self._safe_requested = False
         self._reader = asyncio.ensure_future(self._read_script(plan, queue))
         finished = False
         try:
@@ -593,6 +632,9 @@ class EmStat(Potentiostat):
         error: Exception | None = None
         try:
             async with link.lock:
+                if self._safe_requested:
+                    raise DeviceError("not started: the safe state was applied meanwhile",
+                                      device=self.name)
                 link.reset_input()
                 await link.write(("e\n" + "\n".join(plan.lines) + "\n\n").encode("ascii"))
                 head = (await link.read_until(b"\n", t_cmd)).decode("latin-1")
