@@ -79,13 +79,16 @@ class Instruments:
         errors: dict[str, str] = {}
 
         async def one(name: str, dev: Device) -> None:
+            bound_s = max(5.0, dev.spec.timeout_s * 3)
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
-                async with asyncio.timeout(max(5.0, dev.spec.timeout_s * 3)):
+                async with asyncio.timeout(bound_s):
                     await dev.safe_state()
             except Exception as exc:  # every device must be tried, whatever one does
-                errors[name] = f"{type(exc).__name__}: {exc}"
-                log.error("safe state of %s failed: %s", name, exc)
+                text = str(exc) or (f"not confirmed within {bound_s:g} s (no answer)"
+                                    if isinstance(exc, TimeoutError) else "no details")
+                errors[name] = f"{type(exc).__name__}: {text}"
+                log.error("safe state of %s failed: %s", name, errors[name])
 
         await asyncio.gather(*(one(n, d) for n, d in self.devices.items()))
         return errors
