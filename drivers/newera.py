@@ -111,6 +111,26 @@ class NewEraPump(Pump):
     default_serial: ClassVar[SerialSettings] = SerialSettings(baudrate=19200)
     protocol: ClassVar[str] = "New Era NE-1000 RS-232 (basic/safe mode)"
 
+    @classmethod
+    def config_problems(cls, name: str, address: Any, params: dict[str, Any],
+                        limits: dict[str, Any]) -> list[tuple[str, str]]:
+        """Address 0..99 and the safe-mode timeout (1-255 s)."""
+        base = f"devices.{name}"
+        out: list[tuple[str, str]] = []
+        addr = 0 if address is None else address
+        if isinstance(addr, bool) or not str(addr).isdigit() or not 0 <= int(addr) <= 99:
+            out.append((f"{base}.address", f"address must be 0-99, got {address!r}"))
+        raw = params.get("safe_mode")
+        if raw not in (None, False, 0, "0", "", "off"):
+            try:
+                seconds = raw if isinstance(raw, (int, float)) else to(raw, "s")
+                ok = math.isfinite(float(seconds)) and 1 <= round(float(seconds)) <= 255
+            except (ValueError, TypeError):
+                ok = False
+            if not ok:
+                out.append((f"{base}.params.safe_mode", f"must be 1-255 s, got {raw!r}"))
+        return out
+
     def __init__(
         self, spec: DeviceSpec, *, links: LinkPool | None = None, clock: Clock | None = None
     ):

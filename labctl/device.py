@@ -94,6 +94,15 @@ class Device(ABC):
         self.info: DeviceInfo | None = None
         self.link: Link | None = None
 
+    @classmethod
+    def config_problems(
+        cls, name: str, address: Any, params: dict[str, Any], limits: dict[str, Any]
+    ) -> list[tuple[str, str]]:
+        """What this protocol refuses in a `[devices.NAME]` table (address range, its own
+        options), as (key, reason): checked when the config loads, before anything moves.
+        Quantities and references every driver shares are checked by labctl itself."""
+        return []
+
     # -- helpers for drivers ---------------------------------------------------------------
     def open_link(self) -> Link:
         """The (possibly shared) link of this device's endpoint."""
