@@ -61,6 +61,9 @@ ALARMS: dict[str, str] = {
     "O": "program phase out of range",
 }
 MOVING = ("I", "W", "X")
+#: prompts of a pump that would still pump on its own: moving, paused, in a timed pause or
+#: waiting for a trigger of its program
+NOT_STOPPED = (*MOVING, "P", "T", "U")
 
 _REPLY = re.compile(r"^(\d{2})(A\?.|[IWSPTUX])(.*)$", re.S)
 _VERSION = re.compile(r"^([A-Z]+)(\d+)V(\d+\.\d+)(X\d+)?")
@@ -461,11 +464,15 @@ class NewEraPump(Pump):
         self._stops += 1
         self._resumed.set()
         for _ in range(3):
-            prompt, _ = await self.command("STP", retries=0, tolerate_alarm=True)
-            if prompt not in (*MOVING, "P"):
+            # repeating a STP whose reply was lost is what stop wants anyway (a paused
+            # pump stops on the next one)
+            prompt, _ = await self.command("STP", retries=2, tolerate_alarm=True)
+            if prompt.startswith("A?"):  # an alarm took the prompt's place: ask again
+                prompt, _ = await self.command("", retries=2, tolerate_alarm=True)
+            if prompt not in NOT_STOPPED:
                 return
-        prompt, _ = await self.command("", tolerate_alarm=True)
-        if prompt in (*MOVING, "P"):
+        prompt, _ = await self.command("", retries=2, tolerate_alarm=True)
+        if prompt in NOT_STOPPED or prompt.startswith("A?"):
             raise DeviceFault(f"pump still {self._state_text()} after STP", device=self.name)
 
     async def pause(self) -> None:

@@ -367,42 +367,63 @@ class EmStat(Potentiostat):
         """Stop whatever runs (ours, or a script left from before), wait until the device
         is idle, then switch the cell off with a one-line script. Replies still in flight
         from earlier `Z`s (a cancelled measurement sends one too) are skipped, never taken
-        for the answer to `cell_off`."""
+        for the answer to `cell_off`; a lost or garbled reply is tried again (stopping and
+        switching off are harmless to repeat)."""
         self._safe_requested = True
         if self.running:
             await self.abort()
         link = self.open_link()
         t = self._timeout()
-        async with link.lock:
-            await self._quiesce(link, t)
-            await link.write(b"e\ncell_off\n\n")
-            while True:
-                head = await link.read_until(b"\n", t)
-                if head == b"e\n":
-                    break
-                if not _STALE_ABORT.match(head):
-                    raise ProtocolError(f"cell_off script answered {head!r}",
-                                        device=self.name)
+        last: DeviceError | None = None
+        for _ in range(3):
+            try:
+                async with link.lock:
+                    await self._quiesce(link, t)
+                    await self._cell_off(link, t)
+                return
+            except (DeviceTimeout, ProtocolError) as exc:
+                if isinstance(exc, MethodScriptError):
+                    raise  # the device answered cell_off with an error: say so
+                last = exc
+        assert last is not None
+        raise last
+
+    async def _cell_off(self, link: Link, t: float) -> None:
+        """`cell_off` as a one-line script (with the link's lock held)."""
+        await link.write(b"e\ncell_off\n\n")
+        while True:
+            head = await link.read_until(b"\n", t)
+            if head == b"e\n":
+                break
+            if not _STALE_ABORT.match(head):
+                raise ProtocolError(f"cell_off script answered {head!r}", device=self.name)
+        line = await link.read_until(b"\n", t)
+        error: DeviceError | None = None
+        while line != b"\n":
+            m = _ERROR.search(line.decode("latin-1"))
+            if m and error is None and not _STALE_ABORT.match(line):
+                error = error_for(m.group(1), m.group(2).strip(), self.name)
             line = await link.read_until(b"\n", t)
-            error: DeviceError | None = None
-            while line != b"\n":
-                m = _ERROR.search(line.decode("latin-1"))
-                if m and error is None and not _STALE_ABORT.match(line):
-                    error = error_for(m.group(1), m.group(2).strip(), self.name)
-                line = await link.read_until(b"\n", t)
-            if error is not None:
-                raise error
+        if error is not None:
+            raise error
 
     async def _quiesce(self, link: Link, t: float) -> None:
         """`Z` then `v` until `v` is answered as by an idle device: everything before that
         answer (stale abort replies, the rest of an aborted script) is read and dropped.
-        Called with the link's lock held."""
+        A `v` whose answer is lost or garbled is asked again. Called with the link's lock
+        held."""
         link.reset_input()
         await link.write(b"Z\nv\n")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + t + 5.0
         while True:
-            line = await link.read_until(b"\n", max(0.05, deadline - loop.time()))
+            try:
+                line = await link.read_until(b"\n", min(t, max(0.05, deadline - loop.time())))
+            except DeviceTimeout:
+                if loop.time() > deadline:
+                    raise
+                await link.write(b"v\n")
+                continue
             if line.startswith(b"v!"):  # still running its on_finished block: ask again
                 if loop.time() > deadline:
                     raise DeviceTimeout("the script does not end after Z", device=self.name)

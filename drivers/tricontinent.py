@@ -520,14 +520,19 @@ class TriContinentPump(SyringePump):
     async def safe_state(self) -> None:
         """Terminate any move. On a dead link this raises a DeviceError saying the safe
         state could not be confirmed (never another kind of exception, never a hang)."""
-        try:
-            await self.stop()
-        except DeviceError as exc:
-            raise DeviceError(f"safe state not confirmed (T not acknowledged): {exc.message}",
-                              device=self.name) from exc
-        except OSError as exc:  # includes TimeoutError and serial errors
-            raise DeviceError(f"safe state not confirmed (T not acknowledged): {exc}",
-                              device=self.name) from exc
+        last: Exception | None = None
+        for _ in range(3):  # T is harmless to repeat: a lost or garbled answer is retried
+            try:
+                await self.stop()
+                return
+            except (DeviceTimeout, ProtocolError, OSError) as exc:
+                last = exc
+            except DeviceError as exc:
+                raise DeviceError(f"safe state not confirmed (T not acknowledged): "
+                                  f"{exc.message}", device=self.name) from exc
+        text = last.message if isinstance(last, DeviceError) else str(last)
+        raise DeviceError(f"safe state not confirmed (T not acknowledged): {text}",
+                          device=self.name) from last
 
     @classmethod
     async def initialize_group(

@@ -6,6 +6,7 @@ a `LinkPool` (so devices on one bus share a link) and the bench `Clock`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -172,3 +173,18 @@ class Device(ABC):
             "limits": dict(self.spec.limits),
             "identity": self.info.to_dict() if self.info else None,
         }
+
+
+async def safe_state_of(device: Device) -> str | None:
+    """Apply one device's safe state within a bound; None when done, else what went wrong
+    as `ErrorType: text` (never an empty text: a bound that ran out says so)."""
+    bound_s = max(5.0, device.spec.timeout_s * 3)
+    try:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+        async with asyncio.timeout(bound_s):
+            await device.safe_state()
+    except Exception as exc:  # the caller reports it and goes on with the other devices
+        text = str(exc) or (f"not confirmed within {bound_s:g} s (no answer)"
+                            if isinstance(exc, TimeoutError) else "no details")
+        return f"{type(exc).__name__}: {text}"
+    return None

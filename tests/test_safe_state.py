@@ -156,3 +156,32 @@ async def test_estop_with_nothing_running_after_a_run_left_a_script_going(
     assert await bench.estop() == RunState.IDLE
     assert sim.is_safe()
     await bench.resume()
+
+
+FAULTS: dict[str, dict[str, Any]] = {
+    "one reply lost": {"silence": 1},
+    "one reply cut short": {"truncate": True},
+    "line noise before a reply": {"garbage": b"\x00zz\r\n"},
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+async def test_estop_reaches_the_safe_state_first_time_despite_one_bad_reply(
+        tmp_path: Path, fault: str) -> None:
+    """Stopping is harmless to repeat: a lost or garbled answer to it is asked again within
+    the same safe_state call, for every kind of device of the bench."""
+    cfg = sim_config()
+    for d in cfg.devices.values():
+        d.timeout = "0.5 s"  # a lost reply costs one timeout
+    async with Bench(cfg, data_dir=tmp_path / "runs", time_scale=TIME_SCALE) as b:
+        sims = simulators(b)
+        failed: dict[str, str] = {}
+        for name, sim in sims.items():
+            for key, value in FAULTS[fault].items():
+                setattr(sim.faults, key, value)
+            assert await b.estop() == RunState.IDLE
+            failed.update(b.estop_safe_state_errors)
+            assert sim.is_safe(), name
+            sim.faults.silence, sim.faults.truncate, sim.faults.garbage = False, False, b""
+            await asyncio.sleep(0.6)  # let a late half-reply go by before the next device
+        assert failed == {}
