@@ -185,3 +185,34 @@ async def test_estop_reaches_the_safe_state_first_time_despite_one_bad_reply(
             sim.faults.silence, sim.faults.truncate, sim.faults.garbage = False, False, b""
             await asyncio.sleep(0.6)  # let a late half-reply go by before the next device
         assert failed == {}
+
+
+async def test_estop_while_paused_stops_the_paused_pump_for_good(bench: Bench) -> None:
+    """A paused NE-1000 keeps the rest of its volume (RUN would pump it): the e-stop ends
+    it stopped, not paused."""
+    steps, busy = CASES["NE-1000 mid-transfer"]
+    sim = simulators(bench)["pump_teos"]
+    run_id = await bench.submit(recipe("paused", steps), instigator="operator:t")
+    await eventually(lambda: not sim.is_safe(), "pump_teos pumping")
+    await bench.pause()
+    await eventually(lambda: sim.state == "P", "pump_teos paused")
+    assert await bench.estop() == RunState.ABORTED
+    assert sim.state == "S"
+    result = await bench.wait(run_id)
+    assert [e for e in result["errors"] if e.get("type") == "SafeStateError"] == []
+
+
+async def test_device_in_error_mid_step_ends_safe_with_no_safe_state_error(
+        bench: Bench) -> None:
+    """A plunger overload (error 9) mid-transfer fails the run; the safe state that follows
+    is reached on every device from there (the pump in error included)."""
+    sims = simulators(bench)
+    steps, _ = CASES["syringe pump mid-transfer"]
+    sims["pump_ec"].faults.stall = True
+    run_id = await bench.submit(recipe("stall", steps), instigator="operator:t")
+    result = await bench.wait(run_id)
+    assert result["status"] == "failed", result
+    assert "pump_ec" in str(result["errors"])
+    assert [e for e in result["errors"] if e.get("type") == "SafeStateError"] == []
+    assert [n for n, s in sims.items() if not s.is_safe()] == []
+
