@@ -190,7 +190,7 @@ async def test_estop_reaches_the_safe_state_first_time_despite_one_bad_reply(
 async def test_estop_while_paused_stops_the_paused_pump_for_good(bench: Bench) -> None:
     """A paused NE-1000 keeps the rest of its volume (RUN would pump it): the e-stop ends
     it stopped, not paused."""
-    steps, busy = CASES["NE-1000 mid-transfer"]
+    steps, _ = CASES["NE-1000 mid-transfer"]
     sim = simulators(bench)["pump_teos"]
     run_id = await bench.submit(recipe("paused", steps), instigator="operator:t")
     await eventually(lambda: not sim.is_safe(), "pump_teos pumping")
