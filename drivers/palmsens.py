@@ -332,14 +332,16 @@ class EmStat(Potentiostat):
         return DeviceStatus(DeviceState.IDLE, readings)
 
     # -- abort / safe state -------------------------------------------------------------------
-    async def abort(self) -> None:
-        """`Z`: stop the running script (its on_finished block switches the cell off)."""
+    async def abort(self, *, wait_s: float | None = None) -> None:
+        """`Z`: stop the running script (its on_finished block switches the cell off);
+        waits `wait_s` (default: the reply timeout + 5 s) for the end of its output."""
         reader = self._reader
         if reader is not None and not reader.done():
             self._abort_sent = True
             await self.open_link().write(b"Z\n")
             try:
-                await asyncio.wait_for(asyncio.shield(reader), self._timeout() + 5.0)
+                await asyncio.wait_for(asyncio.shield(reader),
+                                       self._timeout() + 5.0 if wait_s is None else wait_s)
             except TimeoutError:
                 raise DeviceTimeout("no end of script after Z", device=self.name) from None
             except Exception:  # the reader's own error is the measurement's business
@@ -370,10 +372,19 @@ class EmStat(Potentiostat):
         for the answer to `cell_off`; a lost or garbled reply is tried again (stopping and
         switching off are harmless to repeat)."""
         self._safe_requested = True
-        if self.running:
-            await self.abort()
         link = self.open_link()
         t = self._timeout()
+        reader = self._reader
+        if reader is not None and not reader.done():
+            try:
+                await self.abort(wait_s=t + 1.0)
+            except DeviceTimeout:
+                # the end of the script was lost: stop reading it (that frees the link),
+                # the `Z`/`v` exchange below then finds the device idle or stops it
+                log.warning("%s: no end of script after Z; stopping it again", self.name)
+                reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader
         last: DeviceError | None = None
         for _ in range(3):
             try:
@@ -415,7 +426,7 @@ class EmStat(Potentiostat):
         link.reset_input()
         await link.write(b"Z\nv\n")
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + t + 5.0
+        deadline = loop.time() + t + 2.0
         while True:
             try:
                 line = await link.read_until(b"\n", min(t, max(0.05, deadline - loop.time())))

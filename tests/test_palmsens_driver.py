@@ -412,3 +412,31 @@ async def test_safe_state_while_a_cycling_script_runs_and_its_step_is_cancelled(
             await task
         assert rig.sim.is_safe(), delay
     rig.sim.faults.delay_s = 0.0
+
+
+async def test_safe_state_when_the_end_of_an_aborted_script_is_lost(rig: Rig) -> None:
+    """The `Z` reply and the script's last lines never arrive, and the script samples so
+    rarely that its reader would wait long for them: the driver stops waiting, makes sure
+    the device is idle, and switches the cell off, in the one call."""
+    tech = CA(potential_v=0.2, sample_interval_s=10000.0, duration_s=1e6)  # 10 s wall
+    task = asyncio.create_task(anext(aiter(rig.dev.measure(tech))))
+    await _until(lambda: rig.sim.running and rig.sim.cell_on)
+    rig.sim.faults.silence = True
+    safe = asyncio.create_task(rig.dev.safe_state())
+    await _until(lambda: not rig.sim.running)  # Z honoured; its reply and the end dropped
+    await asyncio.sleep(0.2)
+    rig.sim.faults.silence = False
+    await safe  # old code: DeviceTimeout "no end of script after Z"
+    assert rig.sim.is_safe()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+
+
+async def _until(cond: Any, timeout: float = 30.0) -> None:
+    """Poll a condition; the timeout only bounds a hang."""
+    end = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        if asyncio.get_running_loop().time() > end:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.01)
