@@ -278,3 +278,14 @@ def test_fuzzed_numbers_load_fine_or_are_refused_by_file_and_key(
         driver_class(spec.driver)(spec)
     world = cfg.world_spec()
     assert set(world["vessels"]) == set(cfg.vessels)
+
+
+@pytest.mark.parametrize("scale", ["0", "-5", "inf", "nan"])
+def test_cli_time_scale_must_be_a_finite_positive_number(scale: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "labctl", "devices", "--time-scale", scale],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--time-scale" in proc.stderr and "greater than 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
