@@ -25,10 +25,10 @@ class _Strict(BaseModel):
 
 
 class SerialConfig(_Strict):
-    baudrate: int | None = None
+    baudrate: int | None = Field(default=None, gt=0)
     bytesize: Literal[5, 6, 7, 8] | None = None
     parity: Literal["N", "E", "O"] | None = None
-    stopbits: float | None = Field(default=None, description="1, 1.5 or 2")
+    stopbits: Literal[1, 1.5, 2] | None = Field(default=None, description="1, 1.5 or 2")
     xonxoff: bool | None = None
 
 

@@ -19,21 +19,19 @@ if TYPE_CHECKING:
 
 Problem = tuple[str, str]
 
-#: params that are amounts: name -> (unit it converts to, what it is, zero allowed)
-AMOUNT_PARAMS: dict[str, tuple[str, str, bool]] = {
-    "syringe_volume": ("mL", "syringe volume", False),
-    "syringe_diameter": ("mm", "syringe diameter", False),
-    "default_flow": ("mL/min", "default flow", False),
-    "cell_constant": ("1/cm", "cell constant", False),
-    "electrode_area": ("cm^2", "electrode area", False),
-    "head_content": ("g", "dosing head content", True),
-    "dose_time_per_100mg": ("s", "dosing time", False),
-    "stable_timeout": ("s", "stability timeout", False),
-    "watchdog": ("s", "watchdog", True),
-}
-#: params that are plain numbers with an implied unit (a quantity string also works)
-NUMBER_PARAMS: dict[str, tuple[str, str]] = {
-    "tubing_ul_per_rev": ("uL", "tubing calibration"),
+#: params that are amounts: name -> (unit it converts to, what it is, zero allowed, a bare
+#: number allowed (then meaning `unit`, as the driver reads it))
+AMOUNT_PARAMS: dict[str, tuple[str, str, bool, bool]] = {
+    "syringe_volume": ("mL", "syringe volume", False, False),
+    "syringe_diameter": ("mm", "syringe diameter", False, False),
+    "default_flow": ("mL/min", "default flow", False, False),
+    "cell_constant": ("1/cm", "cell constant", False, False),
+    "electrode_area": ("cm^2", "electrode area", False, False),
+    "head_content": ("g", "dosing head content", True, False),
+    "tubing_ul_per_rev": ("uL", "tubing calibration", False, True),
+    "dose_time_per_100mg": ("s", "dosing time", False, True),
+    "stable_timeout": ("s", "stability timeout", False, True),
+    "watchdog": ("s", "watchdog", True, True),
 }
 #: params that count things (positive integers)
 COUNT_PARAMS: dict[str, str] = {
@@ -118,15 +116,13 @@ def device_problems(cfg: BenchConfig, name: str, d: DeviceConfig) -> list[Proble
     out: list[Problem] = []
     out += _positive(f"{base}.timeout", d.timeout, "s", "reply timeout", False)
     p = d.params
-    for pname, (unit, what, zero) in AMOUNT_PARAMS.items():
-        if pname in p and not (pname == "watchdog" and p[pname] in ("", 0)):
-            out += _positive(f"{base}.params.{pname}", p[pname], unit, what, zero)
-    for pname, (unit, what) in NUMBER_PARAMS.items():
-        if pname in p:
-            raw = p[pname]
-            if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-                raw = f"{raw} {unit}"
-            out += _positive(f"{base}.params.{pname}", raw, unit, what, False)
+    for pname, (unit, what, zero, bare) in AMOUNT_PARAMS.items():
+        if pname not in p or (pname == "watchdog" and p[pname] in ("", 0)):
+            continue
+        raw = p[pname]
+        if bare and isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            raw = f"{raw} {unit}"
+        out += _positive(f"{base}.params.{pname}", raw, unit, what, zero)
     counts: dict[str, int] = {}
     for pname, what in COUNT_PARAMS.items():
         if pname in p:

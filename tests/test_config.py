@@ -161,6 +161,11 @@ BAD_VALUES = [
     ("devices.pump_ec.timeout", "0 s", "devices.pump_ec.timeout", "greater than 0"),
     ("devices.hotplate.params.watchdog", "-600 s", "devices.hotplate.params.watchdog",
      "at least 0"),
+    ("devices.hotplate.params.watchdog", -600, "devices.hotplate.params.watchdog",
+     "at least 0"),
+    ("devices.pump_ec.serial", {"baudrate": -9600}, "devices.pump_ec.serial.baudrate",
+     "greater than 0"),
+    ("devices.pump_ec.serial", {"stopbits": 3}, "devices.pump_ec.serial.stopbits", "1.5"),
 ]
 
 
@@ -289,3 +294,13 @@ def test_cli_time_scale_must_be_a_finite_positive_number(scale: str) -> None:
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "--time-scale" in proc.stderr and "greater than 0" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bare_numbers_the_drivers_read_in_a_known_unit_are_accepted(tmp_path: Path) -> None:
+    data = sim_data()
+    _set(data, "devices.hotplate.params.watchdog", 600)  # seconds
+    _set(data, "devices.balance.params.stable_timeout", 30)  # seconds
+    _set(data, "devices.rinse_pump.params.tubing_ul_per_rev", 100)  # µL per revolution
+    _set(data, "devices.hotplate.params.watchdog", 0)  # off
+    cfg = load_config(write_toml(tmp_path / "bench.toml", data))
+    assert cfg.devices["rinse_pump"].params["tubing_ul_per_rev"] == 100
