@@ -301,6 +301,5 @@ def test_bare_numbers_the_drivers_read_in_a_known_unit_are_accepted(tmp_path: Pa
     _set(data, "devices.hotplate.params.watchdog", 600)  # seconds
     _set(data, "devices.balance.params.stable_timeout", 30)  # seconds
     _set(data, "devices.rinse_pump.params.tubing_ul_per_rev", 100)  # µL per revolution
-    _set(data, "devices.hotplate.params.watchdog", 0)  # off
     cfg = load_config(write_toml(tmp_path / "bench.toml", data))
     assert cfg.devices["rinse_pump"].params["tubing_ul_per_rev"] == 100
