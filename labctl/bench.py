@@ -154,13 +154,13 @@ def recipe_info(plan: Any) -> dict[str, Any]:
             "sha256": _get(plan, "sha256")}
 
 
-
 def safe_state_error(errors: dict[str, str]) -> dict[str, Any]:
     """The result's error entry for devices whose safe state failed: the device names
     and each one's error, and a message saying it all (what every adapter shows)."""
     text = "; ".join(f"{name}: {err}" for name, err in sorted(errors.items()))
     return {"type": "SafeStateError", "devices": dict(errors),
             "message": f"safe state not reached on {', '.join(sorted(errors))} ({text})"}
+
 
 class Bench:
     """`async with Bench(cfg, data_dir="runs") as bench: run_id = await bench.submit(...)`"""
