@@ -28,8 +28,15 @@ class SerialConfig(_Strict):
     baudrate: int | None = Field(default=None, gt=0)
     bytesize: Literal[5, 6, 7, 8] | None = None
     parity: Literal["N", "E", "O"] | None = None
-    stopbits: Literal[1, 1.5, 2] | None = Field(default=None, description="1, 1.5 or 2")
+    stopbits: float | None = Field(default=None, description="1, 1.5 or 2")
     xonxoff: bool | None = None
+
+    @field_validator("stopbits")
+    @classmethod
+    def _stopbits(cls, v: float | None) -> float | None:
+        if v is not None and v not in (1, 1.5, 2):
+            raise ValueError(f"stop bits are 1, 1.5 or 2, got {v}")
+        return v
 
 
 class SimulatorConfig(_Strict):

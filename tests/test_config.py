@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -212,6 +213,23 @@ def test_cli_validate_refuses_the_config_before_anything_else(tmp_path: Path) ->
             "on the same bus /dev/ttyUSB0") in proc.stderr, proc.stderr
     assert f"{path}: devices.pump_ec.params.syringe_volume:" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_validate_without_a_recipe_checks_the_config_alone(tmp_path: Path) -> None:
+    ok = subprocess.run([sys.executable, "-m", "labctl", "validate", "--config", str(SIM_TOML)],
+                        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert ok.returncode == 0 and "valid bench config" in ok.stdout, ok.stdout + ok.stderr
+    data = sim_data()
+    _set(data, "devices.pump_ec.limits.max_flow", "-25 mL/min")
+    _set(data, "vessels.res_ec.contents.EC", "2000 mL")
+    path = write_toml(tmp_path / "bench.toml", data)
+    bad = subprocess.run([sys.executable, "-m", "labctl", "validate", "--config", str(path),
+                          "--json"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    doc = json.loads(bad.stdout)
+    assert doc["ok"] is False and doc["file"] == str(path)
+    assert [p["key"] for p in doc["problems"]] == ["devices.pump_ec.limits.max_flow",
+                                                   "vessels.res_ec.contents"]
 
 
 def test_the_shipped_configs_stay_valid() -> None:

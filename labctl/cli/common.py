@@ -57,4 +57,5 @@ def load_bench_config(path: Path, *, as_json: bool = False) -> BenchConfig:
     try:
         return load_config(path)
     except ConfigError as exc:
-        fail(str(exc), EXIT_INVALID, as_json=as_json)
+        fail(str(exc), EXIT_INVALID, as_json=as_json, file=exc.file,
+             problems=[{"key": k, "message": m} for k, m in exc.problems])
