@@ -52,6 +52,16 @@ class IkaHotplate(Stirrer):
     )
     protocol: ClassVar[str] = "IKA NAMUR"
 
+    @classmethod
+    def config_problems(cls, name: str, address: Any, params: dict[str, Any],
+                        limits: dict[str, Any]) -> list[tuple[str, str]]:
+        """The temperature sensor, and limits within what the device can do."""
+        out: list[tuple[str, str]] = []
+        if str(params.get("sensor", "medium")) not in ("medium", "plate"):
+            out.append((f"devices.{name}.params.sensor",
+                        f"must be 'medium' or 'plate', got {params.get('sensor')!r}"))
+        return out
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         p = self.spec.params

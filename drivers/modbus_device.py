@@ -294,6 +294,19 @@ class ModbusDevice(Device):
     #: the labctl map used when `params.map` is not given
     default_map: ClassVar[str] = ""
 
+    @classmethod
+    def config_problems(cls, name: str, address: Any, params: dict[str, Any],
+                        limits: dict[str, Any]) -> list[tuple[str, str]]:
+        """The unit id: a Modbus slave address answers at 1..247 (0 is broadcast)."""
+        if address in (None, ""):
+            return []
+        ok = (not isinstance(address, bool) and str(address).strip().isdigit()
+              and 1 <= int(str(address).strip()) <= 247)
+        if not ok:
+            return [(f"devices.{name}.address",
+                     f"Modbus unit id must be 1-247, got {address!r}")]
+        return []
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         p = self.spec.params

@@ -61,6 +61,9 @@ ALARMS: dict[str, str] = {
     "O": "program phase out of range",
 }
 MOVING = ("I", "W", "X")
+#: prompts of a pump that would still pump on its own: moving, paused, in a timed pause or
+#: waiting for a trigger of its program
+NOT_STOPPED = (*MOVING, "P", "T", "U")
 
 _REPLY = re.compile(r"^(\d{2})(A\?.|[IWSPTUX])(.*)$", re.S)
 _VERSION = re.compile(r"^([A-Z]+)(\d+)V(\d+\.\d+)(X\d+)?")
@@ -110,6 +113,26 @@ class NewEraPump(Pump):
 
     default_serial: ClassVar[SerialSettings] = SerialSettings(baudrate=19200)
     protocol: ClassVar[str] = "New Era NE-1000 RS-232 (basic/safe mode)"
+
+    @classmethod
+    def config_problems(cls, name: str, address: Any, params: dict[str, Any],
+                        limits: dict[str, Any]) -> list[tuple[str, str]]:
+        """Address 0..99 and the safe-mode timeout (1-255 s)."""
+        base = f"devices.{name}"
+        out: list[tuple[str, str]] = []
+        addr = 0 if address is None else address
+        if isinstance(addr, bool) or not str(addr).isdigit() or not 0 <= int(addr) <= 99:
+            out.append((f"{base}.address", f"address must be 0-99, got {address!r}"))
+        raw = params.get("safe_mode")
+        if raw not in (None, False, 0, "0", "", "off"):
+            try:
+                seconds = raw if isinstance(raw, (int, float)) else to(raw, "s")
+                ok = math.isfinite(float(seconds)) and 1 <= round(float(seconds)) <= 255
+            except (ValueError, TypeError):
+                ok = False
+            if not ok:
+                out.append((f"{base}.params.safe_mode", f"must be 1-255 s, got {raw!r}"))
+        return out
 
     def __init__(
         self, spec: DeviceSpec, *, links: LinkPool | None = None, clock: Clock | None = None
@@ -441,11 +464,15 @@ class NewEraPump(Pump):
         self._stops += 1
         self._resumed.set()
         for _ in range(3):
-            prompt, _ = await self.command("STP", retries=0, tolerate_alarm=True)
-            if prompt not in (*MOVING, "P"):
+            # repeating a STP whose reply was lost is what stop wants anyway (a paused
+            # pump stops on the next one)
+            prompt, _ = await self.command("STP", retries=2, tolerate_alarm=True)
+            if prompt.startswith("A?"):  # an alarm took the prompt's place: ask again
+                prompt, _ = await self.command("", retries=2, tolerate_alarm=True)
+            if prompt not in NOT_STOPPED:
                 return
-        prompt, _ = await self.command("", tolerate_alarm=True)
-        if prompt in (*MOVING, "P"):
+        prompt, _ = await self.command("", retries=2, tolerate_alarm=True)
+        if prompt in NOT_STOPPED or prompt.startswith("A?"):
             raise DeviceFault(f"pump still {self._state_text()} after STP", device=self.name)
 
     async def pause(self) -> None:

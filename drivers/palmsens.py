@@ -28,9 +28,15 @@ from pydantic import TypeAdapter
 
 from labctl.capabilities.potentiostat import DataPoint, Potentiostat
 from labctl.device import DeviceInfo, DeviceState, DeviceStatus
-from labctl.errors import DeviceBusy, DeviceFault, DeviceTimeout, ProtocolError
+from labctl.errors import (
+    DeviceBusy,
+    DeviceError,
+    DeviceFault,
+    DeviceTimeout,
+    ProtocolError,
+)
 from labctl.techniques import CA, CP, CV, GCPL, LSV, OCV, PEIS, AnyTechnique, Technique
-from labctl.transport import SerialSettings
+from labctl.transport import Link, SerialSettings
 
 log = logging.getLogger("labctl.drivers.palmsens")
 
@@ -177,6 +183,8 @@ ERROR_TEXT = {
     "400B": "nested measurement loop not allowed", "0032": "critical overload (cell off)",
 }
 _ERROR = re.compile(r"!([0-9A-Fa-f]{4})(.*)")
+#: the answer to a `Z` sent earlier (`Z` while running, `Z!0006` when idle)
+_STALE_ABORT = re.compile(rb"Z(![0-9A-Fa-f]{4})?\r?\n$")
 
 
 class MethodScriptError(ProtocolError):
@@ -232,6 +240,8 @@ class EmStat(Potentiostat):
         self.model_id: str | None = None
         self._reader: asyncio.Task[None] | None = None
         self._abort_sent = False
+        #: set by safe_state(): a script still waiting for the link is never started
+        self._safe_requested = False
         self.messages: list[str] = []
         self.points_received = 0
         self.last_point: DataPoint | None = None
@@ -322,14 +332,16 @@ class EmStat(Potentiostat):
         return DeviceStatus(DeviceState.IDLE, readings)
 
     # -- abort / safe state -------------------------------------------------------------------
-    async def abort(self) -> None:
-        """`Z`: stop the running script (its on_finished block switches the cell off)."""
+    async def abort(self, *, wait_s: float | None = None) -> None:
+        """`Z`: stop the running script (its on_finished block switches the cell off);
+        waits `wait_s` (default: the reply timeout + 5 s) for the end of its output."""
         reader = self._reader
         if reader is not None and not reader.done():
             self._abort_sent = True
             await self.open_link().write(b"Z\n")
             try:
-                await asyncio.wait_for(asyncio.shield(reader), self._timeout() + 5.0)
+                await asyncio.wait_for(asyncio.shield(reader),
+                                       self._timeout() + 5.0 if wait_s is None else wait_s)
             except TimeoutError:
                 raise DeviceTimeout("no end of script after Z", device=self.name) from None
             except Exception:  # the reader's own error is the measurement's business
@@ -354,24 +366,82 @@ class EmStat(Potentiostat):
                 pass
 
     async def safe_state(self) -> None:
-        """Abort whatever runs, then switch the cell off explicitly."""
-        await self.abort()
+        """Stop whatever runs (ours, or a script left from before), wait until the device
+        is idle, then switch the cell off with a one-line script. Replies still in flight
+        from earlier `Z`s (a cancelled measurement sends one too) are skipped, never taken
+        for the answer to `cell_off`; a lost or garbled reply is tried again (stopping and
+        switching off are harmless to repeat)."""
+        self._safe_requested = True
         link = self.open_link()
-        async with link.lock:
-            link.reset_input()
-            await link.write(b"e\ncell_off\n\n")
-            t = self._timeout()
+        t = self._timeout()
+        reader = self._reader
+        if reader is not None and not reader.done():
+            try:
+                await self.abort(wait_s=t + 1.0)
+            except DeviceTimeout:
+                # the end of the script was lost: stop reading it (that frees the link),
+                # the `Z`/`v` exchange below then finds the device idle or stops it
+                log.warning("%s: no end of script after Z; stopping it again", self.name)
+                reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader
+        last: DeviceError | None = None
+        for _ in range(3):
+            try:
+                async with link.lock:
+                    await self._quiesce(link, t)
+                    await self._cell_off(link, t)
+                return
+            except (DeviceTimeout, ProtocolError) as exc:
+                if isinstance(exc, MethodScriptError):
+                    raise  # the device answered cell_off with an error: say so
+                last = exc
+        assert last is not None
+        raise last
+
+    async def _cell_off(self, link: Link, t: float) -> None:
+        """`cell_off` as a one-line script (with the link's lock held)."""
+        await link.write(b"e\ncell_off\n\n")
+        while True:
             head = await link.read_until(b"\n", t)
-            if head != b"e\n":
+            if head == b"e\n":
+                break
+            if not _STALE_ABORT.match(head):
                 raise ProtocolError(f"cell_off script answered {head!r}", device=self.name)
+        line = await link.read_until(b"\n", t)
+        error: DeviceError | None = None
+        while line != b"\n":
+            m = _ERROR.search(line.decode("latin-1"))
+            if m and error is None and not _STALE_ABORT.match(line):
+                error = error_for(m.group(1), m.group(2).strip(), self.name)
             line = await link.read_until(b"\n", t)
-            if line != b"\n":
-                m = _ERROR.search(line.decode("latin-1"))
-                with contextlib.suppress(DeviceTimeout):
-                    while line != b"\n":
-                        line = await link.read_until(b"\n", t)
-                if m:
-                    raise error_for(m.group(1), m.group(2).strip(), self.name)
+        if error is not None:
+            raise error
+
+    async def _quiesce(self, link: Link, t: float) -> None:
+        """`Z` then `v` until `v` is answered as by an idle device: everything before that
+        answer (stale abort replies, the rest of an aborted script) is read and dropped.
+        A `v` whose answer is lost or garbled is asked again. Called with the link's lock
+        held."""
+        link.reset_input()
+        await link.write(b"Z\nv\n")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + t + 2.0
+        while True:
+            try:
+                line = await link.read_until(b"\n", min(t, max(0.05, deadline - loop.time())))
+            except DeviceTimeout:
+                if loop.time() > deadline:
+                    raise
+                await link.write(b"v\n")
+                continue
+            if line.startswith(b"v!"):  # still running its on_finished block: ask again
+                if loop.time() > deadline:
+                    raise DeviceTimeout("the script does not end after Z", device=self.name)
+                await asyncio.sleep(0.01)
+                await link.write(b"v\n")
+            elif line.startswith(b"v"):
+                return
 
     # -- limits -------------------------------------------------------------------------------
     def _check_potential(self, name: str, value: float | None) -> None:
@@ -561,6 +631,7 @@ class EmStat(Potentiostat):
             raise DeviceBusy("a script is already running", device=self.name)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self._abort_sent = False
+        self._safe_requested = False
         self._reader = asyncio.ensure_future(self._read_script(plan, queue))
         finished = False
         try:
@@ -593,6 +664,9 @@ class EmStat(Potentiostat):
         error: Exception | None = None
         try:
             async with link.lock:
+                if self._safe_requested:
+                    raise DeviceError("not started: the safe state was applied meanwhile",
+                                      device=self.name)
                 link.reset_input()
                 await link.write(("e\n" + "\n".join(plan.lines) + "\n\n").encode("ascii"))
                 head = (await link.read_until(b"\n", t_cmd)).decode("latin-1")

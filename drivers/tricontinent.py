@@ -166,6 +166,46 @@ class TriContinentPump(SyringePump):
     #: whose answer was lost may have run)
     query_retries: ClassVar[int] = 1
 
+    @classmethod
+    def config_problems(cls, name: str, address: Any, params: dict[str, Any],
+                        limits: dict[str, Any]) -> list[tuple[str, str]]:
+        """Address 1..15, the syringe, resolution, valve kind and its ports, init options."""
+        base = f"devices.{name}"
+        out: list[tuple[str, str]] = []
+        try:
+            address_char(address)
+        except LimitError as exc:
+            out.append((f"{base}.address", exc.message))
+        if "syringe_volume" not in params:
+            out.append((f"{base}.params.syringe_volume",
+                        "required: the volume of the fitted syringe, e.g. '5 mL'"))
+        res = params.get("resolution", 0)
+        if isinstance(res, bool) or res not in (0, 1, 2):
+            out.append((f"{base}.params.resolution", f"must be 0, 1 or 2, got {res!r}"))
+        valve = str(params.get("valve", "distribution")).lower()
+        if valve != "distribution" and valve not in VALVE_PORTS:
+            out.append((f"{base}.params.valve",
+                        f"must be distribution, 3-way or 4-way, got {valve!r}"))
+        elif valve in VALVE_PORTS:
+            for port in dict(params.get("port_map") or {}):
+                if str(port) not in VALVE_PORTS[valve]:
+                    out.append((f"{base}.params.port_map.{port}",
+                                f"a {valve} valve has the ports "
+                                f"{', '.join(VALVE_PORTS[valve])}"))
+        force = params.get("init_force", 0)
+        if not (isinstance(force, str) and force.lower() in FORCES) and (
+                isinstance(force, bool) or force not in (0, 1, 2)):
+            out.append((f"{base}.params.init_force",
+                        f"must be 0, 1, 2 or full/half/third, got {force!r}"))
+        if str(params.get("init_direction", "Z")).upper() not in ("Z", "Y"):
+            out.append((f"{base}.params.init_direction",
+                        f"must be Z or Y, got {params.get('init_direction')!r}"))
+        speed = params.get("top_speed", DEFAULT_TOP_SPEED)
+        if isinstance(speed, int) and not isinstance(speed, bool) and speed > MAX_TOP_SPEED:
+            out.append((f"{base}.params.top_speed",
+                        f"must be at most {MAX_TOP_SPEED} half-steps/s, got {speed}"))
+        return out
+
     def __init__(self, spec: DeviceSpec, *, links: LinkPool | None = None,
                  clock: Clock | None = None):
         super().__init__(spec, links=links, clock=clock)
@@ -480,14 +520,19 @@ class TriContinentPump(SyringePump):
     async def safe_state(self) -> None:
         """Terminate any move. On a dead link this raises a DeviceError saying the safe
         state could not be confirmed (never another kind of exception, never a hang)."""
-        try:
-            await self.stop()
-        except DeviceError as exc:
-            raise DeviceError(f"safe state not confirmed (T not acknowledged): {exc.message}",
-                              device=self.name) from exc
-        except OSError as exc:  # includes TimeoutError and serial errors
-            raise DeviceError(f"safe state not confirmed (T not acknowledged): {exc}",
-                              device=self.name) from exc
+        last: Exception | None = None
+        for _ in range(3):  # T is harmless to repeat: a lost or garbled answer is retried
+            try:
+                await self.stop()
+                return
+            except (DeviceTimeout, ProtocolError, OSError) as exc:
+                last = exc
+            except DeviceError as exc:
+                raise DeviceError(f"safe state not confirmed (T not acknowledged): "
+                                  f"{exc.message}", device=self.name) from exc
+        text = last.message if isinstance(last, DeviceError) else str(last)
+        raise DeviceError(f"safe state not confirmed (T not acknowledged): {text}",
+                          device=self.name) from last
 
     @classmethod
     async def initialize_group(

@@ -36,6 +36,16 @@ class ViciValve(Valve):
     default_serial: ClassVar[SerialSettings] = SerialSettings(baudrate=9600)
     protocol: ClassVar[str] = "VICI universal actuator ASCII"
 
+    @classmethod
+    def config_problems(cls, name: str, address: Any, params: dict[str, Any],
+                        limits: dict[str, Any]) -> list[tuple[str, str]]:
+        """The device ID: none, or one character 0-9 / A-Z."""
+        if address is None or address == "":
+            return []
+        if isinstance(address, bool) or not re.fullmatch(r"[0-9A-Z]", str(address).upper()):
+            return [(f"devices.{name}.address", f"VICI ID must be 0-9 or A-Z, got {address!r}")]
+        return []
+
     def __init__(
         self, spec: DeviceSpec, *, links: LinkPool | None = None, clock: Clock | None = None
     ):

@@ -154,6 +154,14 @@ def recipe_info(plan: Any) -> dict[str, Any]:
             "sha256": _get(plan, "sha256")}
 
 
+def safe_state_error(errors: dict[str, str]) -> dict[str, Any]:
+    """The result's error entry for devices whose safe state failed: the device names
+    and each one's error, and a message saying it all (what every adapter shows)."""
+    text = "; ".join(f"{name}: {err}" for name, err in sorted(errors.items()))
+    return {"type": "SafeStateError", "devices": dict(errors),
+            "message": f"safe state not reached on {', '.join(sorted(errors))} ({text})"}
+
+
 class Bench:
     """`async with Bench(cfg, data_dir="runs") as bench: run_id = await bench.submit(...)`"""
 
@@ -191,6 +199,7 @@ class Bench:
         #: the run whose saved simulated world the simulators were started from, and it
         self._world_from: str | None = None
         self._saved_world: dict[str, Any] | None = None
+        self.estop_safe_state_errors: dict[str, str] = {}
 
     # -- life cycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -484,7 +493,7 @@ class Bench:
         if state == RunState.ABORTED and not errors:
             errors.append({"type": "Aborted", "message": ex._stop_reason or "aborted"})
         if ex.safe_state_errors:
-            errors.append({"type": "SafeStateError", "devices": ex.safe_state_errors})
+            errors.append(safe_state_error(ex.safe_state_errors))
         self._finish(ticket, state, errors)
 
     def _finish(self, ticket: RunTicket, state: RunState, errors: list[dict[str, Any]]) -> None:
@@ -586,13 +595,17 @@ class Bench:
         return await self._running("abort").abort(reason="abort requested by the operator")
 
     async def estop(self) -> RunState:
-        """Every device safe at once; the current run ends aborted; the queue is held."""
+        """Every device safe at once; the current run ends aborted; the queue is held.
+        With no run going, a device that failed its safe state is published
+        (`safe_state_done` with its error) and kept in `estop_safe_state_errors`."""
         self.held = True
         cur = self.current
         if cur is not None and cur.executor is not None and not cur.machine.final:
             return await cur.executor.estop()
         self._publish({"event": "estop", "bench_id": self.bench_id})
-        await self.instruments.safe_state_all()
+        self.estop_safe_state_errors = await self.instruments.safe_state_all()
+        self._publish({"event": "safe_state_done", "bench_id": self.bench_id,
+                       "reason": "estop", "errors": self.estop_safe_state_errors})
         return RunState.IDLE
 
     async def cancel(self, run_id: str) -> None:

@@ -25,11 +25,18 @@ class _Strict(BaseModel):
 
 
 class SerialConfig(_Strict):
-    baudrate: int | None = None
+    baudrate: int | None = Field(default=None, gt=0)
     bytesize: Literal[5, 6, 7, 8] | None = None
     parity: Literal["N", "E", "O"] | None = None
     stopbits: float | None = Field(default=None, description="1, 1.5 or 2")
     xonxoff: bool | None = None
+
+    @field_validator("stopbits")
+    @classmethod
+    def _stopbits(cls, v: float | None) -> float | None:
+        if v is not None and v not in (1, 1.5, 2):
+            raise ValueError(f"stop bits are 1, 1.5 or 2, got {v}")
+        return v
 
 
 class SimulatorConfig(_Strict):
@@ -110,7 +117,7 @@ class BenchSection(_Strict):
     id: str = "bench"
     site: str = ""
     simulate: bool = False
-    time_scale: float = Field(default=1.0, gt=0)
+    time_scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     recipes_dir: str = "recipes"
 
 
@@ -254,56 +261,78 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 
 def parse_config(data: dict[str, Any], path: str = "<config>") -> BenchConfig:
+    """Validate a parsed config: the schema first, then references and values; every
+    problem found is reported at once (one ConfigError listing them)."""
     try:
         cfg = BenchConfig.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        msgs = "; ".join(f"{_loc(e['loc'])}: {e['msg']}" for e in errors)
-        raise ConfigError(msgs, file=path) from None
+        problems = [(_loc(e["loc"]), str(e["msg"])) for e in exc.errors()]
+        raise ConfigError(problems[0][1] if len(problems) == 1 else "invalid config",
+                          file=path, key=problems[0][0], problems=problems) from None
     cfg.path = path
-    _check_references(cfg, path)
+    problems = _reference_problems(cfg)
+    problems += _value_problems(cfg)
+    if problems:
+        key, message = problems[0]
+        raise ConfigError(message, file=path, key=key, problems=problems)
     return cfg
 
 
-def _check_references(cfg: BenchConfig, path: str) -> None:
+def _value_problems(cfg: BenchConfig) -> list[tuple[str, str]]:
+    from labctl.config_checks import bus_problems, device_problems, vessel_problems
+    from labctl.registry import available_drivers, driver_class
+
+    drivers = available_drivers()
+    problems: list[tuple[str, str]] = []
+    for name, d in cfg.devices.items():
+        if not d.enabled:
+            continue
+        problems += device_problems(cfg, name, d)
+        if d.driver in drivers:
+            try:
+                cls = driver_class(d.driver)
+            except ConfigError:
+                continue  # reported by the reference check
+            problems += cls.config_problems(name, d.address, dict(d.params), dict(d.limits))
+    problems += bus_problems(cfg)
+    problems += vessel_problems(cfg)
+    return problems
+
+
+def _reference_problems(cfg: BenchConfig) -> list[tuple[str, str]]:
     from labctl.registry import available_drivers
 
+    problems: list[tuple[str, str]] = []
     drivers = available_drivers()
     for name, d in cfg.devices.items():
         if not d.enabled:
             continue
         if d.driver not in drivers:
-            raise ConfigError(
-                f"unknown driver {d.driver!r} (installed: {', '.join(sorted(drivers))})",
-                file=path, key=f"devices.{name}.driver",
-            )
+            problems.append((f"devices.{name}.driver",
+                             f"unknown driver {d.driver!r} (installed: "
+                             f"{', '.join(sorted(drivers))})"))
         if not cfg.bench.simulate and not d.endpoint:
-            raise ConfigError("endpoint is required when simulate = false", file=path,
-                              key=f"devices.{name}.endpoint")
-        for port, vessel in (d.params.get("port_map") or {}).items():
-            if vessel not in cfg.vessels and not str(vessel).startswith("@"):
-                raise ConfigError(
-                    f"port {port} connects to unknown vessel {vessel!r}",
-                    file=path, key=f"devices.{name}.params.port_map.{port}",
-                )
+            problems.append((f"devices.{name}.endpoint",
+                             "endpoint is required when simulate = false"))
     for vname, v in cfg.vessels.items():
         for key in ("capacity", "empty_mass"):
             try:
                 quantity(getattr(v, key))
             except UnitError as exc:
-                raise ConfigError(str(exc), file=path, key=f"vessels.{vname}.{key}") from None
+                problems.append((f"vessels.{vname}.{key}", str(exc)))
         for mid, amount in v.contents.items():
+            key = f"vessels.{vname}.contents.{mid}"
             if mid not in cfg.materials:
-                raise ConfigError(f"unknown material {mid!r}", file=path,
-                                  key=f"vessels.{vname}.contents.{mid}")
+                problems.append((key, f"unknown material {mid!r}"))
+                continue
             try:
                 q = quantity(amount)
             except UnitError as exc:
-                raise ConfigError(str(exc), file=path,
-                                  key=f"vessels.{vname}.contents.{mid}") from None
+                problems.append((key, str(exc)))
+                continue
             if not (q.check("[volume]") or q.check("[mass]")):
-                raise ConfigError(f"{amount!r} is neither a volume nor a mass", file=path,
-                                  key=f"vessels.{vname}.contents.{mid}")
+                problems.append((key, f"{amount!r} is neither a volume nor a mass"))
+    return problems
 
 
 def load_config(path: str | Path | None = None) -> BenchConfig:

@@ -6,6 +6,7 @@ a `LinkPool` (so devices on one bus share a link) and the bench `Clock`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -94,6 +95,15 @@ class Device(ABC):
         self.info: DeviceInfo | None = None
         self.link: Link | None = None
 
+    @classmethod
+    def config_problems(
+        cls, name: str, address: Any, params: dict[str, Any], limits: dict[str, Any]
+    ) -> list[tuple[str, str]]:
+        """What this protocol refuses in a `[devices.NAME]` table (address range, its own
+        options), as (key, reason): checked when the config loads, before anything moves.
+        Quantities and references every driver shares are checked by labctl itself."""
+        return []
+
     # -- helpers for drivers ---------------------------------------------------------------
     def open_link(self) -> Link:
         """The (possibly shared) link of this device's endpoint."""
@@ -163,3 +173,18 @@ class Device(ABC):
             "limits": dict(self.spec.limits),
             "identity": self.info.to_dict() if self.info else None,
         }
+
+
+async def safe_state_of(device: Device) -> str | None:
+    """Apply one device's safe state within a bound; None when done, else what went wrong
+    as `ErrorType: text` (never an empty text: a bound that ran out says so)."""
+    bound_s = max(5.0, device.spec.timeout_s * 3)
+    try:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+        async with asyncio.timeout(bound_s):
+            await device.safe_state()
+    except Exception as exc:  # the caller reports it and goes on with the other devices
+        text = str(exc) or (f"not confirmed within {bound_s:g} s (no answer)"
+                            if isinstance(exc, TimeoutError) else "no details")
+        return f"{type(exc).__name__}: {text}"
+    return None

@@ -12,12 +12,20 @@ class LabctlError(Exception):
 
 
 class ConfigError(LabctlError):
-    """A bench configuration file is invalid: names the file, the key and the reason."""
+    """A bench configuration file is invalid: names the file, the key and the reason.
+    `problems` holds every (key, reason) found, when several were reported at once."""
 
-    def __init__(self, message: str, *, file: str | None = None, key: str | None = None):
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None,
+                 problems: list[tuple[str, str]] | None = None):
         self.file = file
         self.key = key
-        where = ":".join(p for p in (file, key) if p)
+        self.problems = list(problems) if problems else [(key or "", message)]
+        if problems and len(problems) > 1:
+            head = f"{file}: " if file else ""
+            lines = "\n".join(f"  {file + ': ' if file else ''}{k}: {m}" for k, m in problems)
+            super().__init__(f"{head}{len(problems)} problems:\n{lines}")
+            return
+        where = ": ".join(p for p in (file, key) if p)
         super().__init__(f"{where}: {message}" if where else message)
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labctl.clock import Clock
-from labctl.device import Device
+from labctl.device import Device, safe_state_of
 from labctl.errors import DeviceError, DeviceFault, DeviceTimeout, LabctlError, LimitError
 from labctl.run_machine import IllegalTransition, RunMachine, RunState
 from labctl.store.journal import LEAF_KINDS
@@ -859,10 +859,9 @@ class Executor:
         self.done_estimate_s += float(_get(step, "estimated_s") or 0)
 
     async def _device_safe(self, device: Device) -> None:
-        try:
-            await asyncio.wait_for(device.safe_state(), timeout=max(5.0, device.spec.timeout_s * 3))
-        except Exception as exc:  # the step already failed; note it and go on
-            self._log("warning", device=device.name, message=f"safe state failed: {exc}")
+        error = await safe_state_of(device)
+        if error is not None:  # the step already failed; note it and go on
+            self._log("warning", device=device.name, message=f"safe state failed: {error}")
 
     async def _dispatch(self, step: Any, device: Device | None, act: _Active) -> Any:
         kind = _get(step, "kind")

@@ -10,7 +10,7 @@ from typing import Any
 
 from labctl.clock import Clock, make_clock
 from labctl.config import BenchConfig
-from labctl.device import Device, DeviceInfo
+from labctl.device import Device, DeviceInfo, safe_state_of
 from labctl.errors import DeviceError
 from labctl.registry import driver_class
 from labctl.transport import LinkPool
@@ -79,13 +79,10 @@ class Instruments:
         errors: dict[str, str] = {}
 
         async def one(name: str, dev: Device) -> None:
-            try:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
-                async with asyncio.timeout(max(5.0, dev.spec.timeout_s * 3)):
-                    await dev.safe_state()
-            except Exception as exc:  # every device must be tried, whatever one does
-                errors[name] = f"{type(exc).__name__}: {exc}"
-                log.error("safe state of %s failed: %s", name, exc)
+            error = await safe_state_of(dev)
+            if error is not None:  # every device is tried, whatever one does
+                errors[name] = error
+                log.error("safe state of %s failed: %s", name, error)
 
         await asyncio.gather(*(one(n, d) for n, d in self.devices.items()))
         return errors

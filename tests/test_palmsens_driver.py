@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator
@@ -366,3 +367,76 @@ async def test_bdf_impedance_columns(rig: Rig, tmp_path: Path) -> None:
     assert np.abs(z) == pytest.approx(cols["Absolute Impedance / ohm"])
     assert np.degrees(np.angle(z)) == pytest.approx(cols["Phase / deg"])
     assert np.isnan(cols[CURRENT]).all()
+
+
+# -- safe state whatever is on the line (issue 12) ---------------------------------------------
+
+async def test_safe_state_skips_an_abort_reply_still_in_flight(rig: Rig) -> None:
+    """A `Z` answered after the script ended (`Z!0006`, e.g. from a cancelled measurement)
+    may still be on its way when safe_state starts: it is not the answer to cell_off."""
+    rig.sim.cell_on = True
+    rig.sim.faults.delay_s = 0.2  # every reply is late; their order is kept
+    link = rig.dev.open_link()
+    await link.write(b"Z\n")  # answered Z!0006 (nothing runs), 0.2 s from now
+    await asyncio.sleep(0.1)  # safe_state's own replies come after that stale one
+    await rig.dev.safe_state()
+    rig.sim.faults.delay_s = 0.0
+    assert rig.sim.is_safe()
+
+
+async def test_safe_state_while_a_cycling_script_runs_and_its_step_is_cancelled(
+        rig: Rig) -> None:
+    """E-stop during cycling: safe_state and the measurement's own cancellation (which
+    sends a `Z` too) overlap; the cell ends off with no error, whatever the order."""
+    tech = GCPL(n_cycles=5, phases=[
+        GCPLPhase(mode="cc", current_a=5e-4, upper_cutoff_v=4.2, max_time_s=9000,
+                  sample_interval_s=10),
+        GCPLPhase(mode="cc", current_a=-5e-4, lower_cutoff_v=3.0, max_time_s=9000,
+                  sample_interval_s=10)])
+    for delay in (0.0, 0.05, 0.2):
+        rig.sim.faults.delay_s = delay
+        got = asyncio.Event()
+
+        async def cycle(got: asyncio.Event) -> None:
+            async for _ in rig.dev.measure(tech):
+                got.set()
+
+        task = asyncio.create_task(cycle(got))
+        await asyncio.wait_for(got.wait(), 30)
+        assert rig.sim.cell_on
+        safe = asyncio.create_task(rig.dev.safe_state())
+        await asyncio.sleep(0)
+        task.cancel()
+        await safe  # raises on the old code: cell_off script answered b'Z!0006\n'
+        with contextlib.suppress(BaseException):
+            await task
+        assert rig.sim.is_safe(), delay
+    rig.sim.faults.delay_s = 0.0
+
+
+async def test_safe_state_when_the_end_of_an_aborted_script_is_lost(rig: Rig) -> None:
+    """The `Z` reply and the script's last lines never arrive, and the script samples so
+    rarely that its reader would wait long for them: the driver stops waiting, makes sure
+    the device is idle, and switches the cell off, in the one call."""
+    tech = CA(potential_v=0.2, sample_interval_s=10000.0, duration_s=1e6)  # 10 s wall
+    task = asyncio.create_task(anext(aiter(rig.dev.measure(tech))))
+    await _until(lambda: rig.sim.running and rig.sim.cell_on)
+    rig.sim.faults.silence = True
+    safe = asyncio.create_task(rig.dev.safe_state())
+    await _until(lambda: not rig.sim.running)  # Z honoured; its reply and the end dropped
+    await asyncio.sleep(0.2)
+    rig.sim.faults.silence = False
+    await safe  # old code: DeviceTimeout "no end of script after Z"
+    assert rig.sim.is_safe()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+
+
+async def _until(cond: Any, timeout: float = 30.0) -> None:
+    """Poll a condition; the timeout only bounds a hang."""
+    end = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        if asyncio.get_running_loop().time() > end:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.01)

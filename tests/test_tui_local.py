@@ -229,3 +229,32 @@ async def test_live_plot_follows_a_linear_sweep(tmp_path) -> None:
         assert min(m.xs) == pytest.approx(3.0) and max(m.xs) == pytest.approx(4.5)
         text = screen_text(app)
         assert "LSV sweep  (301 points)" in text and "E / V" in text
+
+
+async def test_run_record_shows_a_safe_state_failure_with_device_and_text(tmp_path) -> None:
+    """E-stop with one instrument silent: the record names the device and why its safe
+    state was not reached (it showed `error None`)."""
+    be = backend(tmp_path, time_scale=50.0)
+    app = LabctlApp(be)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        assert be.bench is not None
+        dispenser = simulators(be.bench)["dispenser"]
+        run_id = await be.submit(RECIPE, {"volume": "5 mL", "flow": "0.5 mL/min"})
+        await until(pilot, lambda: "pump_ec" in unsafe(be.bench), "pump_ec moving")
+        dispenser.faults.silence = True
+        await pilot.press("e")
+        result = await be.bench.wait(run_id)
+        [failure] = [e for e in result["errors"] if e.get("type") == "SafeStateError"]
+        assert list(failure["devices"]) == ["dispenser"]
+        dispenser.faults.silence = False
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, RunRecordScreen), "the record")
+        await until(pilot, lambda: "ABORTED" in screen_text(app), "the result")
+        shown = str(app.screen.query_one("#record-summary", Static).render())
+        lines = [ln for ln in shown.splitlines() if ln.startswith("error")]
+        assert lines and not any("None" in ln for ln in lines), lines
+        assert any(ln.startswith("error       safe state not reached: dispenser: TimeoutError: "
+                                 "not confirmed within") and "(no answer)" in ln
+                   for ln in lines), lines
+        assert "safe state not reached: dispenser" in screen_text(app)

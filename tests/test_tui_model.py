@@ -84,6 +84,16 @@ def test_failures_and_estop_are_marked_as_errors() -> None:
     assert estop is not None and estop.level == "error" and "E-STOP" in estop.text
 
 
+def test_a_failed_safe_state_is_logged_with_its_text() -> None:
+    err = "TimeoutError: not confirmed within 6 s (no answer)"
+    done = describe_event({"event": "safe_state_done", "errors": {"dispenser": err}})
+    assert done is not None and done.level == "error"
+    assert f"dispenser ({err})" in done.text
+    started = describe_event({"event": "bench_started",
+                              "safe_state_errors": {"potentiostat": "DeviceTimeout: silent"}})
+    assert started is not None and "potentiostat (DeviceTimeout: silent)" in started.text
+
+
 def write_rows(path: Path, text: str) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(text)

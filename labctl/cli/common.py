@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -23,10 +24,17 @@ ConfigOpt = Annotated[
 ]
 DEFAULT_CONFIG_PATH = DEFAULT_CONFIG
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+def _check_time_scale(value: float | None) -> float | None:
+    """A time scale is a finite number above 0 (the clock divides by it)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a finite number greater than 0, got {value}")
+    return value
+
+
 TimeScaleOpt = Annotated[
     float | None,
     typer.Option("--time-scale", help="Simulated benches: simulated seconds per wall second "
-                 "(overrides the config)."),
+                 "(overrides the config).", callback=_check_time_scale),
 ]
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="Where run records live.")]
 ParamOpt = Annotated[
@@ -49,4 +57,5 @@ def load_bench_config(path: Path, *, as_json: bool = False) -> BenchConfig:
     try:
         return load_config(path)
     except ConfigError as exc:
-        fail(str(exc), EXIT_INVALID, as_json=as_json)
+        fail(str(exc), EXIT_INVALID, as_json=as_json, file=exc.file,
+             problems=[{"key": k, "message": m} for k, m in exc.problems])

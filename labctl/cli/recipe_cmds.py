@@ -73,13 +73,23 @@ def schema(
 
 @app.command()
 def validate(
-    recipe: RecipeArg,
+    recipe: Annotated[Path | None, typer.Argument(
+        help="The recipe (JSON file); without it only the bench config is checked.")] = None,
     config: ConfigOpt = DEFAULT_CONFIG_PATH,
     param: ParamOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Check a recipe against a bench: syntax, schema, parameters, expressions, devices,
-    limits, vessels, materials. Exit 0 when valid, 2 with every problem listed."""
+    limits, vessels, materials. Exit 0 when valid, 2 with every problem listed. Without a
+    recipe, checks the bench config alone."""
+    if recipe is None:
+        cfg = load_bench_config(config, as_json=json_out)
+        if json_out:
+            print(json.dumps({"ok": True, "errors": [], "config": str(config)}))
+        else:
+            print(f"{config}: valid bench config ({len(cfg.enabled_devices())} devices, "
+                  f"{len(cfg.vessels)} vessels)")
+        raise typer.Exit(EXIT_OK)
     _cfg, plan = _plan_or_exit(recipe, config, param, json_out)
     if json_out:
         print(json.dumps({"ok": True, "errors": [], "sha256": plan.sha256,

@@ -180,6 +180,13 @@ def hms(stamp: Any) -> str:
     return text[:8]
 
 
+def _failures(errors: Any) -> str:
+    """Devices whose safe state failed, each with its error text."""
+    if not isinstance(errors, dict):
+        return str(errors)
+    return "; ".join(f"{name} ({text})" for name, text in errors.items())
+
+
 def describe_event(ev: dict[str, Any]) -> EventLine | None:
     """One line of the event log, or None for events too chatty to list."""
     kind = event_kind(ev)
@@ -216,7 +223,7 @@ def describe_event(ev: dict[str, Any]) -> EventLine | None:
         level = "warning"
     elif kind == "safe_state_done":
         errs = ev.get("errors") or {}
-        text = "safe state applied" + (f"; FAILED on {', '.join(errs)}" if errs else "")
+        text = "safe state applied" + (f"; FAILED on {_failures(errs)}" if errs else "")
         level = "error" if errs else "info"
     elif kind == "warning":
         text, level = f"warning: {ev.get('message')}", "warning"
@@ -230,7 +237,7 @@ def describe_event(ev: dict[str, Any]) -> EventLine | None:
         text = f"resumed {ev.get('device')} in {step}"
     elif kind == "bench_started":
         errs = ev.get("safe_state_errors") or {}
-        text = "bench started, devices safe" + (f" except {', '.join(errs)}" if errs else "")
+        text = "bench started, devices safe" + (f" except {_failures(errs)}" if errs else "")
         level = "error" if errs else "info"
     elif kind == "data_file":
         text = f"data {ev.get('technique')} -> {ev.get('path')}"

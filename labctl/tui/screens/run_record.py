@@ -13,6 +13,24 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 
+def error_lines(err: Any) -> list[str]:
+    """What one entry of a result's `errors` says, never "None": its message, and for a
+    safe-state failure each device with its error (records written before the entry had a
+    message carry only the devices)."""
+    if not isinstance(err, dict):
+        return [str(err)]
+    kind = err.get("type")
+    devices = err.get("devices")
+    if isinstance(devices, dict) and devices:
+        head = "safe state not reached" if kind == "SafeStateError" else str(kind or "error")
+        return [f"{head}: {name}: {text}" for name, text in devices.items()]
+    msg = err.get("message") or err.get("error")
+    if msg:
+        return [str(msg)]
+    rest = {k: v for k, v in err.items() if v is not None}
+    return [json.dumps(rest, default=str) if rest else "unknown error (no details recorded)"]
+
+
 def summary(rec: dict[str, Any]) -> Text:
     result = rec.get("result") or {}
     index = rec.get("index") or {}
@@ -45,8 +63,8 @@ def summary(rec: dict[str, Any]) -> Text:
         t.append(f"figure      {name} = {fig.get('value')} {fig.get('unit') or ''}\n",
                  style="bold")
     for err in result.get("errors") or []:
-        msg = err.get("message") if isinstance(err, dict) else err
-        t.append(f"error       {msg}\n", style="reverse")
+        for line in error_lines(err):
+            t.append(f"error       {line}\n", style="reverse")
     for f in result.get("data_files") or []:
         t.append(f"data        {f.get('path')}\n")
     if rec.get("path"):
