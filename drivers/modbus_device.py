@@ -10,6 +10,8 @@ repository root.
 Transport: pymodbus' async clients own the line (labctl's Link is not used).
 - a device path (`/dev/ttyUSB3`, a pty) is Modbus RTU over serial, with the line settings of
   the config (`serial` table; defaults 9600 8N1 for the pump, 9600 8E1 for the CN7500);
+  pymodbus (>= 3.16) opens it with pyserial's `exclusive=True` (an flock), so a second
+  process on the line is refused: the driver then raises PortInUse naming the holder;
 - `tcp://host:port` and `socket://host:port` are Modbus TCP (MBAP framing); with
   `params.framer = "rtu"` they carry RTU frames instead (a serial device server).
 The unit id is `spec.address` (default 1). Devices configured on the same endpoint share one
@@ -54,7 +56,7 @@ from labctl.errors import (
     LimitError,
     ProtocolError,
 )
-from labctl.transport import SerialSettings, _is_pty
+from labctl.transport import SerialSettings, _is_pty, port_holder, port_in_use
 from labctl.units import to
 
 log = logging.getLogger("labctl.drivers.modbus")
@@ -366,6 +368,10 @@ class ModbusDevice(Device):
             raise DeviceTimeout(f"{what}: cannot open {self.spec.endpoint}: {exc}",
                                 device=self.name) from exc
         if not ok:
+            if "://" not in self.spec.endpoint and port_holder(self.spec.endpoint):
+                # pymodbus opens serial lines exclusively (pyserial's flock): another
+                # process has this one
+                raise port_in_use(self.spec.endpoint, self.name)
             raise DeviceTimeout(f"{what}: cannot open {self.spec.endpoint}", device=self.name)
 
     async def _call(
