@@ -46,6 +46,7 @@ from pymodbus.pdu import ModbusPDU
 
 from labctl.capabilities.pump import Pump, PumpDirection
 from labctl.capabilities.temperature_controller import TemperatureController
+from labctl.clock import Deadline
 from labctl.device import Device, DeviceInfo, DeviceState, DeviceStatus
 from labctl.errors import (
     ConfigError,
@@ -608,7 +609,9 @@ class ModbusPump(ModbusDevice, Pump):
         await self.write_point("mode", self.map.point("mode").code_of("volume"))
         await self.write_point("run", True)
         expected_s = volume_l / flow_l_s
-        deadline = self.clock.monotonic() + expected_s * 1.5 + 30.0
+        # bench-clock time, with a wall floor: at high time scales the polls' own serial
+        # traffic outlasts the scaled budget
+        deadline = Deadline(self.clock, expected_s * 1.5 + 30.0, 5 * self.spec.timeout_s)
         poll_s = max(0.2, 0.02 * self.clock.time_scale, min(expected_s / 20, 2.0))
         try:
             while True:
@@ -624,7 +627,7 @@ class ModbusPump(ModbusDevice, Pump):
                     raise DeviceFault(
                         f"pump stopped after {volume * 1e3:.4g} mL of {volume_l * 1e3:.4g} mL "
                         "without reaching the target", device=self.name)
-                if self.clock.monotonic() > deadline:
+                if deadline.expired():
                     raise DeviceTimeout(
                         f"volume {volume_l * 1e3:.4g} mL not reached in "
                         f"{expected_s * 1.5 + 30:.0f} s ({volume * 1e3:.4g} mL)",
