@@ -41,7 +41,8 @@ def run_once(recipe: Path, scale: float, timeout_s: float) -> tuple[str, float, 
         try:
             out = json.loads(proc.stdout.strip().splitlines()[-1])
             status = str(out.get("status", status))
-            error = str(out.get("error") or "")
+            errors = out.get("errors") or []
+            error = str(out.get("error") or (errors[0].get("message") if errors else ""))
         except (json.JSONDecodeError, IndexError):
             error = (proc.stderr.strip().splitlines() or [""])[-1]
         if proc.returncode == 2 and not error:

@@ -807,8 +807,8 @@ class Executor:
                       idempotent=bool(_get(step, "idempotent")))
             try:
                 if timeout_s:
-                    async with asyncio.timeout(self._step_wall_timeout(float(timeout_s),
-                                                                       device)) as cm:
+                    wall_s = self._step_wall_timeout(float(timeout_s), kind, device)
+                    async with asyncio.timeout(wall_s) as cm:
                         act.timeout_cm = cm
                         result = await self._dispatch(step, device, act)
                 else:
@@ -861,10 +861,13 @@ class Executor:
                 await self._maybe_paused()
                 return
 
-    def _step_wall_timeout(self, timeout_s: float, device: Device | None) -> float:
+    def _step_wall_timeout(self, timeout_s: float, kind: Any, device: Device | None) -> float:
         """A step's timeout on the wall clock: scaled, but never under STEP_WALL_FLOOR_S
         (or STEP_FLOOR_EXCHANGES reply timeouts of its device), since its serial exchanges
-        take real time at any time scale (labctl.clock.wall_budget)."""
+        (or an analysis' computing) take real time at any time scale
+        (labctl.clock.wall_budget). A wait is all clock time: no floor."""
+        if kind == "wait":
+            return self.clock.to_wall(timeout_s)
         floor = STEP_WALL_FLOOR_S
         if device is not None:
             floor = max(floor, STEP_FLOOR_EXCHANGES * device.spec.timeout_s)
