@@ -169,3 +169,18 @@ def test_the_lock_refuses_a_second_holder_and_names_the_first(tmp_path: Path) ->
         assert "labctl serve --broker mqtt://x" in str(refused.value)
         assert str(tmp_path / "bench.lock") in str(refused.value)
     BenchLock(tmp_path).acquire().release()  # free again once released
+
+
+@pytest.mark.parametrize("command", [
+    ["serve", "--broker", "mqtt://127.0.0.1:1"],  # the lock is checked before the broker
+    ["tui"],
+])
+def test_serve_and_tui_refuse_a_data_dir_in_use(tmp_path: Path, command: list[str]) -> None:
+    """Every adapter that opens the bench takes the lock: `labctl serve` and a local
+    `labctl tui` on a data dir another process holds exit 2 naming the holder."""
+    with BenchLock(tmp_path, command="labctl run held-by-the-test"):
+        out = subprocess.run([*LABCTL, *command, "--data-dir", str(tmp_path)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"pid {os.getpid()}" in out.stderr and "labctl run held-by-the-test" in out.stderr
