@@ -50,28 +50,36 @@ class PortInUse(DeviceError, BenchInUse):
 def port_holder(path: str) -> str:
     """Who holds an flock on the device file `path`: `pid 123 (labctl run x.json)`, or ""
     when /proc/locks does not tell (another pid namespace, not Linux)."""
+    pid = port_holder_pid(path)
+    if pid is None:
+        return ""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return f"pid {pid}"
+    if len(argv) > 2 and argv[1:3] == ["-m", "labctl"]:
+        argv = ["labctl", *argv[3:]]
+    return f"pid {pid} ({' '.join(argv)[:200]})"
+
+
+def port_holder_pid(path: str) -> int | None:
+    """The pid /proc/locks gives for an flock on the device file `path`, if any."""
     try:
         st = os.stat(os.path.realpath(path))
         with open("/proc/locks", encoding="ascii", errors="replace") as f:
             lines = f.read().splitlines()
     except OSError:
-        return ""
+        return None
     maj, mino = os.major(st.st_dev), os.minor(st.st_dev)
     wanted = {f"{maj:02x}:{mino:02x}:{st.st_ino}", f"{maj}:{mino}:{st.st_ino}"}
     for line in lines:
         fields = line.split()
         if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK" or fields[5] not in wanted:
             continue
-        pid = fields[4]
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-        except OSError:
-            return f"pid {pid}"
-        if len(argv) > 2 and argv[1:3] == ["-m", "labctl"]:
-            argv = ["labctl", *argv[3:]]
-        return f"pid {pid} ({' '.join(argv)[:200]})"
-    return ""
+        with contextlib.suppress(ValueError):
+            return int(fields[4])
+    return None
 
 
 def port_in_use(path: str, device: str | None = None) -> PortInUse:
@@ -195,9 +203,9 @@ async def _open_stream(url: str, settings: SerialSettings) -> _Stream:
         reader, writer = await serial_asyncio_fast.open_serial_connection(
             url=url, exclusive=True, **kwargs)
     except serial.SerialException as exc:
-        if _is_lock_refusal(exc):
+        if _is_lock_refusal(exc) and port_holder_pid(url) != os.getpid():
             raise port_in_use(url) from exc
-        raise
+        raise  # our own descriptor, still closing after a drop: retried with backoff
     port = writer.transport.get_extra_info("serial")
     fd = getattr(port, "fd", None)
     if isinstance(fd, int) and not _is_pty(url):

@@ -109,8 +109,12 @@ def test_a_second_run_is_refused_and_the_first_completes_untouched(
     other_dir = subprocess.Popen([*LABCTL, *intruder_args, "--data-dir",
                                   str(tmp_path / "other")], cwd=ROOT, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
+    survey = subprocess.Popen([*LABCTL, "devices", "--config", str(config), "--json"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
     same_out, _ = same_dir.communicate(timeout=120)
     other_out, _ = other_dir.communicate(timeout=120)
+    survey_out, _ = survey.communicate(timeout=120)
     assert first.poll() is None, "both intruders must have been turned away during the run"
 
     # same data dir: the lock names its holder (the first run's pid and command)
@@ -123,6 +127,10 @@ def test_a_second_run_is_refused_and_the_first_completes_untouched(
     assert "in use by" in refusal and f"pid {first.pid}" in refusal
     assert any(f"{name}: {path}" in refusal for name, path in endpoints.items()), refusal
     assert not (tmp_path / "other").exists() or not list((tmp_path / "other").glob("*/"))
+    # `labctl devices` takes no data-dir lock but opens the lines exclusively too
+    assert survey.returncode == 2, survey_out
+    rows = json.loads(survey_out)["devices"]
+    assert all(r["in_use"] and f"pid {first.pid}" in r["error"] for r in rows), rows
 
     out, err = first.communicate(timeout=180)
     assert first.returncode == 0, out + err
