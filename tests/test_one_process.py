@@ -158,6 +158,14 @@ def test_a_lock_left_by_a_sigkilled_run_does_not_block_the_next(
     first.wait(30)
     # the file still names the dead holder, but the kernel dropped its flock
     assert json.loads((data / "bench.lock").read_text())["pid"] == first.pid
+    [killed] = [p.name for p in data.iterdir() if p.is_dir()]
+    # `labctl resume` takes the lock too: refused while someone else holds it
+    with BenchLock(data, command="labctl serve held-by-the-test"):
+        refused = subprocess.run([*LABCTL, "resume", killed, "--config", str(config),
+                                  "--data-dir", str(data), "--json"], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "labctl serve held-by-the-test" in last_json(refused.stdout)["error"]
 
     second = start_run(config, data, "dmc_volume=1 mL", "ec_volume=1 mL", "mix_time=1 s",
                        "rest=0 s")
