@@ -7,6 +7,12 @@ nothing, so a setpoint that matters is verified by reading it back (`IN_SP_x`).
 Safety: with the `watchdog` parameter (e.g. "60 s") the driver arms watchdog mode 1
 (`OUT_WD1@s`) at connect and keeps it fed with a query every period/4, so a host that
 crashes or loses the line leaves a hotplate that switches heater and motor off by itself.
+The watchdog counts the device's (bench-clock) seconds but the keep-alive crosses a real
+line from a real event loop: the host needs KEEPALIVE_WALL_BUDGET_S of wall time between
+beats. On a simulated bench run so fast that the configured watchdog is shorter than that,
+the driver arms a longer one (up to the protocol's 1500 s); beyond 1500 s / budget (3000x)
+no watchdog can be fed reliably and the simulated hotplate runs without one (logged, and
+in the run's provenance). A real bench runs at scale 1: its watchdog is always as configured.
 
 NAMUR has no serial-number command: `identify()` reports the name and type only, plus the
 serial number from the config (`params.serial`) when the bench declares one.
@@ -23,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 from typing import Any, ClassVar
 
@@ -39,6 +46,9 @@ MAX_TEMPERATURE_C = 310.0
 MAX_SPEED_RPM = 1500.0
 MIN_SPEED_RPM = 50.0
 WATCHDOG_RANGE_S = (20.0, 1500.0)
+#: least wall time between watchdog beats the host can promise (event-loop hiccups: journal
+#: fsyncs, analyses, a loaded machine take tens of ms)
+KEEPALIVE_WALL_BUDGET_S = 0.5
 HEATER, MOTOR = 1, 4
 
 _VALUE = re.compile(r"(?:^|\s)([-+]?\d+(?:\.\d*)?) (\d+)$")
@@ -67,6 +77,8 @@ class IkaHotplate(Stirrer):
         p = self.spec.params
         wd = p.get("watchdog")
         self.watchdog_s: float | None = None
+        #: why the armed watchdog differs from the configured one (fast simulated bench)
+        self.watchdog_note: str | None = None
         if wd not in (None, "", 0):
             self.watchdog_s = float(wd) if isinstance(wd, (int, float)) else to(wd, "s")
         self.sensor: str = str(p.get("sensor", "medium"))
@@ -141,7 +153,37 @@ class IkaHotplate(Stirrer):
             self._want = {HEATER: False, MOTOR: False}
         self.safety_temperature_c = await self._read_value("IN_SP_3")
         if self.watchdog_s is not None:
-            await self.arm_watchdog(self.watchdog_s)
+            armed = self._watchdog_at_scale(self.watchdog_s)
+            if armed is None:
+                self.watchdog_s = None
+            else:
+                await self.arm_watchdog(armed)
+
+    def _watchdog_at_scale(self, seconds: float) -> float | None:
+        """The watchdog to arm at this bench clock's time scale: the configured one unless
+        it leaves the keep-alive under KEEPALIVE_WALL_BUDGET_S of wall time; then a longer
+        one within the protocol's range, or None when even its maximum is too short."""
+        if self.clock.to_wall(seconds) >= KEEPALIVE_WALL_BUDGET_S:
+            return seconds
+        needed = float(math.ceil(KEEPALIVE_WALL_BUDGET_S * self.clock.time_scale))
+        if needed <= WATCHDOG_RANGE_S[1]:
+            self.watchdog_note = (f"watchdog {seconds:g} s is {self.clock.to_wall(seconds):.3g} "
+                                  f"wall s at time scale {self.clock.time_scale:g}: "
+                                  f"armed {needed:g} s instead")
+            log.warning("%s: %s", self.name, self.watchdog_note)
+            return max(needed, WATCHDOG_RANGE_S[0])
+        self.watchdog_note = (
+            f"watchdog not armed: at time scale {self.clock.time_scale:g} even its maximum "
+            f"{WATCHDOG_RANGE_S[1]:g} s is {self.clock.to_wall(WATCHDOG_RANGE_S[1]):.3g} wall s, "
+            f"under the {KEEPALIVE_WALL_BUDGET_S:g} s a keep-alive needs")
+        log.warning("%s: %s", self.name, self.watchdog_note)
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance, with the watchdog actually armed (it can differ on a fast simulated
+        bench)."""
+        return {**super().describe(), "watchdog_armed_s": self.watchdog_s,
+                "watchdog_note": self.watchdog_note}
 
     async def arm_watchdog(self, seconds: float) -> None:
         """Watchdog mode 1 (heater and motor off when the host falls silent) and the

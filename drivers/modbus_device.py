@@ -10,6 +10,8 @@ repository root.
 Transport: pymodbus' async clients own the line (labctl's Link is not used).
 - a device path (`/dev/ttyUSB3`, a pty) is Modbus RTU over serial, with the line settings of
   the config (`serial` table; defaults 9600 8N1 for the pump, 9600 8E1 for the CN7500);
+  pymodbus (>= 3.16) opens it with pyserial's `exclusive=True` (an flock), so a second
+  process on the line is refused: the driver then raises PortInUse naming the holder;
 - `tcp://host:port` and `socket://host:port` are Modbus TCP (MBAP framing); with
   `params.framer = "rtu"` they carry RTU frames instead (a serial device server).
 The unit id is `spec.address` (default 1). Devices configured on the same endpoint share one
@@ -44,6 +46,7 @@ from pymodbus.pdu import ModbusPDU
 
 from labctl.capabilities.pump import Pump, PumpDirection
 from labctl.capabilities.temperature_controller import TemperatureController
+from labctl.clock import Deadline
 from labctl.device import Device, DeviceInfo, DeviceState, DeviceStatus
 from labctl.errors import (
     ConfigError,
@@ -54,7 +57,7 @@ from labctl.errors import (
     LimitError,
     ProtocolError,
 )
-from labctl.transport import SerialSettings, _is_pty
+from labctl.transport import SerialSettings, _is_pty, port_holder, port_in_use
 from labctl.units import to
 
 log = logging.getLogger("labctl.drivers.modbus")
@@ -366,6 +369,10 @@ class ModbusDevice(Device):
             raise DeviceTimeout(f"{what}: cannot open {self.spec.endpoint}: {exc}",
                                 device=self.name) from exc
         if not ok:
+            if "://" not in self.spec.endpoint and port_holder(self.spec.endpoint):
+                # pymodbus opens serial lines exclusively (pyserial's flock): another
+                # process has this one
+                raise port_in_use(self.spec.endpoint, self.name)
             raise DeviceTimeout(f"{what}: cannot open {self.spec.endpoint}", device=self.name)
 
     async def _call(
@@ -602,7 +609,9 @@ class ModbusPump(ModbusDevice, Pump):
         await self.write_point("mode", self.map.point("mode").code_of("volume"))
         await self.write_point("run", True)
         expected_s = volume_l / flow_l_s
-        deadline = self.clock.monotonic() + expected_s * 1.5 + 30.0
+        # bench-clock time, with a wall floor: at high time scales the polls' own serial
+        # traffic outlasts the scaled budget
+        deadline = Deadline(self.clock, expected_s * 1.5 + 30.0, 5 * self.spec.timeout_s)
         poll_s = max(0.2, 0.02 * self.clock.time_scale, min(expected_s / 20, 2.0))
         try:
             while True:
@@ -618,7 +627,7 @@ class ModbusPump(ModbusDevice, Pump):
                     raise DeviceFault(
                         f"pump stopped after {volume * 1e3:.4g} mL of {volume_l * 1e3:.4g} mL "
                         "without reaching the target", device=self.name)
-                if self.clock.monotonic() > deadline:
+                if deadline.expired():
                     raise DeviceTimeout(
                         f"volume {volume_l * 1e3:.4g} mL not reached in "
                         f"{expected_s * 1.5 + 30:.0f} s ({volume * 1e3:.4g} mL)",

@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 
 from labctl.capabilities.balance import Balance
 from labctl.capabilities.dispenser import Dispenser
+from labctl.clock import Deadline
 from labctl.device import DeviceInfo, DeviceState, DeviceStatus
 from labctl.errors import (
     DeviceBusy,
@@ -181,6 +182,8 @@ class MettlerBalance(Balance):
         p = self.spec.params
         #: how long the balance may take to settle (its own S/Z/T timeout is shorter)
         self.stable_wait_s = _seconds(p.get("stable_timeout", "30 s"))
+        #: the least wall time a bench-clock deadline over serial polls gets (labctl.clock)
+        self.floor_wall_s = 5 * self.spec.timeout_s
         self.capacity_g: float | None = None
         self.grams_forced = False
         self._ends: dict[str, SicsReply] = {}
@@ -275,12 +278,12 @@ class MettlerBalance(Balance):
     async def _until_ready(self, command: str, timeout_s: float | None) -> SicsReply:
         """Repeat a command the balance answers `I` while unstable, up to the deadline."""
         budget = self.stable_wait_s if timeout_s is None else timeout_s
-        deadline = self.clock.monotonic() + budget
+        deadline = Deadline(self.clock, budget, self.floor_wall_s)
         while True:
             reply = await self.command(command, wait_s=budget)
             if reply.status != "I":
                 return reply
-            if self.clock.monotonic() >= deadline:
+            if deadline.expired():
                 raise DeviceTimeout(f"{command}: no stable weight within {budget:g} s",
                                     device=self.name)
             await self.clock.sleep(min(1.0, budget / 10))
@@ -377,14 +380,14 @@ class QuantosDispenser(MettlerBalance, Dispenser):
         if first.status != "B":
             return raise_for(first, self.name, ok="A")
         link = self.open_link()
-        deadline = self.clock.monotonic() + budget_s
+        deadline = Deadline(self.clock, budget_s, self.floor_wall_s)
         while echo not in self._ends:
-            left = deadline - self.clock.monotonic()
+            left = deadline.left_wall()
             if left <= 0:
                 raise DeviceTimeout(f"{command}: no end within {budget_s:g} s", device=self.name)
             async with link.lock:
                 try:
-                    raw = await link.read_until(CRLF, min(0.25, self.clock.to_wall(left)))
+                    raw = await link.read_until(CRLF, min(0.25, left))
                 except DeviceTimeout:
                     raw = b""
             text = raw.decode("ascii", errors="replace").strip()
@@ -474,12 +477,12 @@ class QuantosDispenser(MettlerBalance, Dispenser):
 
     async def _dosed_mass(self) -> float:
         """Net weight after the tare: `SI`, repeated briefly until it is stable."""
-        deadline = self.clock.monotonic() + self.stable_wait_s
+        deadline = Deadline(self.clock, self.stable_wait_s, self.floor_wall_s)
         while True:
             grams, stable = await self.reading()
             if stable:
                 return grams
-            if self.clock.monotonic() >= deadline:
+            if deadline.expired():
                 log.warning("%s: dosed mass read unstable: %g g", self.name, grams)
                 return grams
             await self.clock.sleep(0.5)

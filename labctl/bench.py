@@ -7,6 +7,10 @@ folder, journal and index row. Start-up applies every device's safe state and de
 runs a crash (kill, power cut) left unfinished. After an e-stop the queue is held until
 `resume()`.
 
+One process per bench: start() takes `<data-dir>/bench.lock` (labctl.bench_lock) before it
+opens a device, and raises BenchLocked, naming the holder, when another process has it;
+serial lines are opened exclusively too (labctl.transport), for two data dirs on one bench.
+
 Runs a crash left unfinished, and why they are treated so:
 - A run that had started gets a final result at once, status "interrupted": its in-doubt
   steps (started, not finished: what they did to the world is not known) and how to go on
@@ -32,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labctl.bench_lock import BenchLock
 from labctl.config import BenchConfig
 from labctl.errors import LabctlError
 from labctl.executor import Executor, _get, _jsonable, iter_leaves, moves_material
@@ -186,6 +191,8 @@ class Bench:
         self._own_instruments = instruments is None
         self.instruments = instruments or Instruments(cfg, time_scale=time_scale)
         self.store = store or RunStore(data_dir)
+        #: `<data-dir>/bench.lock`, held from start() to close() (labctl.bench_lock)
+        self._lock = BenchLock(self.store.data_dir)
         self.tickets: dict[str, RunTicket] = {}
         self.queue: deque[RunTicket] = deque()
         self.current: RunTicket | None = None
@@ -207,9 +214,17 @@ class Bench:
         start the queue worker."""
         if self._started:
             return
-        _preload_heavy_modules()
-        if self._own_instruments or not self.instruments.devices:
-            await self.instruments.start()
+        # one process per bench: before any device is opened (a second process would stop
+        # the first's pumps with its start-up safe state) or any record touched (it would
+        # close the first's running run as interrupted)
+        self._lock.acquire()
+        try:
+            _preload_heavy_modules()
+            if self._own_instruments or not self.instruments.devices:
+                await self.instruments.start()
+        except BaseException:
+            self._lock.release()
+            raise
         self.startup_safe_state_errors = await self.instruments.safe_state_all()
         self.requeued_at_start = []
         for run_id in self._mark_interrupted():
@@ -246,6 +261,7 @@ class Bench:
             await self.instruments.close()
         self.store.close()
         self._started = False
+        self._lock.release()
 
     async def __aenter__(self) -> Bench:
         await self.start()

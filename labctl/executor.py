@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from labctl.clock import Clock
+from labctl.clock import Clock, wall_budget
 from labctl.device import Device, safe_state_of
 from labctl.errors import DeviceError, DeviceFault, DeviceTimeout, LabctlError, LimitError
 from labctl.run_machine import IllegalTransition, RunMachine, RunState
@@ -32,6 +32,12 @@ from labctl.store.journal import LEAF_KINDS
 from labctl.store.record import RunRecord
 
 log = logging.getLogger("labctl.executor")
+
+#: the least wall time a step timeout allows (a step does several serial exchanges, which
+#: take real time at any time scale) ...
+STEP_WALL_FLOOR_S = 10.0
+#: ... or this many reply timeouts of the step's device, when that is longer
+STEP_FLOOR_EXCHANGES = 5
 
 EmitFn = Callable[[dict[str, Any]], None]
 SafeStateFn = Callable[[], Awaitable[dict[str, str]]]
@@ -801,7 +807,8 @@ class Executor:
                       idempotent=bool(_get(step, "idempotent")))
             try:
                 if timeout_s:
-                    async with asyncio.timeout(self.clock.to_wall(float(timeout_s))) as cm:
+                    wall_s = self._step_wall_timeout(float(timeout_s), kind, device)
+                    async with asyncio.timeout(wall_s) as cm:
                         act.timeout_cm = cm
                         result = await self._dispatch(step, device, act)
                 else:
@@ -853,6 +860,18 @@ class Executor:
                 self._leaf_done(step)
                 await self._maybe_paused()
                 return
+
+    def _step_wall_timeout(self, timeout_s: float, kind: Any, device: Device | None) -> float:
+        """A step's timeout on the wall clock: scaled, but never under STEP_WALL_FLOOR_S
+        (or STEP_FLOOR_EXCHANGES reply timeouts of its device), since its serial exchanges
+        (or an analysis' computing) take real time at any time scale
+        (labctl.clock.wall_budget). A wait is all clock time: no floor."""
+        if kind == "wait":
+            return self.clock.to_wall(timeout_s)
+        floor = STEP_WALL_FLOOR_S
+        if device is not None:
+            floor = max(floor, STEP_FLOOR_EXCHANGES * device.spec.timeout_s)
+        return wall_budget(self.clock, timeout_s, floor)
 
     def _leaf_done(self, step: Any) -> None:
         self.steps_done += 1

@@ -8,6 +8,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from labctl.bench_lock import BenchInUse
 from labctl.clock import Clock, make_clock
 from labctl.config import BenchConfig
 from labctl.device import Device, DeviceInfo, safe_state_of
@@ -40,6 +41,8 @@ class Instruments:
         self.simulation: Any = None
         self.only = only
         self.connect_errors: dict[str, str] = {}
+        #: devices whose line another process holds (labctl.transport.PortInUse)
+        self.busy: set[str] = set()
 
     @property
     def simulated(self) -> bool:
@@ -65,6 +68,8 @@ class Instruments:
                 dev.info = await dev.identify()
             except DeviceError as exc:
                 self.connect_errors[name] = str(exc)
+                if isinstance(exc, BenchInUse):
+                    self.busy.add(name)
                 if not tolerate_errors:
                     raise
 

@@ -8,15 +8,26 @@ One `Link` per physical line: several addressed instruments on one RS-485 bus sh
 take `link.lock` around each command/reply exchange. A link that drops is reopened with
 backoff; if it stays down longer than `reconnect_timeout` the caller gets `DeviceTimeout`
 instead of a hang. Every byte in and out is logged at DEBUG on logger `labctl.transport`.
+
+Serial device paths are opened exclusively: pyserial's `exclusive=True` (an flock on the
+descriptor, which every cooperating program honours, root included) and, on real serial
+lines, TIOCEXCL (the kernel then refuses any other open() by a non-root process). A second
+process on the same line would interleave its bytes with ours mid-exchange; it gets
+`PortInUse` (naming the holder when /proc/locks tells) at once instead. Pseudo-terminals
+(simulators) get the flock only: on a pty TIOCEXCL outlives its holder while the master
+stays open, so a SIGKILLed run would lock the next one out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import stat
+import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,11 +35,63 @@ from typing import Any, Protocol
 
 import serial
 
-from labctl.errors import DeviceTimeout, ProtocolError
+from labctl.bench_lock import BenchInUse
+from labctl.errors import DeviceError, DeviceTimeout, ProtocolError
 
 log = logging.getLogger("labctl.transport")
 
 PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
+
+
+class PortInUse(DeviceError, BenchInUse):
+    """A device's serial line is held (exclusively) by another process; nothing was sent."""
+
+
+def port_holder(path: str) -> str:
+    """Who holds an flock on the device file `path`: `pid 123 (labctl run x.json)`, or ""
+    when /proc/locks does not tell (another pid namespace, not Linux)."""
+    pid = port_holder_pid(path)
+    if pid is None:
+        return ""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return f"pid {pid}"
+    if len(argv) > 2 and argv[1:3] == ["-m", "labctl"]:
+        argv = ["labctl", *argv[3:]]
+    return f"pid {pid} ({' '.join(argv)[:200]})"
+
+
+def port_holder_pid(path: str) -> int | None:
+    """The pid /proc/locks gives for an flock on the device file `path`, if any."""
+    try:
+        st = os.stat(os.path.realpath(path))
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    maj, mino = os.major(st.st_dev), os.minor(st.st_dev)
+    wanted = {f"{maj:02x}:{mino:02x}:{st.st_ino}", f"{maj}:{mino}:{st.st_ino}"}
+    for line in lines:
+        fields = line.split()
+        if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK" or fields[5] not in wanted:
+            continue
+        with contextlib.suppress(ValueError):
+            return int(fields[4])
+    return None
+
+
+def port_in_use(path: str, device: str | None = None) -> PortInUse:
+    holder = port_holder(path)
+    return PortInUse(f"{path} is in use by {holder or 'another process'}: the line is "
+                     "opened exclusively, so this bench cannot share it", device=device)
+
+
+def _is_lock_refusal(exc: BaseException) -> bool:
+    """pyserial's exclusive open failing because another descriptor holds the flock."""
+    return (isinstance(exc, serial.SerialException)
+            and getattr(exc, "errno", None) in (errno.EWOULDBLOCK, errno.EAGAIN))
 
 
 @dataclass(frozen=True)
@@ -136,9 +199,20 @@ async def _open_stream(url: str, settings: SerialSettings) -> _Stream:
         log.debug("%s is a pty: %s%s%s not settable, using 8N1", url, settings.bytesize,
                   settings.parity, settings.stopbits)
         kwargs = {**kwargs, "parity": serial.PARITY_NONE, "bytesize": 8}
-    reader, writer = await serial_asyncio_fast.open_serial_connection(url=url, **kwargs)
+    try:
+        reader, writer = await serial_asyncio_fast.open_serial_connection(
+            url=url, exclusive=True, **kwargs)
+    except serial.SerialException as exc:
+        if _is_lock_refusal(exc) and port_holder_pid(url) != os.getpid():
+            raise port_in_use(url) from exc
+        raise  # our own descriptor, still closing after a drop: retried with backoff
     port = writer.transport.get_extra_info("serial")
     fd = getattr(port, "fd", None)
+    if isinstance(fd, int) and not _is_pty(url):
+        try:
+            fcntl.ioctl(fd, termios.TIOCEXCL)
+        except OSError as exc:  # not a tty driver that knows it: the flock still holds
+            log.debug("%s: TIOCEXCL refused (%s)", url, exc)
     if isinstance(fd, int):
         # pyserial's non-blocking write retries EAGAIN in a loop: on a line the device has
         # stopped (an XOFF byte under Xon/Xoff) it would spin for ever inside the event
@@ -243,6 +317,9 @@ class Link:
                 self.stats.opened_at = time.time()
                 log.debug("%s: opened", self._label)
                 return self._stream
+            except PortInUse as exc:  # another process will not let go within a backoff
+                self.stats.last_error = str(exc)
+                raise PortInUse(exc.message, device=self.name or None) from exc
             except (TimeoutError, OSError, serial.SerialException, ValueError) as exc:
                 self.stats.last_error = str(exc)
                 if time.monotonic() + delay > deadline:

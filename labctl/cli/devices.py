@@ -13,6 +13,7 @@ from labctl.cli.app import app
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
     EXIT_FAILED,
+    EXIT_INVALID,
     ConfigOpt,
     JsonOpt,
     TimeScaleOpt,
@@ -38,6 +39,7 @@ async def _survey(cfg: Any, time_scale: float | None) -> list[dict[str, Any]]:
                 "simulated": inst.simulated,
                 "identity": dev.info.to_dict() if dev.info else None,
                 "error": inst.connect_errors.get(name),
+                "in_use": name in inst.busy,
             }
             if name not in inst.connect_errors:
                 try:
@@ -57,6 +59,9 @@ def devices(
     time_scale: TimeScaleOpt = None,
 ) -> None:
     """Connect to each configured device; print identity (model, serial, firmware) and status.
+
+    Takes no data-dir lock (it records nothing), but opens serial lines exclusively like a
+    run: a device another process is using shows "in use by pid ..." and the exit is 2.
 
     On a simulated bench (simulate = true) the simulators start in-process on
     pseudo-terminals and the drivers talk to them over real bytes.
@@ -81,6 +86,8 @@ def devices(
             table.add_row(r["name"], r["driver"], ident.get("model", ""), ident.get("serial", ""),
                           ident.get("firmware", ""), state, readings)
         Console().print(table)
+    if any(r["in_use"] for r in rows):  # another process has the bench: exit 2, as run does
+        raise SystemExit(EXIT_INVALID)
     if any(r["error"] for r in rows):
         raise SystemExit(EXIT_FAILED)
 

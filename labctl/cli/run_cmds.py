@@ -2,7 +2,9 @@
 
 `run` validates first (exit 2, nothing started, on any fault), then runs the recipe on the
 bench through the Bench service with a live display, and exits 0 completed, 1 failed,
-3 aborted. Ctrl-C or SIGTERM aborts safely (a second one is an e-stop).
+3 aborted; 2 too when another process has the bench (its data dir's lock or a device's
+serial line), which is then left untouched. `runs list|show|export` only read records and
+take no lock. Ctrl-C or SIGTERM aborts safely (a second one is an e-stop).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from labctl.bench_lock import BenchInUse
 from labctl.cli.app import app
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
@@ -272,6 +275,8 @@ def run(
 
     try:
         result, _ = asyncio.run(_drive(bench, start, as_json=json_out))
+    except BenchInUse as exc:  # another process has this data dir or a device's line
+        fail(str(exc), EXIT_INVALID, as_json=json_out)
     except (ConfigError, LabctlError) as exc:
         fail(str(exc), EXIT_FAILED if not isinstance(exc, ConfigError) else EXIT_INVALID,
              as_json=json_out)
@@ -325,7 +330,7 @@ def resume(
         result, _ = asyncio.run(_drive(bench, start, as_json=json_out))
     except InDoubtError as exc:
         fail(str(exc), EXIT_INVALID, as_json=json_out, in_doubt=exc.steps)
-    except (NothingToResume, RecipeError, ConfigError) as exc:
+    except (NothingToResume, RecipeError, ConfigError, BenchInUse) as exc:
         fail(str(exc), EXIT_INVALID, as_json=json_out)
     except LabctlError as exc:
         fail(str(exc), EXIT_FAILED, as_json=json_out)

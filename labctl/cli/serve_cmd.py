@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from labctl.bench_lock import BenchInUse
 from labctl.cli.app import app
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
@@ -61,7 +62,10 @@ def serve(
             tls_key=str(tls_key) if tls_key else None)
     except (OSError, ValueError) as exc:
         fail(str(exc), EXIT_INVALID)
-    asyncio.run(_serve(cfg, settings, bid, data_dir, time_scale, client_id))
+    try:
+        asyncio.run(_serve(cfg, settings, bid, data_dir, time_scale, client_id))
+    except BenchInUse as exc:  # another process has this data dir or a device's line
+        fail(str(exc), EXIT_INVALID)
 
 
 async def _serve(cfg: object, settings: object, bench_id: str, data_dir: Path,

@@ -9,9 +9,11 @@ from typing import Annotated
 
 import typer
 
+from labctl.bench_lock import BenchInUse, BenchLock
 from labctl.cli.app import app
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
+    EXIT_INVALID,
     ConfigOpt,
     DataDirOpt,
     TimeScaleOpt,
@@ -63,6 +65,10 @@ def tui(
         if bench_id is not None:
             fail("--bench-id needs --broker (a local bench is chosen with --config)")
         cfg = load_bench_config(config)
+        try:  # refuse before the screen opens; the bench takes the lock for good on start
+            BenchLock(data_dir).acquire().release()
+        except BenchInUse as exc:
+            fail(str(exc), EXIT_INVALID)
         backend = LocalBackend(cfg, data_dir=data_dir, time_scale=time_scale,
                                recipes_dir=recipes, operator=operator)
         LabctlApp(backend).run()
