@@ -30,6 +30,14 @@ def resolve_recipe_ref(recipes_dir: Path, name: str) -> Path:
                          f" (known: {', '.join(known) or 'none'})", path="recipe_ref")
 
 
+def _owner_of(instigator: Any) -> str | None:
+    """The broker username that submitted a run over MQTT (None: started on the bench)."""
+    if isinstance(instigator, dict) and instigator.get("via") == "mqtt":
+        owner = instigator.get("owner") or instigator.get("id")
+        return str(owner) if owner else None
+    return None
+
+
 def _issues(exc: Exception) -> list[Issue]:
     found = getattr(exc, "issues", None) or []
     out = [Issue(path=str(getattr(i, "path", "") or ""), message=str(getattr(i, "message", i)))
@@ -122,6 +130,7 @@ class BenchServicePort:
             "devices": st.get("devices") or {},
             "simulated": st.get("simulated"),
             "recipe": (run.get("recipe") or {}).get("name"),
+            "owner": _owner_of(run.get("instigator")) if run else None,
         }
 
     async def poll_devices(self) -> None:
@@ -157,7 +166,27 @@ class BenchServicePort:
         return out
 
     def list_runs(self, limit: int) -> list[dict[str, Any]]:
-        return list(self.bench.list_runs(limit))
+        rows = [dict(r) for r in self.bench.list_runs(limit)]
+        for row in rows:
+            who = str(row.get("instigator") or "")
+            row["owner"] = who[len("ai:"):] if who.startswith("ai:") else None
+        return rows
+
+    def run_owner(self, run_id: str | None) -> tuple[str, str | None] | None:
+        bench = self.bench
+        if run_id is None:
+            cur = bench.current
+            if cur is None or cur.machine.final:
+                return None
+            return cur.run_id, _owner_of(cur.instigator)
+        ticket = bench.tickets.get(run_id)
+        if ticket is not None:
+            return run_id, _owner_of(ticket.instigator)
+        row = bench.store.index.get_run(run_id)
+        if row is None:
+            return None
+        who = str(row.get("instigator") or "")
+        return run_id, (who[len("ai:"):] if who.startswith("ai:") else None)
 
     def seen_command(self, command_id: str) -> dict[str, Any] | None:
         return self.bench.seen_command(command_id)  # type: ignore[no-any-return]
