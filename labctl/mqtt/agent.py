@@ -492,7 +492,8 @@ class Agent:
                 while len(self._recent) > RECENT_READ_ONLY:
                     self._recent.popitem(last=False)
             elif not (reply.error and reply.error.code == "internal"):  # a retry may succeed
-                self.port.remember_command(command.id, body)
+                # the index's fsync in a thread: e-stop and status do not wait for the disk
+                await asyncio.to_thread(self.port.remember_command, command.id, body)
             done.set_result(body)
         finally:
             if not done.done():

@@ -5,6 +5,7 @@ the bench's recipe folder; never a path.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -74,14 +75,16 @@ class BenchServicePort:
     async def submit(self, source: RecipeSource, parameters: dict[str, Any], *,
                      instigator: dict[str, Any], request: dict[str, Any] | None,
                      command_id: str) -> Submitted:
-        plan = self._plan(source, parameters)  # validate before anything is created
+        # validate before anything is created; in a thread, so that the event loop (e-stop,
+        # status, the run in flight) does not wait for a large recipe's validation
+        plan = await asyncio.to_thread(self._plan, source, parameters)
         run_id = await self.bench.submit(plan, parameters, instigator=instigator, request=request)
         pos = self.bench.queue_position(run_id)
         return Submitted(run_id=run_id, queue_position=0 if pos is None else pos)
 
     async def validate(self, source: RecipeSource, parameters: dict[str, Any]) -> list[Issue]:
         try:
-            self._plan(source, parameters)
+            await asyncio.to_thread(self._plan, source, parameters)
         except CommandRefused as exc:
             if exc.code != "invalid_recipe":
                 raise
