@@ -314,8 +314,14 @@ class BenchClient:
         self._listeners.append(callback)
 
     async def subscribe(self, topic: str) -> None:
-        """Receive `topic` too (kept across reconnects); see add_listener."""
-        await self._ensure_subscribed(topic)
+        """Receive `topic` too (kept across reconnects), its retained message included even
+        when this connection already had it (a listener added late sees it); see
+        add_listener."""
+        self._subscriptions.add(topic)
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):  # the reconnect subscribes again
+                await client.subscribe(topic, options=subscribe_options(1, retain_handling=0))
 
     async def retained_result(self, run_id: str, wait_s: float = 2.0) -> dict[str, Any] | None:
         """The retained result of a run, if the broker has one within `wait_s`."""

@@ -5,7 +5,6 @@ on any command; the first goes on serving, every command done once."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import subprocess
@@ -119,7 +118,6 @@ async def test_agent_killed_the_next_one_takes_over_after_the_wait(tmp_path: Pat
             finally:
                 code, err = await _finish(second)
             assert code == 0, err[-3000:]
-    assert os.path.exists(tmp_path / "runs-2")
 
 
 def _make_tls(folder: Path) -> dict[str, Path]:
