@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -161,6 +162,8 @@ class Agent:
         try:
             await self._connection_loop()
         finally:
+            for acting in list(self._inflight.values()):  # let a started command finish
+                await asyncio.wait({acting}, timeout=30)
             await cancel_and_wait(poll)
             await cancel_and_wait(pump)
             self.outbox.close()
@@ -474,33 +477,41 @@ class Agent:
                               correlation, refusal.model_dump(mode="json", exclude_none=True))
             return
         prior = self._recent.get(command.id) or self.port.seen_command(command.id)
-        if prior is None and command.id in self._inflight:
-            prior = await asyncio.shield(self._inflight[command.id])
         if prior is not None:
             self.stats["duplicates"] += 1
             log.info("duplicate command %s: same reply, nothing done", command.id)
             await self._reply(client, topic, correlation, prior)
             return
-        done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._inflight[command.id] = done
-        try:
-            reply = await self._execute(command, message, sender)
-            body = reply.model_dump(mode="json", exclude_none=True)
-            if isinstance(command, READ_ONLY):
-                # nothing to do twice: kept in memory only, sparing the index an fsync
-                self._recent[command.id] = body
-                while len(self._recent) > RECENT_READ_ONLY:
-                    self._recent.popitem(last=False)
-            elif not (reply.error and reply.error.code == "internal"):  # a retry may succeed
-                # the index's fsync in a thread: e-stop and status do not wait for the disk
-                await asyncio.to_thread(self.port.remember_command, command.id, body)
-            done.set_result(body)
-        finally:
-            if not done.done():
-                done.cancel()
-            self._inflight.pop(command.id, None)
+        acting = self._inflight.get(command.id)
+        if acting is not None:  # redelivered while the first copy is still being handled
+            self.stats["duplicates"] += 1
+            await self._reply(client, topic, correlation, await asyncio.shield(acting))
+            return
+        # Shielded: a lost connection cancels this handler, never a half-done submit (its
+        # redelivery then gets the remembered reply).
+        acting = asyncio.ensure_future(self._act(command, message, sender))
+        self._inflight[command.id] = acting
+        acting.add_done_callback(functools.partial(self._done_acting, command.id))
+        body = await asyncio.shield(acting)
         self.stats["commands"] += 1
         await self._reply(client, topic, correlation, body)
+
+    def _done_acting(self, command_id: str, _task: asyncio.Future[Any]) -> None:
+        self._inflight.pop(command_id, None)
+
+    async def _act(self, command: Any, message: aiomqtt.Message, sender: str) -> dict[str, Any]:
+        """Carry out a command and remember its reply; the reply body."""
+        reply = await self._execute(command, message, sender)
+        body = reply.model_dump(mode="json", exclude_none=True)
+        if isinstance(command, READ_ONLY):
+            # nothing to do twice: kept in memory only, sparing the index an fsync
+            self._recent[command.id] = body
+            while len(self._recent) > RECENT_READ_ONLY:
+                self._recent.popitem(last=False)
+        elif not (reply.error and reply.error.code == "internal"):  # a retry may succeed
+            # the index's fsync in a thread: e-stop and status do not wait for the disk
+            await asyncio.to_thread(self.port.remember_command, command.id, body)
+        return body
 
     def _reply_topic(self, sender: str, response_topic: str | None,
                      command_id: str) -> str | None:
