@@ -155,3 +155,30 @@ async def test_labctl_serve_over_the_shipped_tls_listener(tmp_path: Path) -> Non
         finally:
             code, err = await _finish(proc)
         assert code == 0, err[-3000:]
+
+
+async def test_broker_and_agent_both_crashed_the_next_agent_takes_control(
+        tmp_path: Path) -> None:
+    """The broker dies before it could send the agent's will, so it restarts with the dead
+    agent's retained "online": the next agent (same client id) is not fooled into exit 2."""
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.start()
+    try:
+        first = _serve(broker.url, tmp_path / "runs-1")
+        async with BenchClient(broker.url, BENCH, timeout=WAIT) as c:
+            await c.wait_online(WAIT)
+        await asyncio.sleep(1.5)  # past the test broker's autosave_interval (1 s)
+        broker.stop(signal.SIGKILL)
+        first.kill()
+        await asyncio.to_thread(first.communicate, timeout=WAIT)
+        broker.start()
+        second = _serve(broker.url, tmp_path / "runs-2")
+        try:
+            async with BenchClient(broker.url, BENCH, timeout=WAIT) as c:
+                assert (await c.status())["bench_id"] == BENCH
+            assert second.poll() is None
+        finally:
+            code, err = await _finish(second)
+        assert code == 0, err[-3000:]
+    finally:
+        broker.stop()

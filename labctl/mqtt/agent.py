@@ -224,12 +224,16 @@ class Agent:
         if state == b"offline" and reason == "stopped":
             return  # the other agent said goodbye
         if self._established:
-            raise ControllerConflict(other, "took control of the bench while this agent "
-                                     "was disconnected")
-        if state == b"online":
+            if str(other.get("since") or "") > str(self.instance["since"]):
+                raise ControllerConflict(other, "took control of the bench while this agent "
+                                         "was disconnected")
+            return  # an older agent's record, from a broker that lost our own
+        if state == b"online" and other.get("client_id") != self.client_id:
             raise ControllerConflict(other, "is connected now (another client id)")
-        # Its last will (or nothing) was left: it died, or we have just taken its client id
-        # (the broker sends the will on a takeover). A live agent takes it back at once.
+        # Its will, or an "online" with our client id (it cannot be connected now without our
+        # connection having taken its place): it died (an "online" then comes from a broker
+        # that crashed before the will), or we have just taken its connection, which a live
+        # agent takes back at once.
         if await client.wait_disconnected(self.takeover_wait_s):
             raise ControllerConflict(other, "took its connection back")
 
