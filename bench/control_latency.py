@@ -3,8 +3,9 @@ and `estop` wait for their reply while a run is in flight and 20 submits are bei
 and queued, through a private local mosquitto and the agent serving config/sim.toml's bench.
 
 Each round: a long run in flight; 20 submits published at once, a `status` probe every 5 ms
-until the last submit is answered; then an `estop` (reply latency); `resume` releases the
-queue, whose next run is the one in flight for the next round.
+until the last submit is answered, and an `estop` after the fifth probe (it aborts the run
+in flight and holds the queue); `resume` then releases the queue, whose next run is the one
+in flight for the next round.
 
     .venv/bin/python bench/control_latency.py [--rounds 5] [--repeat 3]
 """
@@ -101,16 +102,22 @@ async def one_trial(rounds: int) -> tuple[list[float], list[float]]:
                     while port.bench.status()["state"] != "running":  # noqa: ASYNC110
                         await asyncio.sleep(0.01)
                     subs = [await probe.send("submit", recipe=LONG) for _ in range(BURST)]
-                    probes = []
+                    probes: list[str] = []
+                    stop = ""
                     while subs[-1] not in probe.replied:
                         probes.append(await probe.send("status"))
+                        if len(probes) == 5:  # the e-stop, while the burst is handled
+                            stop = await probe.send("estop")
                         await asyncio.sleep(0.005)
                     for cid in probes:
                         await probe.wait(cid)
                         status_lat.append(probe.latency(cid))
-                    stop = await probe.send("estop")
+                    if not stop:
+                        stop = await probe.send("estop")
                     await probe.wait(stop)
                     estop_lat.append(probe.latency(stop))
+                    while port.bench.status()["state"] != "held":  # noqa: ASYNC110
+                        await asyncio.sleep(0.01)
                     await probe.wait(await probe.send("resume"))
                 reader.cancel()
             agent.stop()
