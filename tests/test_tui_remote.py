@@ -163,3 +163,4 @@ async def test_remote_tui_on_the_shipped_broker_config(tmp_path) -> None:
                 assert result["status"] == "aborted"
                 assert result["instigator"]["owner"] == "operator-alice"
                 assert served.agent.connections == 1
+                assert be.client.connections == 1  # nothing of its own took its place
