@@ -5,6 +5,7 @@ on any command; the first goes on serving, every command done once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import subprocess
@@ -12,9 +13,13 @@ import sys
 from pathlib import Path
 
 from mqtt_broker import MosquittoBroker
-from mqtt_helpers import ROOT, WAIT, WAIT_RECIPE
+from mqtt_helpers import ROOT, TEST_RECIPES, TIME_SCALE, WAIT, WAIT_RECIPE
 
 from labctl.client import BenchClient
+from labctl.config import load_config
+from labctl.mqtt.agent import Agent, ControllerConflict
+from labctl.mqtt.bench_port import open_bench_port
+from labctl.mqtt.connection import BrokerSettings
 
 BENCH = "bench-a"
 USERS = {BENCH: "pw-bench", "ai-planner": "pw-planner"}
@@ -180,5 +185,46 @@ async def test_broker_and_agent_both_crashed_the_next_agent_takes_control(
         finally:
             code, err = await _finish(second)
         assert code == 0, err[-3000:]
+    finally:
+        broker.stop()
+
+
+async def test_agent_back_after_another_took_control_stops(tmp_path: Path) -> None:
+    """An agent that was away (broker gone, long backoff) while another agent took control
+    finds the newer controller when it reconnects and stops (ControllerConflict), and the
+    newer one goes on serving: no ping-pong."""
+    cfg = load_config(ROOT / "config" / "sim.toml")
+    cfg.bench.recipes_dir = str(TEST_RECIPES)
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.start()
+    try:
+        settings = BrokerSettings.from_url(broker.url)
+        async with contextlib.AsyncExitStack() as stack:
+            port_a = await stack.enter_async_context(open_bench_port(
+                cfg, data_dir=tmp_path / "runs-a", time_scale=TIME_SCALE, bench_id=BENCH))
+            old = Agent(port_a, settings, bench_id=BENCH, data_dir=tmp_path / "runs-a",
+                        backoff_initial_s=8.0, backoff_max_s=8.0, takeover_wait_s=1.0)
+            old_task = asyncio.create_task(old.run())
+            await asyncio.wait_for(old.connected.wait(), WAIT)
+            broker.restart()  # the old agent now waits 8 s before it reconnects
+            port_b = await stack.enter_async_context(open_bench_port(
+                cfg, data_dir=tmp_path / "runs-b", time_scale=TIME_SCALE, bench_id=BENCH))
+            new = Agent(port_b, settings, bench_id=BENCH, data_dir=tmp_path / "runs-b",
+                        backoff_initial_s=0.05, backoff_max_s=0.5, takeover_wait_s=1.0)
+            new_task = asyncio.create_task(new.run())
+            try:
+                await asyncio.wait_for(new.connected.wait(), WAIT)
+                with contextlib.suppress(ControllerConflict):
+                    await asyncio.wait_for(old_task, WAIT)
+                assert isinstance(old_task.exception(), ControllerConflict)
+                assert str(new.instance["pid"]) in str(old_task.exception())
+                async with BenchClient(broker.url, BENCH, timeout=WAIT) as c:
+                    run = await c.submit(WAIT_RECIPE, {"duration": "1 s"})
+                    assert (await run.result(timeout=WAIT))["status"] == "completed"
+                assert not new_task.done()
+                assert _run_folders(tmp_path / "runs-a") == []
+            finally:
+                new.stop()
+                await asyncio.wait_for(new_task, WAIT)
     finally:
         broker.stop()
