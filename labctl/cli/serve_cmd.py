@@ -42,7 +42,8 @@ def serve(
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="Its private key.")] = None,
     client_id: Annotated[str | None, typer.Option(
         "--client-id", help="MQTT client id (default labctl-agent-<bench id>); keep it stable "
-        "so the broker keeps the session's queued commands across restarts.")] = None,
+        "so the broker keeps the session's queued commands across restarts; a broker "
+        "with use_username_as_clientid, as shipped, uses the username instead.")] = None,
     operator: Annotated[list[str] | None, typer.Option(
         "--operator", help="Broker username with the operator role: may pause, resume, "
         "abort and cancel any run (repeatable). Every other sender has the ai role: its "
