@@ -5,6 +5,13 @@
                                  request={"id": "req-42"})
         result = await run.result()
 
+Commands go on `labctl/<bench>/cmd/<username>` (the bare `cmd` without a username), and ask
+their replies under the client's own reply namespace `labctl/<bench>/reply/<username>/`: the
+agent takes the sender from the topic level the broker's ACL ties to the username, and
+refuses reply topics outside it. With the shipped broker configuration
+(`use_username_as_clientid true`) a username has one connection at a time: one BenchClient
+per username and bench, or one username per process.
+
 Every command carries a unique id and an MQTT 5 response topic with correlation data. The
 connection comes back by itself after a broker restart or a network drop; commands still
 waiting for their reply are sent again with the same id, which the agent answers from its
@@ -50,7 +57,7 @@ from labctl.mqtt.payloads import (
     SubmitCommand,
     ValidateCommand,
 )
-from labctl.mqtt.topics import Topics
+from labctl.mqtt.topics import ANONYMOUS, Topics
 
 log = logging.getLogger("labctl.client")
 
@@ -126,7 +133,11 @@ class BenchClient:
         self.resend_after_s = resend_after_s
         #: sends beyond the first, for every command (tests and diagnostics)
         self.resends = 0
-        self.inbox = self.topics.reply_inbox(self.client_id)
+        #: who the agent will take us for: the broker username (enforced by the ACL)
+        self.sender = self.settings.username or ANONYMOUS
+        self.cmd_topic = self.topics.cmd_from(self.settings.username)
+        self.inbox = self.topics.reply_inbox(self.sender, self.client_id)
+        self._listeners: list[Any] = []
         self.connected = asyncio.Event()
         self.connections = 0
         self.result_deliveries: dict[str, int] = {}
@@ -208,7 +219,7 @@ class BenchClient:
             if not fut.done():
                 self.resends += 1
                 try:
-                    await client.publish_checked(self.topics.cmd, payload, qos=1,
+                    await client.publish_checked(self.cmd_topic, payload, qos=1,
                                                  properties=self._props(cid))
                 except PublishRefused as exc:
                     if not fut.done():
@@ -225,7 +236,7 @@ class BenchClient:
             return
         self.resends += 1
         try:
-            await client.publish_checked(self.topics.cmd, payload, qos=1,
+            await client.publish_checked(self.cmd_topic, payload, qos=1,
                                          properties=self._props(command_id))
         except PublishRefused as exc:
             if not fut.done():
@@ -236,6 +247,11 @@ class BenchClient:
     # ------------------------------------------------------------------ incoming
     def _dispatch(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
+        for listener in list(self._listeners):
+            try:
+                listener(topic, message.payload)
+            except Exception:  # a listener's bug must not stop the replies
+                log.exception("listener failed on %s", topic)
         if topic == self.topics.online:
             if message.payload == b"online":
                 if self._client is not None:
@@ -257,7 +273,7 @@ class BenchClient:
             return
         if not isinstance(body, dict):
             return
-        if topic == self.inbox or topic.startswith(f"{self.topics.prefix}/reply/"):
+        if topic == self.inbox or topic.startswith(self.topics.reply_namespace(self.sender)):
             cid = body.get("id")
             props = message.properties
             corr = getattr(props, "CorrelationData", None) if props else None
@@ -292,6 +308,30 @@ class BenchClient:
             with contextlib.suppress(aiomqtt.MqttError):  # the reconnect subscribes again
                 await client.subscribe(topic, options=subscribe_options(1, retain_handling=1))
 
+    def add_listener(self, callback: Any) -> None:
+        """`callback(topic, payload)` for every message this connection receives (the
+        remote TUI watches status, online and events through it: one connection per user)."""
+        self._listeners.append(callback)
+
+    async def subscribe(self, topic: str) -> None:
+        """Receive `topic` too (kept across reconnects), its retained message included even
+        when this connection already had it (a listener added late sees it); see
+        add_listener."""
+        self._subscriptions.add(topic)
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):  # the reconnect subscribes again
+                await client.subscribe(topic, options=subscribe_options(1, retain_handling=0))
+
+    async def retained_result(self, run_id: str, wait_s: float = 2.0) -> dict[str, Any] | None:
+        """The retained result of a run, if the broker has one within `wait_s`."""
+        fut = self._result_future(run_id)
+        await self._ensure_subscribed(self.topics.result(run_id))
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), wait_s)
+        except TimeoutError:
+            return None
+
     async def wait_online(self, timeout: float | None = None) -> None:
         """Wait until the bench's agent says it is online (its retained `online` topic)."""
         await asyncio.wait_for(self.bench_online.wait(), timeout or self.timeout)
@@ -323,7 +363,7 @@ class BenchClient:
             client = self._client
             if client is not None and self.connected.is_set():
                 try:
-                    await client.publish_checked(self.topics.cmd, payload, qos=1,
+                    await client.publish_checked(self.cmd_topic, payload, qos=1,
                                                  properties=self._props(command_id))
                 except PublishRefused as exc:
                     raise CommandError("not_authorized", str(exc)) from None

@@ -37,16 +37,23 @@ class Served:
 @contextlib.asynccontextmanager
 async def serve_bench(broker_url: str, data_dir: Path, *, bench_id: str = "sim-bench-1",
                       username: str | None = None, password: str | None = None,
-                      time_scale: float = TIME_SCALE) -> AsyncIterator[Served]:
+                      time_scale: float = TIME_SCALE, operators: tuple[str, ...] = (),
+                      client_id: str | None = None,
+                      takeover_wait_s: float = 3.0) -> AsyncIterator[Served]:
     """config/sim.toml's bench (simulators on ptys) with its recipe folder pointed at the
     test recipes, and an agent serving it; stopped cleanly on exit."""
     cfg = load_config(ROOT / "config" / "sim.toml")
     cfg.bench.recipes_dir = str(TEST_RECIPES)
     settings = BrokerSettings.from_url(broker_url, username=username, password=password)
+    extra: dict[str, Any] = {"client_id": client_id}
+    if operators:
+        extra["operators"] = operators
+    if takeover_wait_s != 3.0:
+        extra["takeover_wait_s"] = takeover_wait_s
     async with open_bench_port(cfg, data_dir=data_dir, time_scale=time_scale,
                                bench_id=bench_id) as port:
         agent = Agent(port, settings, bench_id=bench_id, data_dir=data_dir,
-                      backoff_initial_s=0.05, backoff_max_s=0.5)
+                      backoff_initial_s=0.05, backoff_max_s=0.5, **extra)
         task = asyncio.create_task(agent.run())
         try:
             await asyncio.wait_for(agent.connected.wait(), WAIT)

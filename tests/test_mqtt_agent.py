@@ -116,7 +116,6 @@ async def test_malformed_payloads_get_error_replies_and_agent_keeps_serving(
     async with serve_bench(broker.url, tmp_path / "runs") as served, \
             Raw(broker.url, "fuzzer") as raw:
         await raw.subscribe(f"{T.prefix}/reply/#")
-        await raw.subscribe("inbox/#")
 
         async def reply_to(cid: str, payload: bytes) -> dict:
             await raw.publish(T.cmd, payload)
@@ -151,11 +150,13 @@ async def test_malformed_payloads_get_error_replies_and_agent_keeps_serving(
                 "recipe": {**WAIT_RECIPE, "steps": [{"id": "x", "device": "nope",
                                                       "action": "fly"}]}}).encode())
                 )["error"]["path"].startswith("steps[0]")
-        # MQTT 5 response topic + correlation data win over reply/<id>, even for errors
+        # MQTT 5 response topic (inside the sender's reply namespace) + correlation data win
+        # over reply/<id>, even for errors
+        inbox = f"{T.reply_namespace('anonymous')}x"
         await raw.publish(T.cmd, b'{"id": "m9", "command": "warp"}',
-                          properties=response_properties("inbox/x", b"corr-9"))
-        await raw.wait_for("inbox/x")
-        _topic, body, props = [m for m in raw.messages if m[0] == "inbox/x"][-1]
+                          properties=response_properties(inbox, b"corr-9"))
+        await raw.wait_for(inbox)
+        _topic, body, props = [m for m in raw.messages if m[0] == inbox][-1]
         assert json.loads(body)["error"]["code"] == "unknown_command"
         assert props.CorrelationData == b"corr-9"
         # nothing ran, and the agent still serves

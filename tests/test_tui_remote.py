@@ -127,3 +127,40 @@ async def test_bench_picker_lists_benches_and_operates_the_chosen_one(broker, tm
             await until(pilot, lambda: app.view.state == "idle", "its status")
             await pilot.pause(0.3)
             assert f"{BENCH} remote" in screen_text(app)
+
+
+async def test_remote_tui_on_the_shipped_broker_config(tmp_path) -> None:
+    """The shipped config makes the client id the username (one connection per user): the
+    picker, the status/events view and the commands of one operator share it, commands go
+    on cmd/<operator> and the run is the operator's."""
+    users = {BENCH: "pw-bench", "operator-alice": "pw-alice"}
+    login = {"username": "operator-alice", "password": "pw-alice"}
+    with MosquittoBroker(tmp_path / "broker", users=users, shipped=True) as b:
+        async with serve_bench(b.url, tmp_path / "runs", username=BENCH, password="pw-bench",
+                               operators=("operator-alice",)) as served:
+            directory = BenchDirectory(b.url, **login)
+            app = LabctlApp(directory=directory, make_backend=lambda bench_id: RemoteBackend(
+                b.url, bench_id, recipes_dir=TEST_RECIPES, timeout_s=30.0, **login))
+            async with app.run_test(size=SIZE) as pilot:
+                await until(pilot, lambda: isinstance(app.screen, BenchPickerScreen), "picker")
+                await until(pilot, lambda: BENCH in directory.benches
+                            and directory.benches[BENCH].online == "online", "bench listed")
+                await pilot.pause(0.5)
+                await pilot.press("enter")
+                await until(pilot, app.backend_ready.is_set, "the chosen bench")
+                assert app.start_error is None
+                be = app.backend
+                assert isinstance(be, RemoteBackend)
+                await until(pilot, lambda: be.view.connected and be.online == "online",
+                            "the bench online")
+                run_id = await be.submit(TEST_RECIPES / "mqtt_wait.json", {"duration": "2 h"})
+                await until(pilot, lambda: run_state(be) == "running", "running, seen remotely")
+                await pilot.press("p")
+                await until(pilot, lambda: run_state(be) == "paused", "paused")
+                await pilot.press("e")
+                await until(pilot, lambda: be.view.state == "held", "the bench held")
+                result = await served.bench.wait(run_id)
+                assert result["status"] == "aborted"
+                assert result["instigator"]["owner"] == "operator-alice"
+                assert served.agent.connections == 1
+                assert be.client.connections == 1  # nothing of its own took its place

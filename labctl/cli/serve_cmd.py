@@ -43,10 +43,17 @@ def serve(
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="Its private key.")] = None,
     client_id: Annotated[str | None, typer.Option(
         "--client-id", help="MQTT client id (default labctl-agent-<bench id>); keep it stable "
-        "so the broker keeps the session's queued commands across restarts.")] = None,
+        "so the broker keeps the session's queued commands across restarts; a broker "
+        "with use_username_as_clientid, as shipped, uses the username instead.")] = None,
+    operator: Annotated[list[str] | None, typer.Option(
+        "--operator", help="Broker username with the operator role: may pause, resume, "
+        "abort and cancel any run (repeatable). Every other sender has the ai role: its "
+        "own runs only; e-stop is open to all.")] = None,
 ) -> None:
-    """Serve the bench over MQTT until SIGINT/SIGTERM: commands in on labctl/<ID>/cmd,
-    replies, retained status, events, retained results per run, online/offline."""
+    """Serve the bench over MQTT until SIGINT/SIGTERM: commands in on
+    labctl/<ID>/cmd/<username>, replies under labctl/<ID>/reply/<username>/, retained
+    status, events, retained results per run, online/offline. Exits 2 when another agent
+    already controls the bench through this broker."""
     from labctl.mqtt.connection import BrokerSettings, read_password_file
     from labctl.mqtt.topics import valid_bench_id
 
@@ -62,21 +69,27 @@ def serve(
             tls_key=str(tls_key) if tls_key else None)
     except (OSError, ValueError) as exc:
         fail(str(exc), EXIT_INVALID)
+    from labctl.mqtt.agent import ControllerConflict
+
     try:
-        asyncio.run(_serve(cfg, settings, bid, data_dir, time_scale, client_id))
+        asyncio.run(_serve(cfg, settings, bid, data_dir, time_scale, client_id,
+                           list(operator or [])))
     except BenchInUse as exc:  # another process has this data dir or a device's line
         fail(str(exc), EXIT_INVALID)
+    except ControllerConflict as exc:
+        fail(str(exc), EXIT_INVALID)  # exit 2: another agent controls the bench
 
 
 async def _serve(cfg: object, settings: object, bench_id: str, data_dir: Path,
-                 time_scale: float | None, client_id: str | None) -> None:
+                 time_scale: float | None, client_id: str | None,
+                 operators: list[str]) -> None:
     from labctl.mqtt.agent import Agent
     from labctl.mqtt.bench_port import open_bench_port
 
     async with open_bench_port(cfg, data_dir=data_dir, time_scale=time_scale,
                                bench_id=bench_id) as port:
         agent = Agent(port, settings, bench_id=bench_id, data_dir=data_dir,  # type: ignore[arg-type]
-                      client_id=client_id)
+                      client_id=client_id, operators=operators)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.stop)

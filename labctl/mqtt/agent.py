@@ -19,22 +19,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import socket
+import uuid
 from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from labctl.mqtt.connection import (
     BrokerSettings,
     MqttClient,
+    PublishRefused,
     cancel_and_wait,
     correlation_properties,
+    subscribe_options,
 )
 from labctl.mqtt.outbox import Outbox
 from labctl.mqtt.payloads import (
@@ -59,6 +66,24 @@ from labctl.mqtt.port import BenchPort, CommandRefused, RecipeSource
 from labctl.mqtt.topics import Topics
 
 log = logging.getLogger("labctl.mqtt.agent")
+
+TAKEOVER_WAIT_S = 3.0
+"""A starting agent that finds another agent's last will listens this long for that agent
+taking its connection (same client id) back before it takes control."""
+
+
+class ControllerConflict(Exception):
+    """Another agent controls this bench through the same broker: this one must stop."""
+
+    def __init__(self, other: dict[str, Any], why: str):
+        self.other = other
+        super().__init__(
+            f"bench {other.get('bench_id')} is controlled by another labctl serve: host "
+            f"{other.get('host')}, pid {other.get('pid')}, since {other.get('since')} "
+            f"(instance {other.get('instance')}, client id {other.get('client_id')}), which "
+            f"{why}. Only one agent may control a bench; this one stops without acting on "
+            "any command. If that agent is gone, the broker ends its connection within "
+            "1.5 x its keepalive (45 s by default): start again after that.")
 
 EVENT_BUFFER = 10_000
 """Events kept while the broker is away (oldest dropped first; `seq` shows the gap)."""
@@ -91,8 +116,16 @@ class Agent:
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 10.0,
         device_poll_s: float = 1.0,
+        operators: Iterable[str] = (),
+        takeover_wait_s: float = TAKEOVER_WAIT_S,
     ):
         self.port = port
+        #: broker usernames with the operator role (may control any run); others are "ai"
+        self.operators = frozenset(operators)
+        #: how long a starting agent listens for another agent taking its connection back
+        self.takeover_wait_s = takeover_wait_s
+        self.instance = {"instance": uuid.uuid4().hex, "host": socket.gethostname(),
+                         "pid": os.getpid(), "since": utc_now(), "bench_id": bench_id}
         #: how often device readings are refreshed into the retained status (0: never)
         self.device_poll_s = device_poll_s
         self.broker = broker
@@ -115,6 +148,11 @@ class Agent:
         self._stopping = asyncio.Event()
         self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._host = socket.gethostname()
+        self.instance["client_id"] = self.client_id
+        #: commands being handled, by id: a duplicate arriving meanwhile waits for the reply
+        self._inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._established = False
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -124,6 +162,8 @@ class Agent:
         try:
             await self._connection_loop()
         finally:
+            for acting in list(self._inflight.values()):  # let a started command finish
+                await asyncio.wait({acting}, timeout=30)
             await cancel_and_wait(poll)
             await cancel_and_wait(pump)
             self.outbox.close()
@@ -144,20 +184,79 @@ class Agent:
                 self.connected.clear()
                 if was:
                     delay = self.backoff_initial_s
+                    self.stats["connection_lost"] += 1
+                if "0x8E" in str(exc) or "taken over" in str(exc).lower():
+                    log.error("broker %s: another client connected with this agent's client "
+                              "id %s (session taken over); taking it back once (a second "
+                              "agent on this bench stops when it sees this one)",
+                              self.broker.url(), self.client_id)
                 log.warning("broker %s: %s; reconnecting in %.1f s", self.broker.url(), exc, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 delay = min(self.backoff_max_s, delay * 2)
         self.connected.clear()
 
+    def _online_props(self, packet: int, reason: str) -> Properties:
+        props = Properties(packet)
+        props.UserProperty = [("instance", self.instance["instance"]),
+                              ("host", str(self.instance["host"])),
+                              ("pid", str(self.instance["pid"])),
+                              ("since", str(self.instance["since"])), ("reason", reason)]
+        return props
+
+    async def _claim(self, client: MqttClient) -> None:
+        """Make sure this is the only agent controlling the bench before any command is
+        acted on (or acknowledged): the retained `agent` topic names the controller; its
+        `online` (retained, last will "offline") says whether it is connected. Raises
+        ControllerConflict when another agent controls the bench."""
+        client.latch(self.topics.agent, self.topics.online)
+        await client.subscribe(self.topics.agent, qos=1)
+        await client.subscribe(self.topics.online, qos=1)
+        # a second SUBSCRIBE's SUBACK comes after the first one's retained messages
+        await client.subscribe(self.topics.online,
+                               options=subscribe_options(1, retain_handling=2))
+        other = _controller_of(client.latched.get(self.topics.agent))
+        if other is None or other.get("instance") == self.instance["instance"]:
+            return
+        online = client.latched.get(self.topics.online)
+        state = online[0] if online else b""
+        reason = _user_props(online[1]).get("reason") if online else None
+        if state == b"offline" and reason == "stopped":
+            return  # the other agent said goodbye
+        if self._established:
+            if str(other.get("since") or "") > str(self.instance["since"]):
+                raise ControllerConflict(other, "took control of the bench while this agent "
+                                         "was disconnected")
+            return  # an older agent's record, from a broker that lost our own
+        if state == b"online" and other.get("client_id") != self.client_id:
+            raise ControllerConflict(other, "is connected now (another client id)")
+        # Its will, or an "online" with our client id (it cannot be connected now without our
+        # connection having taken its place): it died (an "online" then comes from a broker
+        # that crashed before the will), or we have just taken its connection, which a live
+        # agent takes back at once.
+        if await client.wait_disconnected(self.takeover_wait_s):
+            raise ControllerConflict(other, "took its connection back")
+
     async def _session(self) -> None:
-        will = aiomqtt.Will(self.topics.online, b"offline", qos=1, retain=True)
+        will = aiomqtt.Will(self.topics.online, b"offline", qos=1, retain=True,
+                            properties=self._online_props(PacketTypes.WILLMESSAGE, "lost"))
         client = MqttClient(self.broker, self.client_id, session_expiry_s=self.session_expiry_s,
                             clean_start=False, will=will, manual_ack=True)
         async with client:
             self.connections += 1
-            await client.subscribe(self.topics.cmd, qos=1)
-            await client.publish_checked(self.topics.online, b"online", qos=1, retain=True)
+            try:
+                await self._claim(client)
+            except ControllerConflict:
+                self._stopping.set()
+                raise
+            await client.publish_checked(self.topics.agent, json.dumps(self.instance).encode(),
+                                         qos=1, retain=True)
+            for stale in (self.topics.cmd, self.topics.cmd_filter):
+                await client.subscribe(stale, qos=1)
+            await client.publish_checked(
+                self.topics.online, b"online", qos=1, retain=True,
+                properties=self._online_props(PacketTypes.PUBLISH, "online"))
+            self._established = True
             self._status_dirty = True
             self._last_status = None  # republish after every (re)connect
             self._recover_results()
@@ -181,8 +280,9 @@ class Agent:
             if self._stopping.is_set():
                 # A clean goodbye: the will is not sent on a normal DISCONNECT.
                 with contextlib.suppress(aiomqtt.MqttError):
-                    await client.publish_checked(self.topics.online, b"offline", qos=1,
-                                                 retain=True, timeout=2)
+                    await client.publish_checked(
+                        self.topics.online, b"offline", qos=1, retain=True, timeout=2,
+                        properties=self._online_props(PacketTypes.PUBLISH, "stopped"))
             self.connected.clear()
 
     # ------------------------------------------------------------------ outgoing
@@ -294,70 +394,190 @@ class Agent:
 
     # ------------------------------------------------------------------ incoming
     async def _serve_commands(self, client: MqttClient) -> None:
-        async for message in client.messages:
-            if not message.topic.matches(self.topics.cmd):
-                client.ack(message)
-                continue
-            try:
-                await self._handle(client, message)
-            except aiomqtt.MqttError:
-                raise  # not acknowledged: the broker redelivers it after the reconnect
-            except Exception:  # a bug must not stop the agent
-                log.exception("command on %s failed", message.topic)
-                self.stats["internal_errors"] += 1
-            client.ack(message)
+        """Read commands; control commands (e-stop, abort, status...) are handled at once,
+        each in a task of its own, so they never wait behind a submit being validated or
+        a reply waiting for its PUBACK. Submits and validations go one at a time, in order
+        (queue positions follow arrival)."""
+        work: asyncio.Queue[tuple[aiomqtt.Message, str, Any]] = asyncio.Queue()
+        worker = asyncio.create_task(self._work_lane(client, work), name="agent-work")
+        try:
+            async for message in client.messages:
+                sender = self.topics.sender_of(str(message.topic))
+                if sender is None:
+                    client.ack(message)
+                    continue
+                decoded = _decode(message)
+                if isinstance(decoded, SubmitCommand | ValidateCommand):
+                    work.put_nowait((message, sender, decoded))
+                    continue
+                task = asyncio.create_task(self._process(client, message, sender, decoded))
+                self._handlers.add(task)
+                task.add_done_callback(self._handlers.discard)
+                if worker.done():
+                    worker.result()  # the connection failed under it
+        finally:
+            await cancel_and_wait(worker)
+            for task in list(self._handlers):
+                await cancel_and_wait(task)
 
-    async def _handle(self, client: MqttClient, message: aiomqtt.Message) -> None:
+    async def _work_lane(self, client: MqttClient,
+                         work: asyncio.Queue[tuple[aiomqtt.Message, str, Any]]) -> None:
+        while True:
+            message, sender, decoded = await work.get()
+            await self._process(client, message, sender, decoded)
+
+    async def _process(self, client: MqttClient, message: aiomqtt.Message, sender: str,
+                       decoded: Any) -> None:
+        """Handle one command and acknowledge it: after its reply is remembered and
+        published, or after the broker refused that reply (a refused publish is the
+        client's fault, not a lost connection: answered once, logged, never retried). On a
+        lost connection it stays unacknowledged and the broker redelivers it."""
+        try:
+            await self._handle(client, message, sender, decoded)
+        except aiomqtt.MqttError:
+            return  # not acknowledged: the broker redelivers it after the reconnect
+        except Exception:  # a bug must not stop the agent
+            log.exception("command on %s failed", message.topic)
+            self.stats["internal_errors"] += 1
+        client.ack(message)
+
+    def _role(self, sender: str) -> str:
+        return "operator" if sender in self.operators else "ai"
+
+    async def _handle(self, client: MqttClient, message: aiomqtt.Message, sender: str,
+                      decoded: Any) -> None:
         props = message.properties
         response_topic = getattr(props, "ResponseTopic", None) if props else None
         correlation = getattr(props, "CorrelationData", None) if props else None
-        payload = message.payload if isinstance(message.payload, bytes | bytearray) else (
-            str(message.payload).encode() if message.payload is not None else b"")
-        try:
-            command = decode_command(bytes(payload))
-        except PayloadError as exc:
+        if isinstance(decoded, PayloadError):
+            exc = decoded
             self.stats["malformed"] += 1
             if exc.command_id is None and not response_topic:
-                log.warning("malformed command without id ignored: %s", exc.message)
+                log.warning("malformed command without id from %s ignored: %s", sender,
+                            exc.message)
                 return
-            log.warning("malformed command %s: %s", exc.command_id, exc.message)
-            topic = response_topic or self.topics.reply(str(exc.command_id))
+            log.warning("malformed command %s from %s: %s", exc.command_id, sender,
+                        exc.message)
+            topic = self._reply_topic(sender, response_topic, str(exc.command_id or "none"))
+            if topic is None:
+                topic = self.topics.default_reply(sender, str(exc.command_id or "none"))
             await self._reply(client, topic, correlation, exc.reply().model_dump(mode="json"))
             return
-        topic = response_topic or self.topics.reply(command.id)
+        command = decoded
+        topic = self._reply_topic(sender, response_topic, command.id)
+        if topic is None:
+            # never publish where the sender points outside its own reply namespace (another
+            # client's replies, a result topic, the command topic): an error reply instead
+            self.stats["forbidden_reply_topic"] += 1
+            log.warning("command %s from %s asks replies on %r, outside %s: refused",
+                        command.id, sender, response_topic,
+                        self.topics.reply_namespace(sender))
+            refusal = Reply(id=command.id, ok=False, command=command.command,
+                            error=ErrorInfo(code="forbidden", path="response_topic",
+                                            message=f"response topic {response_topic!r} is "
+                                            f"outside your reply namespace "
+                                            f"{self.topics.reply_namespace(sender)}"))
+            await self._reply(client, self.topics.default_reply(sender, command.id),
+                              correlation, refusal.model_dump(mode="json", exclude_none=True))
+            return
         prior = self._recent.get(command.id) or self.port.seen_command(command.id)
         if prior is not None:
             self.stats["duplicates"] += 1
             log.info("duplicate command %s: same reply, nothing done", command.id)
             await self._reply(client, topic, correlation, prior)
             return
-        reply = await self._execute(command, message)
+        acting = self._inflight.get(command.id)
+        if acting is not None:  # redelivered while the first copy is still being handled
+            self.stats["duplicates"] += 1
+            await self._reply(client, topic, correlation, await asyncio.shield(acting))
+            return
+        # Shielded: a lost connection cancels this handler, never a half-done submit (its
+        # redelivery then gets the remembered reply).
+        acting = asyncio.ensure_future(self._act(command, message, sender))
+        self._inflight[command.id] = acting
+        acting.add_done_callback(functools.partial(self._done_acting, command.id))
+        body = await asyncio.shield(acting)
+        self.stats["commands"] += 1
+        await self._reply(client, topic, correlation, body)
+
+    def _done_acting(self, command_id: str, _task: asyncio.Future[Any]) -> None:
+        self._inflight.pop(command_id, None)
+
+    async def _act(self, command: Any, message: aiomqtt.Message, sender: str) -> dict[str, Any]:
+        """Carry out a command and remember its reply; the reply body."""
+        reply = await self._execute(command, message, sender)
         body = reply.model_dump(mode="json", exclude_none=True)
         if isinstance(command, READ_ONLY):
-            # nothing to do twice: kept in memory only, sparing the index an fsync per query
+            # nothing to do twice: kept in memory only, sparing the index an fsync
             self._recent[command.id] = body
             while len(self._recent) > RECENT_READ_ONLY:
                 self._recent.popitem(last=False)
         elif not (reply.error and reply.error.code == "internal"):  # a retry may succeed
-            self.port.remember_command(command.id, body)
-        self.stats["commands"] += 1
-        await self._reply(client, topic, correlation, body)
+            # the index's fsync in a thread: e-stop and status do not wait for the disk
+            await asyncio.to_thread(self.port.remember_command, command.id, body)
+        return body
+
+    def _reply_topic(self, sender: str, response_topic: str | None,
+                     command_id: str) -> str | None:
+        """Where the reply goes: the MQTT 5 response topic when it lies in the sender's own
+        reply namespace, the default `reply/<sender>/<id>` without one, None when refused."""
+        if not response_topic:
+            return self.topics.default_reply(sender, command_id)
+        if self.topics.reply_allowed(sender, response_topic):
+            return str(response_topic)
+        return None
 
     async def _reply(self, client: MqttClient, topic: str, correlation: bytes | None,
                      body: dict[str, Any]) -> None:
-        await client.publish_checked(topic, json.dumps(body).encode(), qos=1,
-                                     properties=correlation_properties(correlation))
+        try:
+            await client.publish_checked(topic, json.dumps(body).encode(), qos=1,
+                                         properties=correlation_properties(correlation))
+        except PublishRefused as exc:
+            # the broker's ACL forbids this topic: the command was acted on (or refused)
+            # and its reply remembered; nobody can be told, and retrying would loop
+            self.stats["replies_refused"] += 1
+            log.error("reply to command %s could not be delivered: %s", body.get("id"), exc)
+            return
         self.stats["replies"] += 1
 
-    async def _execute(self, command: Any, message: aiomqtt.Message) -> Reply:
+    async def _authorise(self, command: Any, sender: str) -> None:
+        """Only the owner of a run, or an operator, may cancel, abort, pause or resume it;
+        e-stop, status, list, validate and submit are open to every authorised sender."""
+        if self._role(sender) == "operator" or not isinstance(
+                command, CancelCommand | AbortCommand | PauseCommand | ResumeCommand):
+            return
+        if isinstance(command, CancelCommand):
+            targets = [command.run_id]
+        else:
+            current = self.port.run_owner(None)
+            if current is not None:
+                targets = [current[0]]
+            elif isinstance(command, ResumeCommand):
+                # releasing the queue held after an e-stop starts every queued run
+                targets = [str(r) for r in self.port.status().get("queue") or []]
+            else:
+                return  # nothing to control: the bench refuses it itself
+        for run_id in targets:
+            found = self.port.run_owner(run_id)
+            if found is None:
+                continue  # unknown run: the bench says so
+            owner = found[1]
+            if owner != sender:
+                raise CommandRefused(
+                    "forbidden", f"run {run_id} belongs to "
+                    f"{owner or 'a local operator'}; only its owner or an operator may "
+                    f"{command.command} it", path="run_id")
+
+    async def _execute(self, command: Any, message: aiomqtt.Message, sender: str) -> Reply:
         name = command.command
         try:
+            await self._authorise(command, sender)
             if isinstance(command, SubmitCommand):
-                client = (_user_property(message, "client_id")
-                          or (command.request.client if command.request else None))
                 instigator = {
                     "kind": "ai",
-                    "id": client or "mqtt-client",
+                    "id": sender,
+                    "owner": sender,  # the broker-enforced username, never the payload
+                    "role": self._role(sender),
                     "via": "mqtt",
                     "agent": self.client_id,
                     "bench_id": self.bench_id,
@@ -365,6 +585,10 @@ class Agent:
                     "pid": os.getpid(),
                     "command_id": command.id,
                 }
+                claimed = (_user_property(message, "client_id")
+                           or (command.request.client if command.request else None))
+                if claimed:
+                    instigator["client"] = claimed  # informational: the sender says so
                 submitted = await self.port.submit(
                     RecipeSource(command.recipe, command.recipe_ref), command.parameters,
                     instigator=instigator,
@@ -422,3 +646,28 @@ def _user_property(message: aiomqtt.Message, key: str) -> str | None:
         if k == key:
             return str(v)
     return None
+
+
+def _decode(message: aiomqtt.Message) -> Any:
+    """The command model, or the PayloadError saying why there is none."""
+    payload = message.payload if isinstance(message.payload, bytes | bytearray) else (
+        str(message.payload).encode() if message.payload is not None else b"")
+    try:
+        return decode_command(bytes(payload))
+    except PayloadError as exc:
+        return exc
+
+
+def _user_props(props: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (getattr(props, "UserProperty", None) or [])}
+
+
+def _controller_of(latched: tuple[bytes, Any] | None) -> dict[str, Any] | None:
+    """The retained `agent` message as a dict (None when absent or unreadable)."""
+    if not latched or not latched[0]:
+        return None
+    try:
+        body = json.loads(latched[0])
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) and body.get("instance") else None

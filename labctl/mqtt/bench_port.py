@@ -5,6 +5,7 @@ the bench's recipe folder; never a path.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,6 +29,14 @@ def resolve_recipe_ref(recipes_dir: Path, name: str) -> Path:
     known = sorted(p.stem for p in base.glob("*.json")) if base.is_dir() else []
     raise CommandRefused("recipe_not_found", f"no recipe {name!r} in the bench's recipe folder"
                          f" (known: {', '.join(known) or 'none'})", path="recipe_ref")
+
+
+def _owner_of(instigator: Any) -> str | None:
+    """The broker username that submitted a run over MQTT (None: started on the bench)."""
+    if isinstance(instigator, dict) and instigator.get("via") == "mqtt":
+        owner = instigator.get("owner") or instigator.get("id")
+        return str(owner) if owner else None
+    return None
 
 
 def _issues(exc: Exception) -> list[Issue]:
@@ -66,14 +75,16 @@ class BenchServicePort:
     async def submit(self, source: RecipeSource, parameters: dict[str, Any], *,
                      instigator: dict[str, Any], request: dict[str, Any] | None,
                      command_id: str) -> Submitted:
-        plan = self._plan(source, parameters)  # validate before anything is created
+        # validate before anything is created; in a thread, so that the event loop (e-stop,
+        # status, the run in flight) does not wait for a large recipe's validation
+        plan = await asyncio.to_thread(self._plan, source, parameters)
         run_id = await self.bench.submit(plan, parameters, instigator=instigator, request=request)
         pos = self.bench.queue_position(run_id)
         return Submitted(run_id=run_id, queue_position=0 if pos is None else pos)
 
     async def validate(self, source: RecipeSource, parameters: dict[str, Any]) -> list[Issue]:
         try:
-            self._plan(source, parameters)
+            await asyncio.to_thread(self._plan, source, parameters)
         except CommandRefused as exc:
             if exc.code != "invalid_recipe":
                 raise
@@ -122,6 +133,7 @@ class BenchServicePort:
             "devices": st.get("devices") or {},
             "simulated": st.get("simulated"),
             "recipe": (run.get("recipe") or {}).get("name"),
+            "owner": _owner_of(run.get("instigator")) if run else None,
         }
 
     async def poll_devices(self) -> None:
@@ -157,7 +169,27 @@ class BenchServicePort:
         return out
 
     def list_runs(self, limit: int) -> list[dict[str, Any]]:
-        return list(self.bench.list_runs(limit))
+        rows = [dict(r) for r in self.bench.list_runs(limit)]
+        for row in rows:
+            who = str(row.get("instigator") or "")
+            row["owner"] = who[len("ai:"):] if who.startswith("ai:") else None
+        return rows
+
+    def run_owner(self, run_id: str | None) -> tuple[str, str | None] | None:
+        bench = self.bench
+        if run_id is None:
+            cur = bench.current
+            if cur is None or cur.machine.final:
+                return None
+            return cur.run_id, _owner_of(cur.instigator)
+        ticket = bench.tickets.get(run_id)
+        if ticket is not None:
+            return run_id, _owner_of(ticket.instigator)
+        row = bench.store.index.get_run(run_id)
+        if row is None:
+            return None
+        who = str(row.get("instigator") or "")
+        return run_id, (who[len("ai:"):] if who.startswith("ai:") else None)
 
     def seen_command(self, command_id: str) -> dict[str, Any] | None:
         return self.bench.seen_command(command_id)  # type: ignore[no-any-return]

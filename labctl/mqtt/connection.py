@@ -122,6 +122,28 @@ class MqttClient(aiomqtt.Client):
         self._manual_ack = manual_ack
         if manual_ack:
             self._client.manual_ack_set(True)
+        #: topics whose messages are kept here (last one each, with properties) instead of
+        #: being queued for `messages`: read synchronously, in arrival order
+        self.latched: dict[str, tuple[bytes, Properties | None] | None] = {}
+
+    def latch(self, *topics: str) -> None:
+        for topic in topics:
+            self.latched.setdefault(topic, None)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: Any) -> None:
+        if message.topic in self.latched:
+            self.latched[message.topic] = (bytes(message.payload),
+                                           getattr(message, "properties", None))
+            if self._manual_ack and message.qos > 0:
+                self._client.ack(message.mid, message.qos)
+            return
+        super()._on_message(client, userdata, message)
+
+    async def wait_disconnected(self, timeout: float) -> bool:
+        """True when the connection ends within `timeout` (e.g. another client took over
+        this client id), False when it is still up."""
+        await asyncio.wait({self._disconnected}, timeout=timeout)
+        return self._disconnected.done()
 
     # --- PUBACK reason codes -------------------------------------------------------
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int,

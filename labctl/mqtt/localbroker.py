@@ -17,6 +17,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SHIPPED_ACL = ROOT / "config" / "mosquitto" / "acl"
+SHIPPED_CONF = ROOT / "config" / "mosquitto" / "mosquitto.conf"
+
+
+def shipped_lines(conf: Path = SHIPPED_CONF, *, tls: bool = False) -> list[str]:
+    """The shipped mosquitto.conf's settings, one per line, comments dropped; with `tls`,
+    the commented-out TLS listener block is taken as well (uncommented, as README says)."""
+    out: list[str] = []
+    in_tls = False
+    for raw in conf.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if line.startswith("#listener 8883"):
+            in_tls = True
+        if in_tls and line.startswith("#") and not line.startswith("# "):
+            if tls:
+                out.append(line[1:])
+            continue
+        in_tls = False
+        if line and not line.startswith("#"):
+            out.append(line)
+    return out
 
 
 def _binary(name: str, default: str) -> str:
@@ -47,7 +67,12 @@ class MosquittoBroker:
         persistence: bool = True,
         nodelay: bool = True,
         port: int | None = None,
+        shipped: bool = False,
+        tls: dict[str, Path] | None = None,
     ):
+        """`shipped`: the settings of config/mosquitto/mosquitto.conf, with only the port,
+        file locations and logging changed; `tls`: {"ca", "cert", "key"} files for its TLS
+        listener (on `tls_port`)."""
         self.binary = _binary("mosquitto", "/usr/sbin/mosquitto")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -56,6 +81,9 @@ class MosquittoBroker:
         self.acl = acl
         self.persistence = persistence
         self.nodelay = nodelay
+        self.shipped = shipped
+        self.tls = tls
+        self.tls_port = free_port() if tls else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.conf = self.workdir / "mosquitto.conf"
         self.log = self.workdir / "mosquitto.log"
@@ -65,7 +93,14 @@ class MosquittoBroker:
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    @property
+    def tls_url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.tls_port}"
+
     def _write_config(self) -> None:
+        if self.shipped:
+            self._write_shipped_config()
+            return
         lines = [
             "per_listener_settings false",
             f"listener {self.port} 127.0.0.1",
@@ -87,17 +122,51 @@ class MosquittoBroker:
             lines += ["persistence true", f"persistence_location {store}/",
                       "autosave_interval 1"]
         if self.users:
-            pwfile = self.workdir / "passwd"
-            tool = _binary("mosquitto_passwd", "/usr/bin/mosquitto_passwd")
-            pwfile.unlink(missing_ok=True)
-            for i, (user, password) in enumerate(self.users.items()):
-                args = [tool, "-b", str(pwfile), user, password]
-                if i == 0:
-                    args.insert(1, "-c")
-                subprocess.run(args, check=True, capture_output=True)
-            lines.append(f"password_file {pwfile}")
+            lines.append(f"password_file {self._password_file()}")
         if self.acl is not None:
             lines.append(f"acl_file {self.acl}")
+        self.conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def _password_file(self) -> Path:
+        """A password file made with mosquitto_passwd, as config/mosquitto/README.md says."""
+        pwfile = self.workdir / "passwd"
+        tool = _binary("mosquitto_passwd", "/usr/bin/mosquitto_passwd")
+        pwfile.unlink(missing_ok=True)
+        for i, (user, password) in enumerate(self.users.items()):
+            args = [tool, "-b", str(pwfile), user, password]
+            if i == 0:
+                args.insert(1, "-c")
+            subprocess.run(args, check=True, capture_output=True)
+        pwfile.chmod(0o600)
+        return pwfile
+
+    def _write_shipped_config(self) -> None:
+        store = self.workdir / "store"
+        store.mkdir(exist_ok=True)
+        tls = self.tls or {}
+        lines: list[str] = []
+        for line in shipped_lines(tls=bool(self.tls)):
+            key = line.partition(" ")[0]
+            if line == "listener 1883 127.0.0.1":
+                line = f"listener {self.port} 127.0.0.1"
+            elif line == "listener 8883":
+                line = f"listener {self.tls_port} 127.0.0.1"
+            elif key in ("cafile", "certfile", "keyfile"):
+                line = f"{key} {tls[{'cafile': 'ca', 'certfile': 'cert', 'keyfile': 'key'}[key]]}"
+            elif key == "password_file":
+                line = f"password_file {self._password_file()}"
+            elif key == "acl_file":
+                line = f"acl_file {self.acl or SHIPPED_ACL}"
+            elif key == "persistence_location":
+                line = f"persistence_location {store}/"
+            elif key == "autosave_interval":
+                line = "autosave_interval 1"
+            elif key == "log_dest":
+                line = f"log_dest file {self.log}"
+            lines.append(line)
+        lines.append("log_type information")
+        if os.geteuid() == 0:
+            lines.append("user root")  # keep write access to the temp folder
         self.conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def start(self, timeout: float = 15.0) -> None:

@@ -31,6 +31,8 @@ ErrorCode = Literal[
     "recipe_not_found", # recipe_ref names no recipe of the bench's recipe folder
     "refused",          # not possible in the bench's present state (e.g. pause when idle)
     "not_found",        # unknown run id
+    "forbidden",        # not the sender's to do: another owner's run, a reply topic outside
+                        # the sender's own reply namespace
     "internal",         # a bug; the agent keeps serving
 ]
 

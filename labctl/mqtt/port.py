@@ -77,7 +77,15 @@ class BenchPort(Protocol):
         """ResultPayload fields (without bench_id) of an ended run."""
         ...
 
-    def list_runs(self, limit: int) -> list[dict[str, Any]]: ...
+    def list_runs(self, limit: int) -> list[dict[str, Any]]:
+        """Newest first; each row names its `owner` (the MQTT sender that submitted it,
+        None for runs started on the bench itself)."""
+        ...
+
+    def run_owner(self, run_id: str | None) -> tuple[str, str | None] | None:
+        """(run id, owner) of a queued or running run (`None`: the one running now); None
+        when there is no such run."""
+        ...
 
     def seen_command(self, command_id: str) -> dict[str, Any] | None: ...
 

@@ -17,6 +17,11 @@ _BENCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _LEVEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 
+ANONYMOUS = "anonymous"
+"""The sender of commands on the bare `cmd` topic (dev brokers without credentials). Never
+give a broker user this name."""
+
+
 def valid_bench_id(bench_id: str) -> bool:
     return bool(_BENCH_ID.match(bench_id))
 
@@ -48,6 +53,50 @@ class Topics:
         return f"{self.prefix}/cmd"
 
     @property
+    def cmd_filter(self) -> str:
+        """What the agent subscribes to: `cmd/<sender>` (the sender is the broker username,
+        which the shipped ACL enforces)."""
+        return f"{self.prefix}/cmd/+"
+
+    def cmd_from(self, username: str | None) -> str:
+        """The command topic a client publishes on: its own `cmd/<username>`, or the bare
+        `cmd` (sender "anonymous") without a username."""
+        return f"{self.cmd}/{username}" if username else self.cmd
+
+    def sender_of(self, topic: str) -> str | None:
+        """`cmd/<sender>` -> sender; bare `cmd` -> ANONYMOUS; None for anything else."""
+        if topic == self.cmd:
+            return ANONYMOUS
+        head = f"{self.cmd}/"
+        if topic.startswith(head):
+            sender = topic[len(head):]
+            return sender if valid_bench_id(sender) else None
+        return None
+
+    def reply_namespace(self, sender: str) -> str:
+        """Where replies to `sender` may go (a trailing `/`): `reply/<sender>/`."""
+        return f"{self.prefix}/reply/{sender}/"
+
+    def default_reply(self, sender: str, command_id: str) -> str:
+        """`reply/<sender>/<command id>`; the anonymous sender keeps design.md's
+        `reply/<command id>`."""
+        if sender == ANONYMOUS:
+            return self.reply(command_id)
+        return f"{self.reply_namespace(sender)}{command_id}"
+
+    def reply_allowed(self, sender: str, response_topic: str) -> bool:
+        """True when `response_topic` lies inside the sender's own reply namespace (and is a
+        plain topic name: no wildcards, no empty levels)."""
+        ns = self.reply_namespace(sender)
+        rest = response_topic[len(ns):] if response_topic.startswith(ns) else ""
+        return bool(rest) and all(valid_level(level) for level in rest.split("/"))
+
+    @property
+    def agent(self) -> str:
+        """Retained: which agent instance controls the bench (host, pid, since)."""
+        return f"{self.prefix}/agent"
+
+    @property
     def status(self) -> str:
         return f"{self.prefix}/status"
 
@@ -67,10 +116,10 @@ class Topics:
         """Default reply topic when the command carries no MQTT 5 response topic."""
         return f"{self.prefix}/reply/{command_id}"
 
-    def reply_inbox(self, client_id: str) -> str:
-        """The response topic a client asks replies on (under the bench's prefix, so the
-        shipped ACL lets the bench publish there)."""
-        return f"{self.prefix}/reply/{client_id}"
+    def reply_inbox(self, sender: str, client_id: str) -> str:
+        """The response topic a client asks replies on: inside its own reply namespace (the
+        only place the agent answers to, and the only one the shipped ACL lets it read)."""
+        return f"{self.reply_namespace(sender)}{client_id}"
 
     def result(self, run_id: str) -> str:
         return f"{self.prefix}/runs/{run_id}/result"

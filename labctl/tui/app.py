@@ -115,6 +115,9 @@ class LabctlApp(App[None]):
     @work(group="attach")
     async def _start_backend(self) -> None:
         assert self.backend is not None
+        if self.directory is not None:
+            # one connection per username (use_username_as_clientid): the picker's goes
+            await self.directory.close()
         try:
             await self.backend.start()
         except Exception as exc:  # shown on screen; the operator can still quit

@@ -510,33 +510,27 @@ class RemoteBackend(BenchBackend):
         self.view.connection = "closed"
 
     async def _watch(self) -> None:
-        """Status, online and events of the bench; reconnects with backoff."""
-        import aiomqtt
-
-        from labctl.mqtt.connection import MqttClient, subscribe_options
-
-        delay = 0.2
+        """Status, online and events of the bench, through the BenchClient's own connection
+        (one connection per username: the shipped broker configuration sets
+        `use_username_as_clientid`, so a second one would take the first one's place)."""
+        client = self.client
+        client.add_listener(self._on_message)
+        for t in (self.topics.status, self.topics.online, self.topics.events):
+            await client.subscribe(t)
+        was: bool | None = None
         while True:
-            try:
-                async with MqttClient(self.settings, f"labctl-tui-{uuid.uuid4().hex[:10]}",
-                                      clean_start=True) as c:
-                    for t in (self.topics.status, self.topics.online, self.topics.events):
-                        await c.subscribe(t, options=subscribe_options(1))
-                    self.view.connected = True
+            up = client.connected.is_set()
+            if up != was:
+                self.view.connected = up
+                if up:
                     self.view.connection = f"via {self.settings.url()}"
-                    self.view.touch("bench")
-                    self._first.set()
-                    delay = 0.2
-                    async for m in c.messages:
-                        self._on_message(str(m.topic), m.payload)
-            except aiomqtt.MqttError as exc:
-                self.view.connected = False
-                self.view.connection = f"broker lost ({exc}); retrying"
-                self._mark_all_stale("broker unreachable")
+                else:
+                    self.view.connection = "broker lost; retrying"
+                    self._mark_all_stale("broker unreachable")
                 self.view.touch("bench")
                 self._first.set()
-                await asyncio.sleep(delay)
-                delay = min(5.0, delay * 2)
+                was = up
+            await asyncio.sleep(0.2)
 
     def _on_message(self, topic: str, payload: Any) -> None:
         raw = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload).encode()
@@ -696,27 +690,17 @@ class RemoteBackend(BenchBackend):
         if rid is None:
             raise BackendError("no run recorded on this bench yet")
         row = next((r for r in rows if r.get("run_id") == rid), None)
-        result = await self._retained(self.topics.result(str(rid)))
+        result = await self._retained_result(str(rid))
         return {"run_id": rid, "index": row, "result": result, "metadata": None,
                 "path": (result or {}).get("provenance", {}).get("record")}
 
-    async def _retained(self, topic: str, wait_s: float = 2.0) -> dict[str, Any] | None:
-        """The retained message of a topic, if the broker has one."""
-        import aiomqtt
-
-        from labctl.mqtt.connection import MqttClient, subscribe_options
-
+    async def _retained_result(self, run_id: str, wait_s: float = 2.0) -> dict[str, Any] | None:
+        """The retained result of a run, if the broker has one."""
         try:
-            async with MqttClient(self.settings, f"labctl-tui-{uuid.uuid4().hex[:10]}",
-                                  clean_start=True) as c:
-                await c.subscribe(topic, options=subscribe_options(1))
-                async with asyncio.timeout(wait_s):
-                    async for m in c.messages:
-                        body = json.loads(bytes(m.payload))  # type: ignore[arg-type]
-                        return body if isinstance(body, dict) else None
-        except (TimeoutError, aiomqtt.MqttError, ValueError):
+            result = await self.client.retained_result(run_id, wait_s)
+        except Exception:  # the record view shows what it has
             return None
-        return None
+        return result if isinstance(result, dict) else None
 
 
 # ---------------------------------------------------------------- benches on a broker
