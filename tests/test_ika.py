@@ -158,10 +158,12 @@ async def test_raw_watchdog_safe_values_are_echoed(raw: Raw) -> None:
 
 
 async def test_raw_watchdog_mode1_switches_off_when_host_is_silent(raw: Raw, bench: Bench) -> None:
-    for cmd in (b"OUT_SP_1 80\r\n", b"OUT_SP_4 600\r\n", b"START_1\r\n", b"START_4\r\n",
-                b"OUT_WD1@20\r\n"):
+    for cmd in (b"OUT_SP_1 80\r\n", b"OUT_SP_4 600\r\n", b"START_1\r\n", b"START_4\r\n"):
         await raw.link.write(cmd)
     await wait_for(lambda: bench.sim.heater_on and bench.sim.motor_on)
+    # arm the watchdog only once both run: 20 simulated seconds are 20 ms of wall time
+    # here, shorter than a poll on a busy machine
+    await raw.link.write(b"OUT_WD1@20\r\n")
     # the host now stops talking: 20 simulated seconds later everything is off, Er 2
     await wait_for(lambda: bench.sim.snapshot()["error"] == 2)
     snap = bench.sim.snapshot()
