@@ -308,6 +308,11 @@ class IkaHotplate(Stirrer):
         """IN_PV_4: actual speed."""
         return await self._read_value("IN_PV_4")
 
+    async def viscosity_trend_pct(self) -> float:
+        """IN_PV_5: the viscosity trend, the motor torque's change in % since it started
+        (the stirrer's own reading of a sol thickening)."""
+        return await self._read_value("IN_PV_5")
+
     async def temperature_c(self) -> float:
         if self.sensor == "plate":
             return await self.plate_temperature_c()

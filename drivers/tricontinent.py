@@ -41,6 +41,7 @@ from labctl.errors import (
     LimitError,
     NotInitialized,
     ProtocolError,
+    Stalled,
 )
 from labctl.transport import Link, LinkPool, SerialSettings
 from labctl.units import fmt, to
@@ -80,6 +81,9 @@ def error_for(code: int, device: str, context: str = "") -> DeviceError:
     if code == 7:
         return NotInitialized(f"{where}pump is not initialized", device=device, code=code,
                               vendor_text=text)
+    if code == 9:
+        return Stalled(f"{where}{text}: the plunger stalled (an empty or frozen reservoir, "
+                       "a blocked line)", device=device, code=code, vendor_text=text)
     if code == 15:
         return DeviceBusy(f"{where}pump is busy and refused the command (error 15, {text})",
                           device=device)

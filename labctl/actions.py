@@ -1792,3 +1792,8 @@ def catalogue_schema() -> dict[str, Any]:
                          "args": spec.args_schema()}
                   for name, spec in actions.items()}
             for cap, actions in ACTIONS.items()}
+
+# the sol-gel monitor (a stirrer action of its own module)
+from labctl.viscometry import StirrerMonitor  # noqa: E402
+
+ACTIONS["stirrer"][StirrerMonitor.name] = StirrerMonitor()

@@ -42,6 +42,10 @@ Z_IMAG = "Imaginary Impedance / ohm"
 Z_ABS = "Absolute Impedance / ohm"
 PHASE = "Phase / deg"
 TEMPERATURE = "Ambient Temperature / degC"
+# a stirrer's readings while it monitors a sol (labctl columns, BDF-style names)
+MEDIUM_TEMPERATURE = "Medium Temperature / degC"
+STIR_SPEED = "Stirring Speed / rpm"
+VISCOSITY_TREND = "Viscosity Trend / %"
 
 BASE_COLUMNS = (TEST_TIME, UNIX_TIME, RECORD_INDEX, VOLTAGE, CURRENT, WE_POTENTIAL,
                 APPLIED_POTENTIAL)
@@ -54,6 +58,8 @@ TECHNIQUE_COLUMNS: dict[str, tuple[str, ...]] = {
     "peis": (*BASE_COLUMNS, FREQUENCY, Z_REAL, Z_IMAG, Z_ABS, PHASE),
     "gcpl": (*BASE_COLUMNS, CYCLE, STEP, STEP_TYPE, CHARGE_CAPACITY, DISCHARGE_CAPACITY,
              NET_CAPACITY),
+    "viscometry": (TEST_TIME, UNIX_TIME, RECORD_INDEX, MEDIUM_TEMPERATURE, STIR_SPEED,
+                   VISCOSITY_TREND),
 }
 #: columns kept as text by the reader
 TEXT_COLUMNS = {STEP_TYPE, "Step ID"}
@@ -129,6 +135,9 @@ class BdfWriter:
             Z_ABS: point.z_abs_ohm,
             PHASE: point.phase_deg,
         }
+        for col, value in point.extra.items():  # columns a technique's points carry
+            if col in self.columns and col not in row:
+                row[col] = value
         if CHARGE_CAPACITY in self.columns:
             if self._cycle_prev is not None and point.cycle != self._cycle_prev:
                 self._q_charge = self._q_discharge = 0.0

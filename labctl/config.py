@@ -18,6 +18,8 @@ from labctl.transport import SerialSettings
 from labctl.units import UnitError, quantity
 
 DEFAULT_CONFIG = Path("config/sim.toml")
+#: room temperature when a bench declares none
+AMBIENT_C = 22.0
 
 
 class _Strict(BaseModel):
@@ -78,10 +80,32 @@ class MaterialConfig(_Strict):
     phase: Literal["liquid", "solid"] = "liquid"
     density: str | None = None  # "1.07 g/mL"
     molar_mass: str | None = None  # "90.08 g/mol"
+    #: a material that is solid below this cannot be pumped from a colder reservoir
+    melting_point: str | None = None  # "36.4 degC"
+    #: a solution's amount of its compound (cas, molar_mass) per litre; the rest is water
+    concentration: str | None = None  # "1 mol/L"
     # hazards for the SOP (labctl.hazards): from the supplier's safety data sheet
     cas: str | None = None  # "64-17-5"
     ghs: list[str] = Field(default_factory=list)  # hazard statement codes, ["H225", "H319"]
     handling: str = ""  # e.g. "moisture sensitive: hydrolyses to HF"
+
+    @field_validator("melting_point")
+    @classmethod
+    def _melting_point(cls, v: str | None) -> str | None:
+        return _temperature(v)
+
+    @field_validator("concentration")
+    @classmethod
+    def _concentration(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            q = quantity(v)
+        except UnitError as exc:
+            raise ValueError(str(exc)) from None
+        if not q.check("[substance] / [volume]") or q.magnitude <= 0:
+            raise ValueError(f"{v!r} is not a positive concentration (e.g. '1 mol/L')")
+        return v
 
     @field_validator("cas")
     @classmethod
@@ -111,6 +135,27 @@ class VesselConfig(_Strict):
     empty_mass: str = "0 g"
     contents: dict[str, str] = Field(default_factory=dict)
     description: str = ""
+    #: a thermostatted vessel (a warmed reservoir) is held at this temperature; others
+    #: are at the ambient temperature
+    temperature: str | None = None  # "40 degC"
+
+    @field_validator("temperature")
+    @classmethod
+    def _is_temperature(cls, v: str | None) -> str | None:
+        return _temperature(v)
+
+
+def _temperature(v: str | None) -> str | None:
+    """A temperature quantity ('40 degC') or None."""
+    if v is None:
+        return v
+    try:
+        q = quantity(v)
+    except UnitError as exc:
+        raise ValueError(str(exc)) from None
+    if not q.check("[temperature]"):
+        raise ValueError(f"{v!r} is not a temperature (e.g. '40 degC')")
+    return v
 
 
 class BenchSection(_Strict):
@@ -225,6 +270,18 @@ class BenchConfig(_Strict):
             timeout_s=to(d.timeout, "s"),
         )
 
+    def vessel_temperature_c(self, name: str) -> float:
+        """A vessel's temperature as declared: its own `temperature`, else the declared
+        ambient (`[conditions] ambient_temperature`), else 22 °C."""
+        from labctl.units import to
+
+        v = self.vessels[name]
+        if v.temperature is not None:
+            return to(v.temperature, "degC")
+        if self.conditions is not None and self.conditions.ambient_temperature is not None:
+            return to(self.conditions.ambient_temperature, "degC")
+        return AMBIENT_C
+
     def world_spec(self) -> dict[str, Any]:
         """The simulated world (plain data for simulators/) from vessels and materials."""
         from labctl.units import to
@@ -236,12 +293,17 @@ class BenchConfig(_Strict):
                 "phase": m.phase,
                 "density_g_ml": to(m.density, "g/mL") if m.density else 1.0,
                 "molar_mass_g_mol": to(m.molar_mass, "g/mol") if m.molar_mass else None,
+                "melting_point_c": to(m.melting_point, "degC") if m.melting_point else None,
+                "concentration_mol_l": (to(m.concentration, "mol/L") if m.concentration
+                                        else None),
+                "cas": m.cas,
             }
         vessels = {
             name: {
                 "kind": v.kind,
                 "capacity": f"{to(v.capacity, 'mL')} mL",
                 "empty_mass_g": to(v.empty_mass, "g"),
+                "temperature_c": self.vessel_temperature_c(name),
                 "contents": {
                     mid: (f"{to(a, 'mL')} mL" if quantity(a).check("[volume]")
                           else f"{to(a, 'g')} g")

@@ -69,6 +69,11 @@ class DeviceFault(DeviceError):
         super().__init__(detail, device=device)
 
 
+class Stalled(DeviceFault):
+    """A drive stalled and the liquid did not move (a syringe pump's plunger overload):
+    an empty or frozen reservoir, a blocked line. Nothing was delivered past the stall."""
+
+
 class NotInitialized(DeviceFault):
     """The device must be initialised (homed) before it can move."""
 

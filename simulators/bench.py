@@ -3,6 +3,8 @@ the world, and every device's simulator served on its line."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +20,14 @@ class SimulatedBench:
     endpoints: dict[str, str] = field(default_factory=dict)
     simulators: dict[str, Any] = field(default_factory=dict)
     served: list[Served] = field(default_factory=list)
+    chemistry: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
+        if self.chemistry is not None:
+            self.chemistry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.chemistry
+            self.chemistry = None
         for s in self.served:
             await s.close()
         self.served.clear()
@@ -76,4 +84,17 @@ async def start_simulated_bench(spec: dict[str, Any], clock: Clock | None = None
     except BaseException:
         await bench.close()
         raise
+    bench.chemistry = asyncio.get_running_loop().create_task(_react(world, clock))
     return bench
+
+
+async def _react(world: World, clock: Clock) -> None:
+    """The world's own chemistry (a sol gelling) runs on the bench's clock: ~50 updates
+    per wall second, never finer than 0.5 simulated seconds."""
+    step = max(0.5, 0.02 * getattr(clock, "time_scale", 1.0))
+    t = clock.monotonic()
+    while True:
+        await clock.sleep(step)
+        now = clock.monotonic()
+        world.react(now - t)
+        t = now

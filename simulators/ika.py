@@ -13,7 +13,13 @@ Watchdog: `OUT_WD1@s` switches heater and motor off (error Er 2) when no command
 within s seconds; `OUT_WD2@s` drops the setpoints to the safe values (`OUT_SP_12@`,
 `OUT_SP_42@`) instead. Both run on the simulator's clock.
 
+Viscosity trend (IN_PV_5): the change of the motor's torque at constant speed, in % of the
+value when the motor started (0 while it is off); the simulator reads the relative viscosity
+of the vessel's sol (`simulators.solgel`) at motor start and now.
+
 Options: `vessel`, `name_text` (IN_NAME answer), `type_text` (IN_TYPE, default the name),
+`heats` (default true; false: a stirrer whose plate is not what heats the vessel, e.g. one
+under a heated block: it stirs, and its medium probe reads the vessel's temperature),
 `safety_temperature` (°C, IN_SP_3; default 350), `ambient_c`, `faults`.
 Fault `error`: an int puts the device in error state Er n (heater and motor off, START
 refused until RESET); a str/bytes answers the next query with that text instead.
@@ -25,6 +31,7 @@ import math
 import re
 from typing import Any, ClassVar
 
+from simulators import solgel
 from simulators.base import Reply, Simulator
 from simulators.world import AMBIENT_C, WorldFault
 
@@ -61,6 +68,8 @@ class IkaHotplateSimulator(Simulator):
         self.type_text: str = str(o.get("type_text", self.name_text))
         self.ambient_c = float(o.get("ambient_c", AMBIENT_C))
         self.safety_c = float(o.get("safety_temperature", 350.0))
+        self.heats = bool(o.get("heats", True))
+        self._eta_ref: float | None = None  # relative viscosity when the motor started
         start_c = self.ambient_c
         if self.world is not None and self.vessel:
             try:
@@ -198,6 +207,8 @@ class IkaHotplateSimulator(Simulator):
         if n == 1:
             self.heater_on = on
         else:
+            if on and not self.motor_on:
+                self._eta_ref = self._viscosity()
             self.motor_on = on
         return True
 
@@ -214,8 +225,20 @@ class IkaHotplateSimulator(Simulator):
         self.heater_on = False
         self.motor_on = False
 
+    def _viscosity(self) -> float | None:
+        if self.world is None or not self.vessel:
+            return None
+        try:
+            return solgel.relative_viscosity(self.world.vessel(self.vessel).gel_progress)
+        except WorldFault:
+            return None
+
     def _viscosity_trend(self) -> float:
-        return 0.0
+        """Torque change since the motor started, % (the stirrer's viscosity trend)."""
+        if not self.motor_on or self._eta_ref is None:
+            return 0.0
+        eta = self._viscosity()
+        return 0.0 if eta is None else 100.0 * (eta / self._eta_ref - 1.0)
 
     # -- physics ------------------------------------------------------------------------
     def _advance(self) -> None:
@@ -260,7 +283,10 @@ class IkaHotplateSimulator(Simulator):
         if self.world is None or not self.vessel:
             return
         try:
-            self.world.set_temperature(self.vessel, self.medium_c)
+            if self.heats:
+                self.world.set_temperature(self.vessel, self.medium_c)
+            else:  # the probe reads the medium another device heats
+                self.medium_c = self.world.vessel(self.vessel).temperature_c
             self.world.set_stirring(self.vessel, self.speed_rpm)
         except WorldFault:
             pass

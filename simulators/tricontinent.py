@@ -19,7 +19,8 @@ With a world, a syringe vessel `<name>.syringe` is added; plunger moves move liq
 it and the vessel of the current port. Liquid pushed to a port with no mapping goes to a
 `<name>.drain` vessel so amounts stay conserved; a port with no mapping supplies air.
 An impossible move (empty reservoir, full vial, route to nowhere) stalls the plunger where
-the liquid ran out: error 9 (plunger overload), never a negative amount.
+the liquid ran out: error 9 (plunger overload), never a negative amount. A frozen reservoir
+(a material below its melting point, `World.frozen`) stalls it at once: error 9.
 """
 
 from __future__ import annotations
@@ -706,6 +707,8 @@ class TriContinentSimulator(Simulator):
             if target > start:
                 if vessel is None:
                     return None
+                if self.world.frozen(vessel):
+                    return start  # a solid in the reservoir: the plunger cannot draw
                 available = self.world.volume_l(vessel)
                 if volume <= available + AIR_TOLERANCE_STEPS * per_step:
                     return None

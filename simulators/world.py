@@ -8,6 +8,15 @@ another, and impossible moves (taking more than a vessel holds, overfilling one)
 
 Amounts are kept as grams per material. The volume of a vessel is the volume of its liquids
 (mass / density); dissolved solids add mass but, as a stated simplification, no volume.
+
+A reservoir is kept at its declared temperature (a warmed reservoir for a material that is
+solid at room temperature, such as neat ethylene carbonate, m.p. 36.4 °C). A reservoir
+whose contents are mostly a material below its melting point is frozen: drawing from it is
+a `WorldFault` of kind "frozen" (the pump stalls), as a real bench would fail. Lines and
+syringe barrels are taken as traced (a stated simplification): only reservoirs freeze.
+
+Chemistry that runs by itself (the sol-gel reaction of `simulators.solgel`) is advanced by
+`World.react(dt)`, which the simulated bench calls on its clock.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ class WorldFault(Exception):
     """A physically impossible move: empty source, overflowing destination, unknown vessel."""
 
     def __init__(self, message: str, *, kind: str, vessel: str):
-        self.kind = kind  # "empty", "overflow", "unknown"
+        self.kind = kind  # "empty", "overflow", "unknown", "frozen"
         self.vessel = vessel
         super().__init__(message)
 
@@ -34,6 +43,10 @@ class Material:
     phase: str = "liquid"  # liquid | solid
     density_g_ml: float = 1.0
     molar_mass_g_mol: float | None = None
+    melting_point_c: float | None = None
+    #: for a solution (e.g. 1 mol/L hydrochloric acid): mol of its compound per litre
+    concentration_mol_l: float | None = None
+    cas: str | None = None
 
 
 @dataclass
@@ -45,6 +58,8 @@ class Vessel:
     contents_g: dict[str, float] = field(default_factory=dict)
     temperature_c: float = AMBIENT_C
     stir_rpm: float = 0.0
+    #: extent of a sol-gel reaction towards its gel point (0 fresh sol, 1 gelled)
+    gel_progress: float = 0.0
 
 
 def parse_amount(text: Any) -> tuple[float, str]:
@@ -84,6 +99,9 @@ class World:
                 phase=m.get("phase", "liquid"),
                 density_g_ml=float(m.get("density_g_ml", 1.0)),
                 molar_mass_g_mol=m.get("molar_mass_g_mol"),
+                melting_point_c=m.get("melting_point_c"),
+                concentration_mol_l=m.get("concentration_mol_l"),
+                cas=m.get("cas"),
             )
         for vname, v in (spec.get("vessels") or {}).items():
             cap, unit = parse_amount(v.get("capacity", "20 mL"))
@@ -95,6 +113,8 @@ class World:
                 capacity_l=cap,
                 empty_mass_g=float(v.get("empty_mass_g", 0.0)),
             )
+            if v.get("temperature_c") is not None:
+                vessel.temperature_c = float(v["temperature_c"])
             world.vessels[vname] = vessel
             for mid, amount in (v.get("contents") or {}).items():
                 world._ensure_material(mid)
@@ -175,6 +195,30 @@ class World:
         v = self.vessel(name)
         return v.empty_mass_g + sum(v.contents_g.values())
 
+    def frozen(self, name: str) -> str | None:
+        """Why liquid cannot be drawn from a reservoir (None: it can): most of what it holds
+        is a material below its melting point."""
+        v = self.vessel(name)
+        if v.kind != "reservoir" or not v.contents_g:
+            return None
+        total = sum(v.contents_g.values())
+        for mid, g in v.contents_g.items():
+            mp = self.materials[mid].melting_point_c if mid in self.materials else None
+            if mp is not None and v.temperature_c < mp and g > 0.5 * total:
+                return (f"{v.name} is frozen: {mid} melts at {mp:g} °C, the reservoir is at "
+                        f"{v.temperature_c:g} °C")
+        return None
+
+    def react(self, dt_s: float) -> None:
+        """Advance the chemistry that runs by itself in every vessel by dt_s seconds."""
+        if dt_s <= 0:
+            return
+        from simulators import solgel
+
+        for v in self.vessels.values():
+            if v.contents_g:
+                solgel.advance(self, v, dt_s)
+
     def total_mass_g(self) -> float:
         return sum(sum(v.contents_g.values()) for v in self.vessels.values())
 
@@ -189,6 +233,9 @@ class World:
             return {}
         source, destination = self.resolve(source), self.resolve(destination)
         src, dst = self.vessel(source), self.vessel(destination)
+        frozen = self.frozen(source)
+        if frozen:
+            raise WorldFault(frozen, kind="frozen", vessel=source)
         available = self.volume_l(source)
         if volume_l > available * (1 + 1e-9) + 1e-12:
             raise WorldFault(
@@ -217,6 +264,8 @@ class World:
         """How much of `volume_l` can move before the source runs dry or the destination
         is full (0 when a route points nowhere): what a pump delivers before it stalls."""
         try:
+            if self.frozen(source):
+                return 0.0
             available = self.volume_l(source)
             room = self.vessel(destination).capacity_l - self.volume_l(destination)
         except WorldFault:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from labctl.analysis import cycling, eis, voltammetry
+from labctl.analysis import cycling, eis, solgel, voltammetry
 from labctl.bdf import (
     APPLIED_POTENTIAL,
     CURRENT,
@@ -31,6 +31,7 @@ from labctl.bdf import (
     VOLTAGE,
     WE_POTENTIAL,
     Z_IMAG,
+    VISCOSITY_TREND,
     Z_REAL,
     pick,
     read_bdf,
@@ -322,6 +323,38 @@ def coulombic_efficiency(files: Files, *, step: str | None = None, reference_cyc
     ]
 
 
+# -- sol-gel -------------------------------------------------------------------------------------
+
+def sol_gel(files: Files, *, step: str | None = None, sol_viscosity: float,
+            withdrawal_speed: float, surface_tension: float, density: float
+            ) -> list[dict[str, Any]]:
+    sid, cols = load(files, step, (TEST_TIME, VISCOSITY_TREND))
+    t, trend = cols[TEST_TIME], cols[VISCOSITY_TREND]
+    try:
+        t_gel, r2, n = solgel.gel_time_s(t, trend)
+    except ValueError as exc:
+        raise Refusal(f"step {sid}: {exc}", step=sid) from None
+    last = trend[np.isfinite(trend)][-3:]
+    eta = sol_viscosity * (1.0 + float(np.mean(last)) / 100.0)
+    h = solgel.landau_levich_m(eta, withdrawal_speed, surface_tension, density)
+    common = {"step": sid, "readings": n, "monitored_s": float(np.nanmax(t))}
+    temps = cols.get("Medium Temperature / degC")
+    if temps is not None and np.isfinite(temps).any():
+        common["temperature_c"] = float(np.nanmean(temps))
+    return [
+        fig("gel_time", t_gel, "s", "time-axis intercept of a straight line through the "
+            "reciprocal relative viscosity (stirrer viscosity trend), from the start of the "
+            "monitoring", fit_r2=r2, **common),
+        fig("gel_time_h", t_gel / 3600.0, "h", "same as gel_time", **common),
+        fig("dip_viscosity", eta, "Pa*s", "sol_viscosity x (1 + trend/100), mean of the "
+            "last 3 readings", **common),
+        fig("wet_film_thickness", h, "m", "Landau-Levich: h = 0.94 (eta U)^(2/3) / "
+            "(gamma^(1/6) (rho g)^(1/2)) at the end of the monitoring",
+            withdrawal_speed_m_s=withdrawal_speed, surface_tension_n_m=surface_tension,
+            density_kg_m3=density, **common),
+    ]
+
+
 _STEP = ArgSpec(None, None, False, "step whose data file to analyse (default: the one "
                 "that has the needed columns)")
 _CE = AnalysisSpec(
@@ -363,4 +396,17 @@ ANALYSES: dict[str, AnalysisSpec] = {
     ),
     "coulombic_efficiency": _CE,
     "capacity_retention": _CE,
+    "sol_gel": AnalysisSpec(
+        "sol_gel",
+        "Gel time of a sol from a stirrer's viscosity trend, and the wet film a dip coating "
+        "would leave (Landau-Levich).",
+        {"step": _STEP,
+         "sol_viscosity": ArgSpec("Pa*s", "1.5 mPa*s", False, "viscosity of the fresh sol "
+                                  "(the trend is relative to it)"),
+         "withdrawal_speed": ArgSpec("m/s", "1 mm/s", False, "dip-coating withdrawal speed"),
+         "surface_tension": ArgSpec("N/m", "22 mN/m", False, "surface tension of the sol"),
+         "density": ArgSpec("kg/m^3", "0.88 g/mL", False, "density of the sol")},
+        sol_gel, "", (TEST_TIME, VISCOSITY_TREND),
+        (("gel_time", "s"), ("wet_film_thickness", "m")),
+    ),
 }

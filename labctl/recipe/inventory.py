@@ -15,7 +15,7 @@ from typing import Any
 
 from labctl.actions import Effect, fmt
 from labctl.config import BenchConfig
-from labctl.units import quantity
+from labctl.units import quantity, to
 
 EPS = 1e-12
 #: stands for liquid a step takes that was not there (already reported)
@@ -171,6 +171,9 @@ class Inventory:
             solids = {mat: e.amount}
             self._use(mat, src, e.amount, "g")
         elif src is not None:
+            frozen = self.frozen(src)
+            if frozen:
+                problems.append((e.arg, frozen))
             have = src.volume_l
             shortfall = 0.0
             if e.amount > have * (1 + 1e-9) + EPS:
@@ -206,6 +209,28 @@ class Inventory:
                            "liquids_l": {m: v for m, v in liquids.items() if v > EPS},
                            "solids_g": {m: g for m, g in solids.items() if g > EPS}})
         return problems
+
+    def frozen(self, src: Holding) -> str | None:
+        """Why liquid cannot be drawn from a reservoir: most of it is a material whose
+        declared melting point is above the reservoir's declared temperature (neat EC, m.p.
+        36.4 °C, in a reservoir at room temperature is a solid)."""
+        if src.kind != "reservoir" or src.name not in self.cfg.vessels or src.volume_l <= EPS:
+            return None
+        temperature = self.cfg.vessel_temperature_c(src.name)
+        declared = self.cfg.vessels[src.name].temperature is not None
+        for mid, vol in src.liquids_l.items():
+            m = self.cfg.materials.get(mid)
+            if m is None or m.melting_point is None or vol <= 0.5 * src.volume_l:
+                continue
+            mp = to(m.melting_point, "degC")
+            if temperature < mp:
+                how = ("declared at" if declared
+                       else "at the ambient temperature (no vessels."
+                            f"{src.name}.temperature declared),")
+                return (f"{mid} (materials.{mid}.melting_point {mp:g} °C) is solid in "
+                        f"{src.name}, {how} {temperature:g} °C: it cannot be pumped; keep "
+                        f"{src.name} warmed above {mp:g} °C")
+        return None
 
     def _use(self, material: str, src: Holding, amount: float, unit: str) -> None:
         """Count what leaves a reservoir or a dispenser head (not what moves between
