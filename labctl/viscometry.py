@@ -28,6 +28,7 @@ from labctl.errors import DeviceFault
 class StirrerMonitor(ActionSpec):
     capability = "stirrer"
     name = "monitor"
+    records_data = True  # a data file an analysis can name
     summary = ("Stir at a speed for a duration, logging temperature and viscosity trend "
                "to the step's data file.")
     args = (Q("speed", "rpm", "speed_rpm", positive=True),

@@ -521,7 +521,9 @@ class Compiler:
                     good = False
                     continue
                 leaf = self.leaves[sid]
-                if leaf.capability != "potentiostat":
+                spec = get_action(leaf.capability or "", leaf.action or "")
+                if leaf.capability != "potentiostat" and not getattr(spec, "records_data",
+                                                                     False):
                     self.issue(f"{p}.args.{key}", f"step {r!r} records no data (it is "
                                                   f"{leaf.kind} {leaf.action or ''})".rstrip(),
                                ctx.loop)
