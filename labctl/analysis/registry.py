@@ -28,10 +28,10 @@ from labctl.bdf import (
     FREQUENCY,
     TEMPERATURE,
     TEST_TIME,
+    VISCOSITY_TREND,
     VOLTAGE,
     WE_POTENTIAL,
     Z_IMAG,
-    VISCOSITY_TREND,
     Z_REAL,
     pick,
     read_bdf,
@@ -337,7 +337,7 @@ def sol_gel(files: Files, *, step: str | None = None, sol_viscosity: float,
     last = trend[np.isfinite(trend)][-3:]
     eta = sol_viscosity * (1.0 + float(np.mean(last)) / 100.0)
     h = solgel.landau_levich_m(eta, withdrawal_speed, surface_tension, density)
-    common = {"step": sid, "readings": n, "monitored_s": float(np.nanmax(t))}
+    common: dict[str, Any] = {"step": sid, "readings": n, "monitored_s": float(np.nanmax(t))}
     temps = cols.get("Medium Temperature / degC")
     if temps is not None and np.isfinite(temps).any():
         common["temperature_c"] = float(np.nanmean(temps))
