@@ -107,7 +107,7 @@ def test_plan_prints_steps_and_total_and_writes_sop_and_materials(bench: Path,
     assert "schedule[2].hold" in out and "Total estimated time" in out
     with (out_dir / "coating_synthesis.materials.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["material"] for r in rows] == ["EtOH", "TEOS"]
+    assert [r["material"] for r in rows] == ["EtOH", "TEOS", "H2O", "HCl"]  # in order of use
     teos = rows[1]
     assert (teos["unit"], teos["where from"]) == ("mL", "res_teos")
     assert float(teos["per run"]) == pytest.approx(2.0) and float(teos["amount"]) == 4.0
