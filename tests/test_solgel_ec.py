@@ -159,3 +159,24 @@ def test_more_water_acid_or_heat_gels_sooner(tmp_path: Path, param: str, low: An
     slow = run_coating(tmp_path / "low", **{param: low})["gel_time"]
     fast = run_coating(tmp_path / "high", **{param: high})["gel_time"]
     assert fast < 0.8 * slow, (param, slow, fast)
+
+
+def test_the_sol_gel_analysis_refuses_a_sol_that_never_thickens(tmp_path: Path) -> None:
+    """A flat viscosity trend (no water or no catalyst) has no gel time: the analysis says
+    so and marks its figures failed, never extrapolating a number from noise."""
+    from labctl.analysis import ANALYSES
+    from labctl.analysis.registry import AnalysisRefused
+    from labctl.bdf import BdfWriter
+    from labctl.capabilities.potentiostat import DataPoint
+
+    path = tmp_path / "stir.bdf.csv"
+    writer = BdfWriter(path, technique="viscometry")
+    for i in range(20):
+        writer.write(DataPoint(time_s=90.0 * i, extra={"Viscosity Trend / %": 0.1 * (i % 2),
+                                                       "Medium Temperature / degC": 40.0}))
+    writer.close()
+    with pytest.raises(AnalysisRefused) as err:
+        ANALYSES["sol_gel"]({"stir": path})
+    assert "no gelation" in err.value.reason
+    assert {f["name"] for f in err.value.failed_figures} == {"gel_time", "wet_film_thickness"}
+    assert all(f["value"] is None for f in err.value.failed_figures)
