@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from labctl.clock import Clock
 from labctl.config import BenchConfig, DeviceConfig
-from labctl.errors import DeviceFault
+from labctl.errors import DeviceFault, MaterialInDoubt
 from labctl.units import UnitError, quantity, to, ureg
 from labctl.units import fmt as _fmt
 
@@ -107,6 +107,10 @@ class ActionContext(Protocol):
 
     async def checkpoint(self) -> None:
         """Return at once when running, wait while paused, raise when aborted."""
+        ...
+
+    def earlier(self, kind: str) -> list[dict[str, Any]]:
+        """Facts of `kind` this step recorded in its earlier attempts of this session."""
         ...
 
     async def resolve_route(self, target: str | None) -> dict[str, Any]:
@@ -449,6 +453,9 @@ class ActionSpec:
     name: ClassVar[str] = ""
     args: ClassVar[tuple[Arg, ...]] = ()
     moves_material: ClassVar[bool] = False
+    #: a mover that may be retried: it measures what a failed attempt delivered and a
+    #: retry adds only the rest (the executor passes the earlier attempts' facts)
+    retry_safe: ClassVar[bool] = False
     summary: ClassVar[str] = ""
 
     # -- validation ---------------------------------------------------------------------
@@ -1163,6 +1170,7 @@ class DispenserDispense(ActionSpec):
     capability = "dispenser"
     name = "dispense"
     moves_material = True
+    retry_safe = True  # what a failed dose delivered is weighed; a retry doses the rest
     summary = "Dose a mass of solid into the vessel below; records the actual mass."
     args = (Q("mass", "g", "mass_g", positive=True),
             Arg("tolerance", "quantity", key="tolerance_pct", unit="percent", required=False,
@@ -1195,6 +1203,16 @@ class DispenserDispense(ActionSpec):
                 f"with {dev.name} (±{a['tolerance_pct']:g} %).")
 
     async def run(self, device: Any, a: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+        # a retry: what the failed attempts delivered is in the vessel already
+        if ctx.earlier("addition_in_doubt"):
+            raise MaterialInDoubt(
+                f"step {ctx.step_id}: an earlier attempt delivered powder that could not be "
+                "weighed; not dosing again without an operator's decision (labctl resume)",
+                device=ctx.device_name)
+        before_g = sum(float(f.get("actual") or 0.0) for f in ctx.earlier("addition"))
+        want_g = a["mass_g"] - before_g
+        if before_g and want_g <= a["mass_g"] * a["tolerance_pct"] / 100.0:
+            return {"requested_g": a["mass_g"], "actual_g": before_g}  # already there
         kwargs: dict[str, Any] = {"tolerance_pct": a["tolerance_pct"]}
         references: list[float] = []
         if _accepts(device.dispense, "on_tared") and callable(
@@ -1203,25 +1221,33 @@ class DispenserDispense(ActionSpec):
                 # journaled (fsync'd) before the dose starts: a resume after a crash
                 # weighs what landed against it (see `recover`)
                 ctx.record("dose_reference", durable=True, material=a.get("material"),
-                           vessel=a.get("vessel"), requested=a["mass_g"],
+                           vessel=a.get("vessel"), requested=want_g,
                            reference_g=reference_g, unit="g")
                 references.append(reference_g)
 
             kwargs["on_tared"] = reference
         try:
-            actual = await device.dispense(a["mass_g"], **kwargs)
+            actual = await device.dispense(want_g, **kwargs)
         except Exception:
             # a dose that failed half-way still put powder in the vial: record it, or a
             # retry (which tares again) or a resume would leave it out of the additions
             if references:
-                await self._record_landed(device, a, references[-1], ctx, "failed")
+                await self._record_landed(device, a, references[-1], ctx, "failed",
+                                          requested_g=want_g)
             raise
-        ctx.record("addition", material=a.get("material"), vessel=a.get("vessel"),
-                   requested=a["mass_g"], actual=actual, unit="g")
-        return {"requested_g": a["mass_g"], "actual_g": actual}
+        if before_g:
+            ctx.record("addition", material=a.get("material"), vessel=a.get("vessel"),
+                       requested=want_g, actual=actual, unit="g",
+                       note=f"retry: the rest after {before_g:.4f} g delivered by the "
+                            "failed attempt(s)")
+        else:
+            ctx.record("addition", material=a.get("material"), vessel=a.get("vessel"),
+                       requested=want_g, actual=actual, unit="g")
+        return {"requested_g": a["mass_g"], "actual_g": before_g + actual}
 
     async def _record_landed(self, device: Any, a: dict[str, Any], reference_g: float,
-                             ctx: ActionContext, how: str) -> float | None:
+                             ctx: ActionContext, how: str,
+                             requested_g: float | None = None) -> float | None:
         """Weigh what landed since the reference and record it as an addition (None and
         nothing recorded when the balance cannot be read now)."""
         try:
@@ -1229,9 +1255,12 @@ class DispenserDispense(ActionSpec):
         except Exception as exc:  # the run goes on failing; a resume weighs it again
             log.warning("%s: what the %s dose delivered could not be weighed: %s",
                         ctx.device_name, how, exc)
+            ctx.record("addition_in_doubt", durable=True, material=a.get("material"),
+                       vessel=a.get("vessel"), reference_g=reference_g, error=str(exc))
             return None
+        requested = a["mass_g"] if requested_g is None else requested_g
         ctx.record("addition", material=a.get("material"), vessel=a.get("vessel"),
-                   requested=a["mass_g"], actual=landed, unit="g", interrupted=True,
+                   requested=requested, actual=landed, unit="g", interrupted=True,
                    reference_g=reference_g,
                    note=f"dose {how}: what landed, weighed against the tare taken before it")
         return landed

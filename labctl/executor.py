@@ -26,7 +26,14 @@ from typing import Any
 
 from labctl.clock import Clock, wall_budget
 from labctl.device import Device, safe_state_of
-from labctl.errors import DeviceError, DeviceFault, DeviceTimeout, LabctlError, LimitError
+from labctl.errors import (
+    DeviceError,
+    DeviceFault,
+    DeviceTimeout,
+    LabctlError,
+    LimitError,
+    MaterialInDoubt,
+)
 from labctl.run_machine import IllegalTransition, RunMachine, RunState
 from labctl.store.journal import LEAF_KINDS
 from labctl.store.record import RunRecord
@@ -272,6 +279,12 @@ class StepContext:
         facts = {"step": self.step_id, "device": self.device_name, **fields}
         facts.pop("kind", None)
         self._ex._log("record", durable=durable, kind=kind, **facts)
+        self._ex._step_facts.setdefault(self.step_id, []).append({"kind": kind, **facts})
+
+    def earlier(self, kind: str) -> list[dict[str, Any]]:
+        """Facts of `kind` this step recorded in its earlier attempts of this session
+        (a retry of a dose adds only what the failed attempt did not deliver)."""
+        return [f for f in self._ex._step_facts.get(self.step_id, []) if f["kind"] == kind]
 
     async def checkpoint(self) -> None:
         """Where a long action may be paused or stopped: parks here while the run is
@@ -368,6 +381,8 @@ class Executor:
         self.machine = machine
         self._safe_state_all = safe_state_all
         self._resolve_action = actions or default_action_resolver
+        #: provenance facts per step recorded in this session (StepContext.earlier)
+        self._step_facts: dict[str, list[dict[str, Any]]] = {}
         self._analyses = analyses
         self._emit = emit
         self.results: dict[str, dict[str, Any]] = dict(prior_results or {})
@@ -795,8 +810,16 @@ class Executor:
         on_error = _get(step, "on_error") or "abort"
         if on_error == "retry" and retries == 0:
             retries = 1
+        if retries and not self._retry_safe(step, device):
+            # a retry could add material twice (validation refuses this; plans built
+            # otherwise get the same rule here)
+            log.warning("step %s moves material and is not retry-safe: no retries", sid)
+            retries = 0
         attempts = 1 + retries
         timeout_s = _get(step, "timeout_s")
+        # StepContext.earlier sees this step's earlier attempts, not a resume's recovery (a
+        # redo the operator decided on is done in full)
+        self._step_facts.pop(sid, None)
         for attempt in range(1, attempts + 1):
             act = _Active(step=step, device=device, task=asyncio.current_task())
             self._active[sid] = act
@@ -825,7 +848,7 @@ class Executor:
                 if isinstance(exc, TimeoutError):
                     exc = StepTimeout(f"no end within the step timeout of {timeout_s} s",
                                       device=device_name)
-                last = attempt == attempts or isinstance(exc, LimitError)
+                last = attempt == attempts or isinstance(exc, LimitError | MaterialInDoubt)
                 cont = last and on_error == "continue"
                 try:  # the step's own error is what the run must report
                     self._step_boundary("step_failed", sid)
@@ -860,6 +883,21 @@ class Executor:
                 self._leaf_done(step)
                 await self._maybe_paused()
                 return
+
+    def _retry_safe(self, step: Any, device: Device | None) -> bool:
+        """May this leaf be attempted again automatically? Not when it moves material
+        unless its action measures what a failed attempt delivered (ActionSpec.retry_safe)."""
+        if _get(step, "retry_safe") is False:
+            return False
+        if _get(step, "kind") != "action":
+            return True
+        spec = None
+        if device is not None:
+            with contextlib.suppress(Exception):  # unresolvable: dispatch reports it
+                spec = self._resolve_action(device, str(_get(step, "action")))
+        if not moves_material(step, spec):
+            return True
+        return bool(getattr(spec, "retry_safe", False))
 
     def _step_wall_timeout(self, timeout_s: float, kind: Any, device: Device | None) -> float:
         """A step's timeout on the wall clock: scaled, but never under STEP_WALL_FLOOR_S

@@ -39,6 +39,9 @@ class PlannedStep:
     on_error: str = "abort"
     idempotent: bool = False
     moves_material: bool = False
+    #: an automatic retry cannot add material twice (nothing moved, or the action
+    #: measures what a failed attempt delivered and adds only the rest)
+    retry_safe: bool = True
     estimated_s: float = 0.0
     description: str = ""
     #: material effects as plain data (for the record and the TUI)

@@ -326,6 +326,15 @@ class Compiler:
         if st.on_error == "retry" and st.retries < 1:
             self.issue(f"{p}.retries", "on_error \"retry\" needs retries of at least 1",
                        ctx.loop)
+        if st.retries > 0:
+            unsafe = next((leaf for leaf in planned.leaves() if not leaf.retry_safe), None)
+            if unsafe is not None:
+                where = "" if unsafe is planned else f"step {unsafe.id} inside it: "
+                self.issue(f"{p}.retries",
+                           f"{where}'{unsafe.device}.{unsafe.action}' moves material and "
+                           "cannot tell how much a failed attempt moved, so it is never "
+                           "retried automatically (a retry could add it twice); leave "
+                           "retries out and decide with `labctl resume`", ctx.loop)
         if st.idempotent:
             mover = next((leaf for leaf in planned.leaves() if leaf.moves_material), None)
             if mover is planned:
@@ -398,6 +407,7 @@ class Compiler:
             args=_jsonable(args), estimated_s=float(spec.estimate_s(view, args)),
             description=spec.describe(view, args), moves_material=spec.moves_material,
             idempotent=not spec.moves_material,
+            retry_safe=not spec.moves_material or spec.retry_safe,
             effects=[e.to_dict() for e in effects],
         )
         self.effects[pid] = effects
