@@ -270,25 +270,21 @@ class LocalBackend(BenchBackend):
     def _adopt_run(self, run_id: str) -> None:
         """The run the bench works on now: its plan's steps, states replayed from its
         journal (events before this screen saw them)."""
-        from labctl.executor import _get, iter_leaves
-
         assert self.bench is not None
         ticket = self.bench.tickets.get(run_id)
         if ticket is None:
             return
         plan = ticket.plan
-        recipe = _get(plan, "recipe")
-        steps = [StepRow(id=str(_get(s, "id")), kind=str(_get(s, "kind")),
-                         device=_get(s, "device"), action=_get(s, "action"),
-                         description=str(_get(s, "description") or ""))
-                 for s in iter_leaves(_get(plan, "steps") or [])]
+        steps = [StepRow(id=s.id, kind=str(s.kind), device=s.device, action=s.action,
+                         description=s.description or "")
+                 for s in plan.leaves()]
         for s in steps:
             if s.id in ticket.skip:
                 s.state = "skipped"
         self.view.run = RunView(
-            run_id=run_id, recipe=str(_get(plan, "name") or _get(recipe, "name") or "recipe"),
-            version=_get(plan, "version") or _get(recipe, "version"),
-            parameters=dict(_get(plan, "parameters") or ticket.parameters or {}),
+            run_id=run_id, recipe=str(plan.name or plan.recipe.get("name") or "recipe"),
+            version=plan.version or plan.recipe.get("version"),
+            parameters=dict(plan.parameters or ticket.parameters or {}),
             state=str(ticket.machine.state), steps=steps, steps_total=len(steps))
         self.view.measurement = None
         self._tail = None
