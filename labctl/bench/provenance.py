@@ -5,7 +5,8 @@ no device is asked anything but its description."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from labctl.config import BenchConfig
@@ -13,8 +14,10 @@ from labctl.executor import jsonable
 from labctl.instruments import Instruments
 from labctl.recipe.plan import Plan, PlannedStep
 from labctl.run_machine import RunState
+from labctl.store import RunIndex, RunRecord, utc_iso
 from labctl.store import provenance as prov
-from labctl.store import utc_iso
+
+log = logging.getLogger("labctl.bench")
 
 RECIPE_DOC = "labctl.run-recipe/1"
 RESULT_DOC = "labctl.run-result/1"
@@ -134,3 +137,49 @@ def result_document(*, bench_id: str, run_id: str, record_folder: str, state: Ru
                        for d in meta.get("data_files", [])],
         "record": record_folder,
     }
+
+
+def close_record(rec: RunRecord, *, bench_id: str, state: RunState, plan: Plan,
+                 context: dict[str, Any], parameters: Mapping[str, Any],
+                 instigator: dict[str, Any], errors: list[dict[str, Any]],
+                 figures: list[dict[str, Any]], index: RunIndex
+                 ) -> tuple[RunState, dict[str, Any]]:
+    """Journal the end of a run, write metadata.json and result.json, close and index it;
+    the final state and the result. Each part is tried on its own: a full disk or a
+    broken index must still end the run for `wait()` and the adapters, with the failure
+    to record named in the result (and a run whose record is incomplete did not
+    complete)."""
+    run_id = rec.run_id
+    record_errors: list[str] = []
+
+    def attempt(what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # each part of the record is tried on its own
+            log.error("run %s: could not %s: %s", run_id, what, exc)
+            record_errors.append(f"could not {what}: {exc}")
+            return None
+
+    attempt("journal the end of the run", lambda: rec.journal.append(
+        "run_finished", run_id=run_id, status=str(state), errors=errors, figures=figures))
+    meta = attempt("build the metadata", lambda: prov.build_metadata(
+        context=context, events=rec.events(), data_files=rec.data_files(),
+        figures=figures, status=str(state)))
+    if meta is None:
+        meta = {"times": {"ended": utc_iso()}, "outcome": {"in_doubt": []}}
+    else:
+        attempt("write metadata.json", lambda: rec.write_metadata(meta))
+    if record_errors:
+        errors = [*errors, {"type": "RecordError", "message": "; ".join(record_errors)}]
+        if state == RunState.COMPLETED:
+            state = RunState.FAILED
+    result = result_document(
+        bench_id=bench_id, run_id=run_id, record_folder=str(rec.folder), state=state,
+        plan=plan, parameters=parameters, instigator=instigator, errors=errors,
+        figures=figures, meta=meta)
+    attempt("write result.json", lambda: rec.write_result(result))
+    attempt("close the record", rec.close)
+    attempt("index the run", lambda: index.upsert_run(
+        run_id, status=str(state), ended=meta["times"].get("ended"), figures=figures,
+        error="; ".join(str(e.get("message") or e) for e in errors) or None))
+    return state, result

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -283,45 +283,13 @@ class Bench:
                          [{"type": type(exc).__name__, "message": str(exc)}])
 
     def _finish(self, ticket: RunTicket, state: RunState, errors: list[dict[str, Any]]) -> None:
-        """Close the record and tell every waiter. Each part is tried on its own: a full
-        disk or a broken index must still end the run for `wait()` and the adapters, with
-        the failure to record named in the result."""
-        rec = ticket.record
+        """Close the record (labctl.bench.provenance.close_record) and tell every waiter."""
         ex = ticket.executor
-        figures = list(ex.figures) if ex else []
-        record_errors: list[str] = []
-
-        def attempt(what: str, fn: Callable[[], Any]) -> Any:
-            try:
-                return fn()
-            except Exception as exc:  # each part of the record is tried on its own
-                log.error("run %s: could not %s: %s", ticket.run_id, what, exc)
-                record_errors.append(f"could not {what}: {exc}")
-                return None
-
-        attempt("journal the end of the run", lambda: rec.journal.append(
-            "run_finished", run_id=ticket.run_id, status=str(state), errors=errors,
-            figures=figures))
-        meta = attempt("build the metadata", lambda: prov.build_metadata(
-            context=ticket.context, events=rec.events(), data_files=rec.data_files(),
-            figures=figures, status=str(state)))
-        if meta is None:
-            meta = {"times": {"ended": utc_iso()}, "outcome": {"in_doubt": []}}
-        else:
-            attempt("write metadata.json", lambda: rec.write_metadata(meta))
-        if record_errors:
-            errors = [*errors, {"type": "RecordError", "message": "; ".join(record_errors)}]
-            if state == RunState.COMPLETED:
-                state = RunState.FAILED  # a run whose record is incomplete did not complete
-        result = runprov.result_document(
-            bench_id=self.bench_id, run_id=ticket.run_id, record_folder=str(rec.folder),
-            state=state, plan=ticket.plan, parameters=ticket.parameters,
-            instigator=ticket.instigator, errors=errors, figures=figures, meta=meta)
-        attempt("write result.json", lambda: rec.write_result(result))
-        attempt("close the record", rec.close)
-        attempt("index the run", lambda: self.store.index.upsert_run(
-            ticket.run_id, status=str(state), ended=meta["times"].get("ended"), figures=figures,
-            error="; ".join(str(e.get("message") or e) for e in errors) or None))
+        state, result = runprov.close_record(
+            ticket.record, bench_id=self.bench_id, state=state, plan=ticket.plan,
+            context=ticket.context, parameters=ticket.parameters,
+            instigator=ticket.instigator, errors=errors,
+            figures=list(ex.figures) if ex else [], index=self.store.index)
         self._publish({"event": "run_finished", "run_id": ticket.run_id, "status": str(state),
                        "result": result})
         if ticket.done is not None and not ticket.done.done():
