@@ -39,6 +39,7 @@ import pytest
 from labctl.bench import Bench
 from labctl.config import BenchConfig, load_config
 from simulators.base import Faults
+from tests.config_support import load_edited, reply_timeout
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM_CONFIG = ROOT / "config" / "sim.toml"
@@ -64,10 +65,7 @@ def recipe(name: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def sim_config() -> BenchConfig:
-    cfg = load_config(SIM_CONFIG)
-    for dev in cfg.devices.values():
-        dev.timeout = REPLY_TIMEOUT
-    return cfg
+    return load_edited(SIM_CONFIG, reply_timeout(REPLY_TIMEOUT))
 
 
 @contextlib.asynccontextmanager

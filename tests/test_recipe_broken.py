@@ -11,17 +11,15 @@ from typing import Any
 
 import pytest
 
-from labctl.config import BenchConfig, load_config
+from labctl.config import BenchConfig
 from labctl.recipe import RecipeError, build_plan, validate
+from tests.config_support import every_device_enabled, load_edited
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def full_bench() -> BenchConfig:
-    cfg = load_config(ROOT / "config" / "sim.toml")
-    for d in cfg.devices.values():
-        d.enabled = True
-    return cfg
+    return load_edited(ROOT / "config" / "sim.toml", every_device_enabled)
 
 
 BASE: dict[str, Any] = {
@@ -295,8 +293,11 @@ def test_an_invalid_parameter_does_not_pile_up_follow_on_errors() -> None:
 
 
 def test_disabled_device_is_absent() -> None:
-    cfg = full_bench()
-    cfg.devices["hotplate"].enabled = False
+    def hotplate_off(data: dict[str, Any]) -> None:
+        every_device_enabled(data)
+        data["devices"]["hotplate"]["enabled"] = False
+
+    cfg = load_edited(ROOT / "config" / "sim.toml", hotplate_off)
     issues = validate(copy.deepcopy(BASE), {}, cfg)
     assert [str(i) for i in issues] == [
         "steps[3].device: device 'hotplate' is disabled on bench sim-bench-1 (enabled = false)"]

@@ -15,8 +15,9 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console, Group
@@ -52,6 +53,9 @@ OperatorOpt = Annotated[str | None, typer.Option(
 runs_app = typer.Typer(help="Run records: list, show, export, plot.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 
+if TYPE_CHECKING:
+    from labctl.bench import Bench
+
 
 def parse_params(items: list[str] | None) -> dict[str, str]:
     out: dict[str, str] = {}
@@ -80,7 +84,7 @@ def _operator(name: str | None) -> str:
 class LiveView:
     """Step, progress bar, elapsed/ETA and the last readings, fed by bench events."""
 
-    def __init__(self, bench: Any, run_id: str):
+    def __init__(self, bench: Bench, run_id: str):
         self.bench = bench
         self.run_id = run_id
         self.readings: dict[str, str] = {}
@@ -135,7 +139,8 @@ def _short(v: Any) -> str:
 # ---------------------------------------------------------------- running
 
 
-async def _drive(bench: Any, start: Any, *, as_json: bool) -> tuple[dict[str, Any], str]:
+async def _drive(bench: Bench, start: Callable[[Bench], Awaitable[str]], *,
+                 as_json: bool) -> tuple[dict[str, Any], str]:
     """Start the bench, submit (via `start`), show progress, handle signals; the result."""
     loop = asyncio.get_running_loop()
     stopping = {"count": 0}
@@ -221,7 +226,8 @@ def _report(result: dict[str, Any], *, as_json: bool) -> int:
     return EXIT_BY_STATUS.get(status, EXIT_FAILED)
 
 
-def _make_bench(config: Path, data_dir: Path, time_scale: float | None, as_json: bool) -> Any:
+def _make_bench(config: Path, data_dir: Path, time_scale: float | None, as_json: bool
+                ) -> Bench:
     from labctl.bench import Bench
 
     cfg = load_bench_config(config, as_json=as_json)
@@ -269,7 +275,7 @@ def run(
 
     bench = Bench(cfg, data_dir=data_dir, time_scale=time_scale)
 
-    async def start(b: Any) -> str:
+    async def start(b: Bench) -> str:
         rid: str = await b.submit(plan, params, instigator=who, source=str(recipe))
         return rid
 
@@ -321,7 +327,7 @@ def resume(
             f"simulated world restored as saved at {at.get('event')} {at.get('step')} "
             f"({saved.get('saved')})")
 
-    async def start(b: Any) -> str:
+    async def start(b: Bench) -> str:
         rid: str = await b.resume_run(run_id, accept_in_doubt=accept_in_doubt or [],
                                       redo=redo or [], operator=_operator(operator))
         return rid
