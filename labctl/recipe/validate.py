@@ -21,6 +21,7 @@ import pint
 from pydantic import ValidationError
 
 from labctl.actions import (
+    ACTIONS,
     ActionSpec,
     Arg,
     DeviceView,
@@ -373,8 +374,6 @@ class Compiler:
                 cap = c
                 break
         if spec is None:
-            from labctl.actions import ACTIONS
-
             offered = sorted({n for c in caps for n in ACTIONS.get(c, {})})
             self.issue(f"{p}.action", f"{st.device} ({', '.join(caps) or 'no known capability'})"
                                       f" does not support action {st.action!r} (actions: "
