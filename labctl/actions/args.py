@@ -53,6 +53,8 @@ class Arg:
     minimum: float | None = None  # in `unit`, or plain for numbers
     exclusive_minimum: bool = False
     description: str = ""
+    #: what the quantity is, for messages ("wavelength"), when its unit does not say it
+    what: str = ""
 
     @property
     def rkey(self) -> str:
@@ -60,7 +62,7 @@ class Arg:
 
     @property
     def dimension(self) -> str:
-        return DIMENSION_NAMES.get(self.unit or "", self.unit or "")
+        return self.what or DIMENSION_NAMES.get(self.unit or "", self.unit or "")
 
     def json_schema(self) -> Schema:
         """A JSON Schema fragment for editors and AI servers."""
@@ -136,11 +138,12 @@ class Arg:
 
 
 def Q(name: str, unit: str, key: str, *, required: bool = True, default: ArgValue = None,
-      positive: bool = False, nonneg: bool = False, description: str = "") -> Arg:
+      positive: bool = False, nonneg: bool = False, description: str = "",
+      what: str = "") -> Arg:
     """A quantity argument (shorthand for the catalogues)."""
     return Arg(name, "quantity", key=key, unit=unit, required=required, default=default,
                minimum=0.0 if (positive or nonneg) else None, exclusive_minimum=positive,
-               description=description)
+               description=description, what=what)
 
 
 def format_quantity(q: pint.Quantity) -> str:

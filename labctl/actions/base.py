@@ -190,6 +190,8 @@ class ActionSpec(Generic[D]):
     name: ClassVar[str] = ""
     args: ClassVar[tuple[Arg, ...]] = ()
     moves_material: ClassVar[bool] = False
+    #: `run` writes a data file (ctx.data_writer) that analyses may read
+    records_data: ClassVar[bool] = False
     summary: ClassVar[str] = ""
 
     # -- validation ---------------------------------------------------------------------
@@ -245,5 +247,5 @@ class ActionSpec(Generic[D]):
     def describe_spec(self) -> dict[str, object]:
         """The action as plain data (the public catalogue, generated docs)."""
         return {"capability": self.capability, "name": self.name, "summary": self.summary,
-                "moves_material": self.moves_material,
+                "moves_material": self.moves_material, "records_data": self.records_data,
                 "args": [a.describe() for a in self.args]}

@@ -33,6 +33,7 @@ class _Technique(ActionSpec[Potentiostat]):
     (labctl.techniques), so `run` builds it and streams the points to the data writer."""
 
     capability = "potentiostat"
+    records_data = True
     #: resolved keys that are potentials / currents / frequencies (for the limit checks)
     potentials: ClassVar[tuple[str, ...]] = ()
     currents: ClassVar[tuple[str, ...]] = ()

@@ -520,7 +520,8 @@ class Compiler:
                     good = False
                     continue
                 leaf = self.leaves[sid]
-                if leaf.capability != "potentiostat":
+                spec = get_action(leaf.capability or "", leaf.action or "")
+                if spec is None or not spec.records_data:
                     self.issue(f"{p}.args.{key}", f"step {r!r} records no data (it is "
                                                   f"{leaf.kind} {leaf.action or ''})".rstrip(),
                                ctx.loop)
