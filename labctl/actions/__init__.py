@@ -11,7 +11,7 @@ labctl.capabilities), on a small typed base:
 A plugin adds a capability's actions by declaring, in its own pyproject:
 
     [project.entry-points."labctl.actions"]
-    uvvis = "labctl_uvvis.actions:ACTIONS"
+    dip_coater = "labctl_dipcoat.actions:ACTIONS"
 """
 
 from labctl.actions.args import DIMENSION_NAMES, Arg, ArgKind, ArgValue, Q, format_quantity
