@@ -34,9 +34,9 @@ import asyncio
 import contextlib
 import logging
 import tomllib
-from importlib import resources
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -241,7 +241,8 @@ def shipped_maps() -> list[str]:
 def read_map_text(path: str | Path) -> tuple[str, str]:
     """(text, where) of a map as configured: a file that exists (absolute, or relative to
     the working directory), else a shipped map by name ("omega_cn7500") or by file name
-    (a config written for a checkout, "config/modbus/omega_cn7500.toml"). OSError when neither exists."""
+    (a config written for a checkout, "config/modbus/omega_cn7500.toml"). OSError when
+    neither exists."""
     p = Path(path)
     if p.is_absolute() or p.exists():
         return p.read_text(encoding="utf-8"), str(p)
