@@ -3,6 +3,7 @@
 The public API of the core is re-exported here; see the README for the architecture.
 """
 
+from labctl._version import __version__
 from labctl.capabilities import (
     Balance,
     DataPoint,
@@ -31,8 +32,6 @@ from labctl.errors import (
 )
 from labctl.instruments import Instruments
 from labctl.transport import Link, LinkPool, SerialSettings
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Balance",

@@ -60,6 +60,7 @@ def test_the_plugin_recipe_runs_on_the_simulated_bench(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["status"] == "completed"
+    assert result["fidelity"]["simulators"]["uvvis"]["package"] == "labctl-uvvis"
     figures = {f["name"]: f for f in result["figures_of_merit"]}
     expected_g_l = STOCK_G_ML * 1.5 / 2.0 * 1000
     assert figures["peak_wavelength"]["value"] == pytest.approx(PEAK_NM, abs=1.0)

@@ -60,7 +60,7 @@ class BenchServicePort:
 
     def _plan(self, source: RecipeSource, parameters: dict[str, Any]) -> Any:
         from labctl.recipe.issues import RecipeError
-        from labctl.recipe.plan import build_plan
+        from labctl.recipe.validate import build_plan
 
         try:
             # includes of an inline recipe resolve inside the recipe folder, nowhere else

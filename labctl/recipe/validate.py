@@ -837,9 +837,17 @@ def _materials(comp: Compiler, inv: Inventory) -> list[MaterialUse]:
     return out
 
 
+def build_plan(recipe_source: RecipeSource, params: Mapping[str, Any] | None,
+               cfg: BenchConfig, *, base_dir: Path | None = None) -> Plan:
+    """Validate a recipe against a bench and resolve it into a Plan (pure, no device I/O).
+    `recipe_source`: a path, JSON text, or parsed data; `params`: NAME -> value (strings as
+    from `--param`, or JSON values). Raises RecipeError listing every issue."""
+    return compile_plan(recipe_source, dict(params or {}), cfg, base_dir=base_dir)
+
+
 def compile_plan(source: RecipeSource, params: dict[str, Any], cfg: BenchConfig, *,
                  base_dir: Path | None = None) -> Plan:
-    """See labctl.recipe.plan.build_plan."""
+    """`build_plan` with `params` already a dict."""
     try:
         return _compile(source, params, cfg, base_dir)
     except RecipeError:
