@@ -33,6 +33,17 @@ from labctl.errors import (
 from labctl.instruments import Instruments
 from labctl.transport import Link, LinkPool, SerialSettings
 
+
+def __getattr__(name: str) -> object:
+    """`labctl.catalogue()` (labctl.plugins), imported on first use: it loads every
+    action and analysis (numpy, scipy), which `import labctl` and `labctl --help` must not."""
+    if name == "catalogue":
+        from labctl.plugins import catalogue
+
+        return catalogue
+    raise AttributeError(f"module 'labctl' has no attribute {name!r}")
+
+
 __all__ = [
     "Balance",
     "BenchConfig",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import labctl
 from labctl import load_config
 from labctl.actions import ACTIONS, action_catalogue, driver_capabilities
 from labctl.analysis import ANALYSES, analysis_catalogue
@@ -43,6 +44,8 @@ def test_the_plugin_is_found_through_entry_points_alone() -> None:
     assert not args["step"]["required"]
     peak = next(a for a in analysis_catalogue() if a["name"] == "absorbance_peak")
     assert {a["name"] for a in peak["args"]} == {"step", "absorptivity", "path_length"}  # type: ignore[union-attr]
+    drivers = {d["name"]: d for d in labctl.catalogue()["drivers"]}
+    assert drivers["uvvis-sim100"]["capabilities"] == ["spectrometer"]
     # the core never names the instrument: adding it took no edit of labctl/
     for path in (ROOT / "labctl").rglob("*.py"):
         text = path.read_text(encoding="utf-8").lower()
