@@ -5,21 +5,25 @@ limits are checked before anything moves."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from labctl_uvvis.simulator import UvVisSimulator
 
 import labctl
 from labctl import load_config
 from labctl.actions import ACTIONS, action_catalogue, driver_capabilities
 from labctl.analysis import ANALYSES, analysis_catalogue
 from labctl.bdf import read_bdf
+from labctl.clock import ScaledClock
 from labctl.errors import LimitError
 from labctl.instruments import Instruments
 from labctl.recipe import RecipeError, build_plan
+from simulators.world import World
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "examples" / "plugins" / "labctl-uvvis"
@@ -99,3 +103,47 @@ async def test_the_driver_refuses_out_of_range_before_sending_a_byte() -> None:
         assert link.stats.bytes_out == sent
         await dev.safe_state()
         assert inst.simulation.simulators["uvvis"].is_safe()
+
+
+async def test_the_simulator_speaks_the_documented_protocol() -> None:
+    """Raw bytes, as the plugin's README writes them: refusals, warm-up, a scan's framing."""
+    world = World.from_spec({
+        "materials": {"MO": {"density_g_ml": 0.79}},
+        "vessels": {"res": {"kind": "reservoir", "capacity": "100 mL",
+                            "contents": {"MO": "50 mL"}},
+                    "cuvette": {"kind": "vial", "capacity": "4 mL"}}})
+    sim = UvVisSimulator(clock=ScaledClock(1000), world=world, options={
+        "vessel": "cuvette",
+        "bands": {"MO": {"peak": "464 nm", "width": "90 nm",
+                         "absorptivity": "0.002 L/(g*cm)"}}})
+    got: list[bytes] = []
+
+    async def ask(command: str, lines: int = 1) -> list[str]:
+        got.clear()
+        sim.feed(command.encode("ascii") + b"\n", got.append)
+        for _ in range(2000):
+            text = b"".join(got).decode("ascii")
+            if text.count("\r\n") >= lines:
+                return text.split("\r\n")[:lines]
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"{command}: no reply ({got!r})")
+
+    assert await ask("*IDN?") == ["LABSIM,UV-VIS 100,UV100-0001,1.0"]
+    assert await ask("SCAN 400 500 5") == ["ERR 3 LAMP NOT READY"]
+    assert await ask("lamp 1\r") == ["OK"]
+    assert await ask("LAMP?") in (["LAMP WARM"], ["LAMP 1"])
+    for _ in range(2000):
+        if (await ask("LAMP?")) == ["LAMP 1"]:
+            break
+        await asyncio.sleep(0.005)
+    assert await ask("SCAN 400 500 5") == ["ERR 4 NO SAMPLE"]
+    world.move_volume("res", "cuvette", 2e-3)
+    assert await ask("SCAN 500 400 5") == ["ERR 2 BAD ARGUMENT"]
+    assert await ask("SCAN 180 400 5") == ["ERR 2 BAD ARGUMENT"]
+    assert await ask("FOO") == ["ERR 1 UNKNOWN COMMAND"]
+    lines = await ask("SCAN 460 468 4", 5)
+    assert lines[0] == "OK 3" and lines[4] == "END"
+    # the undiluted stock: 790 g/L x 0.002 L/(g cm) x 1 cm at the peak
+    assert [line.split(",")[0] for line in lines[1:4]] == ["460", "464", "468"]
+    assert float(lines[2].split(",")[1]) == pytest.approx(1.58, abs=1e-4)
+    assert await ask("LAMP 0") == ["OK"] and sim.is_safe()
