@@ -10,8 +10,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
+# The example plugin (a UV-Vis spectrometer added from outside labctl, through entry points
+# only) is installed with the project: its tests run its recipe on the simulated bench.
+PLUGINS := examples/plugins/labctl-uvvis
+
+$(STAMP): $(BIN)/python pyproject.toml $(PLUGINS:%=%/pyproject.toml)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet $(PLUGINS:%=-e %)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -231,7 +231,7 @@ def test_plan_out_writes_sop_with_hazards_and_ppe_and_a_step_csv(tmp_path: Path)
 
     with open(out / "electrolyte_conductivity.sop.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    from labctl.recipe.plan import build_plan
+    from labctl.recipe.validate import build_plan
 
     plan = build_plan(CONDUCTIVITY, {}, load_config(ROOT / "config" / "sim.toml"))
     assert [r["step"] for r in rows] == [s.id for s in plan.leaves()]

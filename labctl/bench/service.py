@@ -38,7 +38,8 @@ from labctl.errors import LabctlError
 from labctl.executor import Executor, jsonable
 from labctl.instruments import Instruments
 from labctl.recipe.loading import RecipeSource
-from labctl.recipe.plan import Plan, build_plan
+from labctl.recipe.plan import Plan
+from labctl.recipe.validate import build_plan
 from labctl.run_machine import IllegalTransition, RunMachine, RunState
 from labctl.simulation import WorldKeeper, can_save, read_saved_world
 from labctl.store import RunRecord, RunStore, utc_iso

@@ -27,7 +27,6 @@ from rich.table import Table
 from rich.text import Text
 
 from labctl.bench_lock import BenchInUse
-from labctl.cli.app import app
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
     EXIT_ABORTED,
@@ -42,6 +41,7 @@ from labctl.cli.common import (
     fail,
     load_bench_config,
 )
+from labctl.cli.root import app
 from labctl.errors import ConfigError, LabctlError
 
 DEFAULT_DATA_DIR = Path("runs")
