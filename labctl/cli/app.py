@@ -42,6 +42,7 @@ def _root(
 def _register() -> None:
     from labctl.cli import (  # noqa: F401  (sub-commands register on import)
         devices,
+        finales_cmd,
         recipe_cmds,
         run_cmds,
         serve_cmd,
