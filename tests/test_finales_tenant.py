@@ -64,7 +64,7 @@ class TenantProc:
         self.args = [*LABCTL, "-v", "finales", "serve", "--server", server.url,
                      "--username", user, "--password-file", str(self.pwfile),
                      "--tenant-uuid", uuid, "--data-dir", str(self.data_dir),
-                     "--time-scale", "1000", "--poll", "0.2", "--claim-grace", str(grace)]
+                     "--time-scale", "100", "--poll", "0.2", "--claim-grace", str(grace)]
         if config:
             self.args += ["--config", str(config)]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -316,7 +316,8 @@ def test_tenant_keeps_serving_through_a_finales_restart_with_a_new_key(
     try:
         rid2 = opt2.request(EXAMPLE_1M, uuid)
         res = opt2.wait_result(rid2)
-        assert res["result"]["data"]["conductivity"]["meta"]["success"] is True
+        meta = res["result"]["data"]["conductivity"]["meta"]
+        assert meta["success"] is True, meta
     finally:
         opt2.close()
     assert tenant.proc is not None and tenant.proc.poll() is None
