@@ -115,7 +115,7 @@ class FinalesServer:
         return [(str(a), str(b)) for a, b in rows]
 
     def start(self) -> None:
-        log = open(self.root / "server.out", "ab")  # noqa: SIM115 (the child writes it)
+        log = open(self.root / "server.out", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from FINALES2.cli.main import finales_cli; finales_cli()",
              "server", "start", "--ip", "127.0.0.1", "--port", str(self.port)],

@@ -8,7 +8,7 @@ import logging
 import signal
 import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -23,7 +23,11 @@ from labctl.cli.common import (
     fail,
     load_bench_config,
 )
+from labctl.config import BenchConfig
 from labctl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from labctl.finales.capability import Capability
 
 log = logging.getLogger("labctl.finales")
 
@@ -37,17 +41,18 @@ RecipeOpt = Annotated[list[Path] | None, typer.Option(
     "recipe in the config's recipes_dir).")]
 
 
-def _caps(cfg: object, recipes: list[Path] | None, as_json: bool = False) -> list[object]:
+def _caps(cfg: BenchConfig, recipes: list[Path] | None,
+          as_json: bool = False) -> list[Capability]:
     from labctl.finales.capability import load_capabilities
 
     try:
-        caps = load_capabilities(cfg, recipes)  # type: ignore[arg-type]
+        caps = load_capabilities(cfg, recipes)
     except ConfigError as exc:
         fail(str(exc), EXIT_INVALID, as_json=as_json)
     if not caps:
         fail("no recipe declares a 'finales' block: this bench answers nothing on FINALES2",
              EXIT_INVALID, as_json=as_json)
-    return caps  # type: ignore[return-value]
+    return caps
 
 
 @finales_app.command("tenant")
@@ -67,8 +72,7 @@ def finales_tenant(
 
     cfg = load_bench_config(config)
     caps = _caps(cfg, recipe)
-    print(json.dumps(tenant_description(cfg, caps, name=name, contact=contact),  # type: ignore[arg-type]
-                     indent=2))
+    print(json.dumps(tenant_description(cfg, caps, name=name, contact=contact), indent=2))
 
 
 @finales_app.command("serve")
@@ -117,9 +121,10 @@ def finales_serve(
         fail(str(exc), EXIT_INVALID)
 
 
-async def _serve(cfg: object, caps: list[object], server: str, username: str, password: str,
-                 tenant_uuid: str, data_dir: Path, time_scale: float | None, poll: float,
-                 claim_grace: float, max_active: int) -> None:
+async def _serve(cfg: BenchConfig, caps: list[Capability], server: str, username: str,
+                 password: str, tenant_uuid: str, data_dir: Path,
+                 time_scale: float | None, poll: float, claim_grace: float,
+                 max_active: int) -> None:
     from labctl.bench import Bench
     from labctl.finales.client import FinalesClient
     from labctl.finales.tenant import Tenant
@@ -129,8 +134,8 @@ async def _serve(cfg: object, caps: list[object], server: str, username: str, pa
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with Bench(cfg, data_dir=data_dir, time_scale=time_scale) as bench, \
-            FinalesClient(server, username, password) as client:  # type: ignore[arg-type]
-        tenant = Tenant(bench, client, caps, tenant_uuid=tenant_uuid,  # type: ignore[arg-type]
+            FinalesClient(server, username, password) as client:
+        tenant = Tenant(bench, client, caps, tenant_uuid=tenant_uuid,
                         poll_s=poll, claim_grace_s=claim_grace, max_active=max_active)
         what = ", ".join(f"{c.finales.quantity}/{c.finales.method}" for c in tenant.caps.values())
         print(f"labctl finales: bench {bench.bench_id} answers {what} on {server} as tenant "
