@@ -12,6 +12,9 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# the FINALES2 server and schemas the finales tests run against (peers, not labctl code)
+	if [ -d ../shared/peers ]; then $(BIN)/python -m pip install --quiet \
+		../shared/peers/FINALES2 ../shared/peers/FINALES2_schemas 'bcrypt<4.1'; fi
 	touch $(STAMP)
 
 install: $(STAMP)
