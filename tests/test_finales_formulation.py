@@ -123,3 +123,46 @@ def test_finales_block_naming_unknown_parameters_or_materials_is_invalid(
         Recipe.model_validate(data)
     with pytest.raises(ValueError, match="'NaCl' is not a material of the recipe"):
         Recipe.model_validate(data)
+
+
+def test_stock_promised_to_earlier_runs_is_not_promised_again(tmp_path: Path) -> None:
+    import tomllib
+
+    import tomli_w
+
+    from labctl.finales.stock import StockLedger
+
+    data = tomllib.loads((ROOT / "config" / "sim.toml").read_text())
+    data["vessels"]["res_dmc"]["contents"] = {"DMC": "3 mL"}
+    path = tmp_path / "bench.toml"
+    path.write_text(tomli_w.dumps(data))
+    cfg = load_config(path)
+    plan = build_plan(CAP.path, params_for(EXAMPLE_1M), cfg)  # 2.2 mL DMC: fits once
+    ledger = StockLedger(cfg)
+    ledger.check(plan)
+    ledger.take(plan, "run-1")
+    with pytest.raises(Refusal, match=r"DMC in res_dmc: 0\.7\d* mL left .*run-1") as err:
+        ledger.check(plan)
+    assert err.value.code == "not_enough_stock"
+
+
+def test_serve_refuses_bad_arguments_before_starting_anything(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    pw = tmp_path / "pw"
+    pw.write_text("x\n")
+    base = [sys.executable, "-m", "labctl", "finales", "serve", "--server",
+            "http://127.0.0.1:9", "--username", "u", "--password-file", str(pw),
+            "--data-dir", str(tmp_path / "runs")]
+    out = subprocess.run([*base, "--tenant-uuid", "not-a-uuid"], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert out.returncode == 2 and "--tenant-uuid 'not-a-uuid': not a uuid" in out.stderr
+    plain = tmp_path / "plain.json"
+    data = json.loads((ROOT / "recipes" / "electrolyte_conductivity.json").read_text())
+    del data["finales"]
+    plain.write_text(json.dumps(data))
+    out = subprocess.run([sys.executable, "-m", "labctl", "finales", "tenant", "--recipe",
+                          str(plain)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and f"{plain}: has no 'finales' block" in out.stderr
+    assert not (tmp_path / "runs").exists()

@@ -108,11 +108,13 @@ class Tenant:
 
     # -- polling -------------------------------------------------------------------------
     async def poll_once(self) -> None:
+        if len(self.active) >= self.max_active:
+            return
+        seen: set[str] = set()
         for cap in self.caps.values():
-            if len(self.active) >= self.max_active:
-                return
             pending = await self.client.pending_requests(cap.finales.quantity,
                                                          cap.finales.method)
+            seen.update(str(r["uuid"]) for r in pending)
             for info in sorted(pending, key=lambda r: str(r.get("ctime"))):
                 rid = str(info["uuid"])
                 known = self.journal.entries.get(rid)
@@ -121,6 +123,9 @@ class Tenant:
                 if len(self.active) >= self.max_active:
                     return
                 await self._consider(info, cap)
+        for memo in (self._prepared, self.first_seen, self.left_to_others):
+            for rid in [r for r in memo if r not in seen and r not in self.active]:
+                del memo[rid]  # no longer pending: forget what was worked out for it
 
     async def _consider(self, info: dict[str, Any], cap: Capability) -> None:
         rid = str(info["uuid"])
