@@ -321,3 +321,8 @@ def test_tenant_keeps_serving_through_a_finales_restart_with_a_new_key(
     finally:
         opt2.close()
     assert tenant.proc is not None and tenant.proc.poll() is None
+    # stopped while FINALES2 is down: it does not wait for the server to come back
+    server.stop()
+    time.sleep(1.0)
+    tenant.proc.send_signal(signal.SIGTERM)
+    assert tenant.proc.wait(30) == 0

@@ -74,14 +74,27 @@ class Tenant:
     async def serve(self, stop: asyncio.Event) -> None:
         """Resume what the journal left open, then poll until `stop` is set."""
         await self.recover()
-        while not stop.is_set():
-            try:
-                await self.poll_once()
-            except (FinalesError, httpx.HTTPError) as exc:
-                log.warning("FINALES2 poll: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.poll_s)
-        await self.close()
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                # a poll may wait out a dead server: a stop must not wait for it
+                poll = asyncio.create_task(self.poll_once())
+                await asyncio.wait({poll, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not poll.done():
+                    poll.cancel()
+                    with contextlib.suppress(BaseException):
+                        await poll
+                    break
+                if not poll.cancelled() and poll.exception() is not None:
+                    exc = poll.exception()
+                    if not isinstance(exc, (FinalesError, httpx.HTTPError)):
+                        raise exc  # type: ignore[misc]
+                    log.warning("FINALES2 poll: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(stopping), self.poll_s)
+        finally:
+            stopping.cancel()
+            await self.close()
 
     async def close(self) -> None:
         for t in list(self.active.values()):
