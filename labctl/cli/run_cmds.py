@@ -398,6 +398,14 @@ def runs_show(
     status = result.get("status") or (info.get("index") or {}).get("status")
     out.print(f"[bold]{run_id}[/bold]  {meta.get('recipe', {}).get('name')}  [{status}]")
     out.print(f"folder: {info['path']}")
+    who = meta.get("instigator") or {}
+    if who:
+        out.print(f"instigator: {who.get('kind')}:{who.get('id')}"
+                  + (f"  request {who['request_id']}" if who.get("request_id") else ""))
+    link = info.get("finales") or {}
+    if link:
+        out.print(f"FINALES2 {link.get('server')}: request {link.get('request_id')} -> "
+                  f"result {link.get('result_id')} ({link.get('status')})")
     table = Table(title="steps")
     for col in ("step", "device", "action", "status", "started", "ended"):
         table.add_column(col)
