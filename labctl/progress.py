@@ -210,13 +210,14 @@ def progress_text(prog: Mapping[str, Any], *, state: str | None = None) -> str:
     """One line for people: `42.3 %  steps 3/9  ETA 1:05`, never `0.0 %  s` for lack of
     numbers: before a run starts it says what is known (queued, its estimate)."""
     total = prog.get("steps_total")
-    if not total:
+    if not total and prog.get("fraction") is None:
         est = prog.get("est_total_s")
         what = state or "starting"
         return f"{what}" + (f", estimated {format_s(est)}" if est else "")
     frac = float(prog.get("fraction") or 0.0)
     eta = prog.get("eta_s")
-    out = f"{frac * 100:5.1f} %  steps {prog.get('steps_done', 0)}/{total}"
+    out = f"{frac * 100:5.1f} %" + (f"  steps {prog.get('steps_done', 0)}/{total}"
+                                     if total else "")
     if eta is not None and frac < 1.0:
         out += f"  ETA {format_s(eta)}"
     return out

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -42,7 +42,7 @@ from labctl.cli.common import (
     load_bench_config,
 )
 from labctl.errors import ConfigError, LabctlError
-from labctl.progress import format_s, progress_text
+from labctl.progress import format_s, plan_leaves, progress_text
 
 DEFAULT_DATA_DIR = Path("runs")
 EXIT_BY_STATUS = {"completed": EXIT_OK, "failed": EXIT_FAILED, "aborted": EXIT_ABORTED}
@@ -118,12 +118,13 @@ class LiveView:
             self.last_prog = dict(run["progress"])
             return self.last_prog, str(run.get("state"))
         prog = dict(self.last_prog)
+        ticket = getattr(self.bench, "tickets", {}).get(self.run_id)
         if self.outcome:
             if self.outcome == "completed":
-                total = prog.get("steps_total") or 0
-                prog.update(fraction=1.0, eta_s=0.0, steps_done=total)
+                total = prog.get("steps_total") or len(plan_leaves(getattr(ticket, "plan",
+                                                                           None)))
+                prog.update(fraction=1.0, eta_s=0.0, steps_done=total, steps_total=total)
             return prog, self.outcome
-        ticket = getattr(self.bench, "tickets", {}).get(self.run_id)
         est = getattr(getattr(ticket, "plan", None), "estimated_s", None)
         clock = getattr(getattr(self.bench, "instruments", None), "clock", None)
         if isinstance(est, (int, float)) and clock is not None:
@@ -137,14 +138,16 @@ class LiveView:
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold")
         table.add_column()
-        table.add_row("run", f"{self.run_id}  [{state}]")
+        table.add_row("run", Text(f"{self.run_id}  [{state}]"))
         steps = [] if self.outcome else (prog.get("steps") or [])
         table.add_row("step", ", ".join(
             f"{s['id']} ({s.get('device') or s.get('kind')}"
             f"{'.' + s['action'] if s.get('action') else ''})" for s in steps) or "—")
         frac = float(prog.get("fraction") or 0.0)
         bar = ProgressBar(total=1.0, completed=frac, width=40)
-        table.add_row("progress", Group(bar, Text(progress_text(prog, state=state))))
+        line = Table.grid(padding=(0, 1))  # a Group would drop the text after the bar
+        line.add_row(bar, Text(progress_text(prog, state=state)))
+        table.add_row("progress", line)
         eta = prog.get("eta_s")
         table.add_row("elapsed / ETA",
                       f"{time.monotonic() - self.t0:7.1f} s / "
