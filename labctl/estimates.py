@@ -1,0 +1,88 @@
+"""Step estimates for the plan: from the instruments' own timing models where the physics
+is declared (dosing rate, EIS frequencies, the cell's capacity and cut-offs), plus what
+talking to a device and computing an analysis take.
+
+Why: an estimate made of constants (30 s + 10 s/g for a dose) was off by a factor of six
+for the recipes' salt (37 s planned, 222 s on the bench), so progress and ETAs were wrong
+for exactly the long steps. The models are the simulators' (simulators/timing.py), found
+through the `labctl.simulation` entry point `timing` so that the core names no vendor; they
+read the device's params and simulator options, the same ones the simulated bench is built
+from. Without a model the action's own `estimate_s` stands.
+
+Times are on the bench's clock. Serial exchanges and analyses take wall time, which a
+simulated bench's scaled clock counts `time_scale` times over: their share is given in wall
+seconds and scaled by the bench config's time scale (1 on real hardware).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from functools import lru_cache
+from importlib.metadata import entry_points
+from typing import Any
+
+from labctl.config import BenchConfig
+
+log = logging.getLogger("labctl.estimates")
+
+#: wall seconds of serial exchanges one device step takes beyond its physics (the command,
+#: its acknowledgement, the status polls until it reports done); bench/estimates.py shows
+#: what the simulated bench takes per step
+STEP_EXCHANGES_WALL_S = 0.02
+#: wall seconds an analysis computes (the EIS fit with its Lin-KK check is the long one)
+ANALYSIS_WALL_S: dict[str, float] = {"ionic_conductivity": 1.5}
+ANALYSIS_DEFAULT_WALL_S = 0.1
+
+TimingFn = Callable[[str, str, dict[str, Any], dict[str, Any]], "float | None"]
+
+
+@lru_cache(maxsize=1)
+def timing_model() -> TimingFn | None:
+    """The installed timing models: entry point `labctl.simulation:timing`, else the
+    `timing` module beside the simulated bench's own entry point; None without simulators."""
+    eps = {ep.name: ep for ep in entry_points(group="labctl.simulation")}
+    try:
+        if "timing" in eps:
+            fn: TimingFn = eps["timing"].load()
+            return fn
+        if "bench" in eps:
+            package = eps["bench"].value.split(":", 1)[0].rsplit(".", 1)[0]
+            found: TimingFn = importlib.import_module(f"{package}.timing").estimate_s
+            return found
+    except Exception as exc:  # no models: the actions' own estimates stand
+        log.debug("no timing models: %s", exc)
+    return None
+
+
+def clock_per_wall_s(cfg: BenchConfig) -> float:
+    """Bench-clock seconds per wall second: the time scale on a simulated bench."""
+    return float(cfg.bench.time_scale) if cfg.bench.simulate else 1.0
+
+
+def device_options(device: Any) -> dict[str, Any]:
+    """What a device's simulator is built from: its params, then its simulator options."""
+    return {**dict(device.params), **dict(device.simulator.options)}
+
+
+def action_estimate_s(spec: Any, view: Any, args: dict[str, Any]) -> float:
+    """A device step's estimate on the bench clock: the instrument's timing model for this
+    action where there is one, else the action's own estimate; plus its serial exchanges."""
+    seconds: float | None = None
+    model = timing_model()
+    if model is not None:
+        cfg = view.config
+        kind = cfg.simulator.kind or cfg.driver
+        try:
+            seconds = model(kind, str(spec.name), args, device_options(cfg))
+        except Exception as exc:  # a model's trouble must not stop validation
+            log.debug("timing model %s.%s: %s", kind, spec.name, exc)
+    if seconds is None:
+        seconds = float(spec.estimate_s(view, args))
+    return seconds + STEP_EXCHANGES_WALL_S * clock_per_wall_s(view.bench)
+
+
+def analysis_estimate_s(name: str, cfg: BenchConfig) -> float:
+    """An analysis step's estimate on the bench clock (its computing, in wall time)."""
+    return ANALYSIS_WALL_S.get(name, ANALYSIS_DEFAULT_WALL_S) * clock_per_wall_s(cfg)
