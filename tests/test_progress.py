@@ -110,12 +110,23 @@ async def test_cli_first_frame_says_what_is_known_and_last_frame_100(tmp_path: P
     bench = Bench(cfg, data_dir=tmp_path / "runs", time_scale=2000.0)
     await bench.start()
     try:
+        views: list[LiveView] = []
+
+        async def feed() -> None:  # as `labctl run` feeds its live view: the bench's events
+            async for ev in bench.subscribe():
+                for v in views:
+                    v.feed(ev)
+
+        feeder = asyncio.create_task(feed())
+        await asyncio.sleep(0)
         run_id = await bench.submit(RECIPE, {"hold": "1 min", "rest": "0 s"})
         view = LiveView(bench, run_id)
+        views.append(view)
         first = _text(view.render())
         result = await bench.wait(run_id)
-        view.finish(result)
+        await asyncio.sleep(0.2)  # the run_finished event reaches the view
         last = _text(view.render())
+        feeder.cancel()
     finally:
         await bench.close()
     assert "steps 0/0" not in first and " s / 0.0 s" not in first, first
