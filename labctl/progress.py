@@ -20,6 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 LEAF_KINDS = ("action", "wait", "analysis")
+#: events after which what a device reads may have changed: views read the devices again
+STATE_CHANGE_EVENTS = frozenset({
+    "step_started", "step_finished", "step_failed", "step_cancelled", "step_recovered",
+    "transition", "run_finished", "device_paused", "device_resumed", "safe_state",
+    "safe_state_done", "estop", "bench_started", "queue_released"})
 #: an unfinished step is never shown as more than this share of its estimate
 IN_STEP_CAP = 0.99
 #: the pace is trusted once this share of the estimated run lies behind (before: 1.0)

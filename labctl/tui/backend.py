@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from labctl.errors import LabctlError
+from labctl.progress import STATE_CHANGE_EVENTS as STATE_CHANGES
 from labctl.tui.measurement import BdfTail
 from labctl.tui.model import (
     BenchView,
@@ -40,11 +41,6 @@ log = logging.getLogger("labctl.tui")
 
 COMMAND_TIMEOUT_S = 15.0
 """The longest the TUI waits for any one command before it says so."""
-STATE_CHANGES = frozenset({
-    "step_started", "step_finished", "step_failed", "step_cancelled", "step_recovered",
-    "transition", "run_finished", "device_paused", "device_resumed", "safe_state",
-    "safe_state_done", "estop", "bench_started", "queue_released"})
-"""Events after which the local TUI reads every device again at once."""
 ACTIVE_POLL_S = 0.5
 """A device working in a running step is read at least this often (wall s)."""
 
