@@ -355,9 +355,10 @@ class Bench:
     def plan(self, recipe: Any, parameters: Mapping[str, Any] | None = None) -> Any:
         """Validate a recipe (a path, JSON text, a dict or a Recipe) against this bench; the
         Plan, or labctl.recipe's RecipeError listing every fault."""
+        from labctl.estimates import at_time_scale
         from labctl.recipe import build_plan
 
-        return build_plan(recipe, dict(parameters or {}), self.cfg)
+        return build_plan(recipe, dict(parameters or {}), at_time_scale(self.cfg, self.time_scale))
 
     # -- submitting ----------------------------------------------------------------------
     async def submit(

@@ -86,3 +86,13 @@ def action_estimate_s(spec: Any, view: Any, args: dict[str, Any]) -> float:
 def analysis_estimate_s(name: str, cfg: BenchConfig) -> float:
     """An analysis step's estimate on the bench clock (its computing, in wall time)."""
     return ANALYSIS_WALL_S.get(name, ANALYSIS_DEFAULT_WALL_S) * clock_per_wall_s(cfg)
+
+
+def at_time_scale(cfg: BenchConfig, time_scale: float | None) -> BenchConfig:
+    """The config as a bench run at `time_scale` (a `--time-scale` override) plans with it:
+    the wall-time shares of its estimates are counted at the scale the bench really runs."""
+    if time_scale is None or not cfg.bench.simulate or time_scale == cfg.bench.time_scale:
+        return cfg
+    bench = cfg.bench.model_copy(update={"time_scale": float(time_scale)})
+    return cfg.model_copy(update={"bench": bench})
+

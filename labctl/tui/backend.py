@@ -387,10 +387,12 @@ class LocalBackend(BenchBackend):
 
     # -- commands -------------------------------------------------------------------------
     def _plan(self, recipe: Path, parameters: dict[str, Any]) -> Any:
+        from labctl.estimates import at_time_scale
         from labctl.recipe import RecipeError, build_plan
 
         try:
-            return build_plan(recipe, parameters, self.cfg, base_dir=recipe.parent)
+            return build_plan(recipe, parameters, at_time_scale(self.cfg, self.time_scale),
+                              base_dir=recipe.parent)
         except RecipeError as exc:
             raise RecipeRejected([Problem(i.path, i.message) for i in exc.issues]) from None
 
