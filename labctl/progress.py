@@ -77,7 +77,9 @@ class RunProgress:
         self.outcome: str | None = None
         self.paused_since: float | None = None
         self.paused_total = 0.0
-        self._credit_at_start = self._finished_credit()
+        #: steps finished in this session: their clock time, and what their estimates said
+        self.measured_s = 0.0
+        self.measured_est_s = 0.0
 
     # -- events ------------------------------------------------------------------------
     def feed(self, ev: Mapping[str, Any], now_s: float) -> None:
@@ -116,9 +118,13 @@ class RunProgress:
     def finish(self, step: str, now_s: float) -> None:
         if self.started_s is None:
             self.started_s = now_s
-        self.active.pop(step, None)
+        act = self.active.pop(step, None)
         if step in self.estimates:
             self.finished.add(step)
+            if act is not None:  # measured in this session: what the pace is made of
+                took = max(0.0, now_s - act.started_s - act.paused_s)
+                self.measured_s += took
+                self.measured_est_s += self.estimates[step]
 
     def report(self, step: str, fraction: float) -> None:
         """A device's own word on how far a step is (0..1)."""
@@ -178,10 +184,16 @@ class RunProgress:
     def snapshot(self, now_s: float,
                  to_wall: Callable[[float], float] = lambda s: s) -> dict[str, Any]:
         """fraction (0..1), elapsed_s and eta_s (wall seconds through `to_wall`),
-        steps_done/steps_total, est_total_s (the run's estimate, wall s) and pace."""
+        steps_done/steps_total, est_total_s (the run's estimate, wall s) and pace.
+
+        ETA = what the steps in flight still need (their estimate less their elapsed time,
+        or by their device's word; the longest of them, as they run side by side) + the
+        estimates of the steps not started, times the pace of the steps finished so far.
+        A step on schedule thus brings the ETA down second by second."""
         total_steps = len(self.estimates)
+        elapsed = self.elapsed(now_s)
         if self.outcome == "completed":
-            return {"fraction": 1.0, "elapsed_s": round(to_wall(self.elapsed(now_s)), 3),
+            return {"fraction": 1.0, "elapsed_s": round(to_wall(elapsed), 3),
                     "eta_s": 0.0, "steps_done": total_steps, "steps_total": total_steps,
                     "est_total_s": round(to_wall(self.run_estimate), 3), "pace": 1.0}
         credit = self._finished_credit() + sum(
@@ -191,24 +203,37 @@ class RunProgress:
         else:
             frac = len(self.finished) / total_steps if total_steps else 0.0
         frac = min(1.0, max(0.0, frac))
-        if self.outcome is None:
-            frac = min(frac, IN_STEP_CAP) if frac < 1.0 else frac
-        elapsed = self.elapsed(now_s)
-        pace = self.pace(frac, elapsed)
-        eta = 0.0 if self.outcome else max(0.0, (1.0 - frac) * self.run_estimate * pace)
+        if self.outcome is None and frac < 1.0:
+            frac = min(frac, IN_STEP_CAP)
+        pace = self.pace()
+        eta = 0.0
+        if not self.outcome:
+            in_flight = max((self._left_s(s, now_s) for s in self.active), default=0.0)
+            pending = self.leaf_total - self._finished_credit() - sum(
+                self.estimates.get(s, 0.0) for s in self.active)
+            overlap = self.run_estimate / self.leaf_total if self.leaf_total > 0 else 1.0
+            eta = in_flight + max(0.0, pending) * overlap * pace
         return {"fraction": round(frac, 4), "elapsed_s": round(to_wall(elapsed), 3),
                 "eta_s": round(to_wall(eta), 3), "steps_done": len(self.finished),
                 "steps_total": total_steps,
                 "est_total_s": round(to_wall(self.run_estimate), 3), "pace": round(pace, 3)}
 
-    def pace(self, frac: float, elapsed: float) -> float:
-        """Measured / estimated time for the part of the run this session has done: how
-        the run keeps to its estimates (1.0 until enough lies behind to judge)."""
-        own = frac * self.run_estimate - (self._credit_at_start / self.leaf_total
-                                          * self.run_estimate if self.leaf_total else 0.0)
-        if self.run_estimate <= 0 or own < PACE_AFTER * self.run_estimate or elapsed <= 0:
+    def _left_s(self, step: str, now_s: float) -> float:
+        """Clock seconds a step in flight still needs: by its device's word (elapsed scaled
+        by what it reports), else its estimate less its elapsed time."""
+        act = self.active[step]
+        ran = max(0.0, self._now(now_s) - act.started_s - act.paused_s)
+        if act.reported:
+            return ran * (1.0 - act.reported) / act.reported
+        return max(0.0, self.estimates.get(step, 0.0) - ran)
+
+    def pace(self) -> float:
+        """Measured / estimated clock time of the steps finished in this session: how the
+        run keeps to its estimates (1.0 until enough lies behind to judge)."""
+        if self.measured_est_s <= max(PACE_AFTER * self.run_estimate, 0.0) or (
+                self.measured_est_s <= 0):
             return 1.0
-        return min(PACE_MAX, max(PACE_MIN, elapsed / own))
+        return min(PACE_MAX, max(PACE_MIN, self.measured_s / self.measured_est_s))
 
 
 def progress_text(prog: Mapping[str, Any], *, state: str | None = None) -> str:
