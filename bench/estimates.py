@@ -17,7 +17,6 @@ from typing import Any
 
 from labctl.bench import Bench
 from labctl.config import load_config
-from labctl.recipe import build_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = 3
@@ -30,14 +29,16 @@ def _bench_cfg() -> Any:
     return cfg
 
 
-async def simulate(path: Path, time_scale: float) -> tuple[float, str, dict[str, float]]:
-    """Run one recipe on a fresh simulated bench: (simulated s, status, per-step sim s)."""
+async def simulate(path: Path, time_scale: float) -> tuple[Any, float, str, dict[str, float]]:
+    """Run one recipe on a fresh simulated bench: (its plan, simulated s, status, per-step
+    simulated s)."""
     cfg = _bench_cfg()
     with tempfile.TemporaryDirectory() as tmp:
         bench = Bench(cfg, data_dir=Path(tmp), time_scale=time_scale)
         await bench.start()
         try:
             run_id = await bench.submit(path, {})
+            plan = bench.tickets[run_id].plan  # planned in this process, as labctl run does
             result = await bench.wait(run_id)
             events = list(bench.store.open(run_id).events())
         finally:
@@ -58,7 +59,7 @@ async def simulate(path: Path, time_scale: float) -> tuple[float, str, dict[str,
             steps[str(ev["step"])] = (float(ts) - started.pop(str(ev["step"]))) * scale
             last = ts
     total = (float(last) - float(first)) * scale if first is not None and last else 0.0
-    return total, str(result.get("status")), steps
+    return plan, total, str(result.get("status")), steps
 
 
 def main() -> None:
@@ -75,22 +76,23 @@ def main() -> None:
     rows = []
     notes = []
     for path in paths:
-        plan = build_plan(path, {}, cfg, base_dir=ROOT / "recipes")
-        est = {s.id: s.estimated_s for s in plan.leaves()}
-        totals, statuses = [], set()
-        per_step: dict[str, list[float]] = defaultdict(list)
+        planned, totals, ratios, statuses = [], [], [], set()
+        per_step: dict[str, list[tuple[float, float]]] = defaultdict(list)
         for _ in range(ns.runs):
-            total, status, steps = asyncio.run(simulate(path, scale))
+            plan, total, status, steps = asyncio.run(simulate(path, scale))
+            est = {s.id: s.estimated_s for s in plan.leaves()}
+            planned.append(plan.estimated_s)
             totals.append(total)
+            ratios.append(plan.estimated_s / total if total else 0.0)
             statuses.add(status)
             for k, v in steps.items():
-                per_step[k].append(v)
-        sim = statistics.median(totals)
-        rows.append((path.stem, plan.estimated_s, sim, plan.estimated_s / sim if sim else 0.0,
-                     ",".join(sorted(statuses))))
-        off = sorted(((abs(statistics.median(v) - est.get(k, 0.0)), k,
-                       est.get(k, 0.0), statistics.median(v)) for k, v in per_step.items()),
-                     reverse=True)[:ns.worst]
+                per_step[k].append((est.get(k, 0.0), v))
+        rows.append((path.stem, statistics.median(planned), statistics.median(totals),
+                     statistics.median(ratios), ",".join(sorted(statuses))))
+        off = sorted(((abs(statistics.median(s for _, s in v) - statistics.median(
+            e for e, _ in v)), k, statistics.median(e for e, _ in v),
+            statistics.median(s for _, s in v)) for k, v in per_step.items()),
+            reverse=True)[:ns.worst]
         for _, k, e, s in off:
             notes.append(f"  {path.stem}: {k}: planned {e:.1f} s, simulated {s:.1f} s")
     print(f"time scale {scale:g}, median of {ns.runs} runs")

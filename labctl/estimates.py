@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from collections.abc import Callable
 from functools import lru_cache
 from importlib.metadata import entry_points
@@ -30,10 +31,13 @@ log = logging.getLogger("labctl.estimates")
 #: wall seconds of serial exchanges one device step takes beyond its physics (the command,
 #: its acknowledgement, the status polls until it reports done); bench/estimates.py shows
 #: what the simulated bench takes per step
-STEP_EXCHANGES_WALL_S = 0.02
-#: wall seconds an analysis computes (the EIS fit with its Lin-KK check is the long one)
-ANALYSIS_WALL_S: dict[str, float] = {"ionic_conductivity": 1.5}
-ANALYSIS_DEFAULT_WALL_S = 0.1
+STEP_EXCHANGES_WALL_S = 0.01
+#: wall seconds an analysis computes
+ANALYSIS_WALL_S = 0.1
+#: libraries an analysis imports at its first use in a process, and the wall seconds that
+#: takes (impedance pulls in scipy: ~2 s, paid by every `labctl run` of an EIS recipe, once
+#: by a long-lived agent or TUI)
+ANALYSIS_IMPORTS: dict[str, tuple[str, float]] = {"ionic_conductivity": ("impedance", 2.0)}
 
 TimingFn = Callable[[str, str, dict[str, Any], dict[str, Any]], "float | None"]
 
@@ -84,8 +88,13 @@ def action_estimate_s(spec: Any, view: Any, args: dict[str, Any]) -> float:
 
 
 def analysis_estimate_s(name: str, cfg: BenchConfig) -> float:
-    """An analysis step's estimate on the bench clock (its computing, in wall time)."""
-    return ANALYSIS_WALL_S.get(name, ANALYSIS_DEFAULT_WALL_S) * clock_per_wall_s(cfg)
+    """An analysis step's estimate on the bench clock: its computing, and the import of
+    its library when this process has not loaded it yet (both wall time)."""
+    wall = ANALYSIS_WALL_S
+    lib = ANALYSIS_IMPORTS.get(name)
+    if lib is not None and lib[0] not in sys.modules:
+        wall += lib[1]
+    return wall * clock_per_wall_s(cfg)
 
 
 def at_time_scale(cfg: BenchConfig, time_scale: float | None) -> BenchConfig:
