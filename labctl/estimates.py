@@ -5,7 +5,8 @@ talking to a device and computing an analysis take.
 Why: an estimate made of constants (30 s + 10 s/g for a dose) was off by a factor of six
 for the recipes' salt (37 s planned, 222 s on the bench), so progress and ETAs were wrong
 for exactly the long steps. The models are the simulators' (simulators/timing.py), found
-through the `labctl.simulation` entry point `timing` so that the core names no vendor; they
+through the `labctl.simulation` entry points (a `timing` one if a package declares it, else the
+`timing` module beside the simulated bench's `bench` one) so that the core names no vendor; they
 read the device's params and simulator options, the same ones the simulated bench is built
 from. Without a model the action's own `estimate_s` stands.
 

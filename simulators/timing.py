@@ -1,12 +1,12 @@
 """How long the simulated instruments take, for the planner's estimates.
 
-labctl's planner asks here (through the `labctl.simulation` entry point `timing`, so the
-core stays free of vendor knowledge) how long an action takes on a device of a given kind
-with its declared options (the device's params and simulator options, as the simulated
-bench passes them). Each answer comes from the function the simulator itself runs on, kept
-next to it in the simulator's module: the dosing rate and settling of the Quantos, the EIS
-frequency loop and the cell model of the EmStat. None: no model here, the action's own
-estimate stands.
+labctl's planner asks here (found beside the `labctl.simulation` entry point `bench`, or
+through a `timing` entry point of that group, so the core stays free of vendor knowledge)
+how long an action takes on a device of a given kind with its declared options (the
+device's params and simulator options, as the simulated bench passes them). Each answer
+comes from the function the simulator itself runs on, kept next to it in the simulator's
+module: the dosing rate and settling of the Quantos, the EIS frequency loop and the cell
+model of the EmStat. None: no model here, the action's own estimate stands.
 """
 
 from __future__ import annotations
