@@ -9,7 +9,6 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from labctl.cli.app import app
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
     EXIT_FAILED,
@@ -20,6 +19,7 @@ from labctl.cli.common import (
     fail,
     load_bench_config,
 )
+from labctl.cli.root import app
 from labctl.errors import ConfigError, DeviceError
 from labctl.instruments import Instruments
 
