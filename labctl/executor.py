@@ -34,8 +34,9 @@ from labctl.errors import (
     LimitError,
     MaterialInDoubt,
 )
+from labctl.progress import RunProgress
 from labctl.recipe.plan import Plan, PlannedStep
-from labctl.run_machine import IllegalTransition, RunMachine, RunState
+from labctl.run_machine import FINAL_STATES, IllegalTransition, RunMachine, RunState
 from labctl.store.journal import LEAF_KINDS
 from labctl.store.record import RunRecord
 
@@ -397,6 +398,8 @@ class Executor:
                                       or sum(s.estimated_s for s in self._leaves))
         self.done_estimate_s = 0.0
         self.steps_done = 0
+        #: fraction and ETA within steps, fed with this executor's events (labctl.progress)
+        self.tracker = RunProgress(plan)
         self.started_wall: float | None = None
         self.outcome: RunState | None = None
         self.failure: StepFailed | None = None
@@ -439,6 +442,7 @@ class Executor:
     def _log(self, event: str, *, durable: bool = True, **fields: Any) -> dict[str, Any]:
         rec = self.record.journal.append(event, durable=durable, run_id=self.record.run_id,
                                          **fields)
+        self.tracker.feed(rec, self.clock.monotonic())
         if self._emit is not None:
             try:
                 self._emit(rec)
@@ -461,23 +465,32 @@ class Executor:
         return self.machine.state
 
     def progress(self) -> dict[str, Any]:
-        """Current steps, fraction done (by estimated time), elapsed and ETA (wall s)."""
+        """Current steps, fraction done (moving within steps, labctl.progress), elapsed and
+        ETA (wall s; the ETA revised by how the run kept to its estimates so far)."""
+        now = self.clock.monotonic()
+        state = self.state
+        if state == RunState.PAUSED:
+            self.tracker.pause(now)
+        elif state in (RunState.RUNNING, RunState.STOPPING):
+            self.tracker.resume(now)
+        elif state in FINAL_STATES and self.tracker.outcome is None:
+            self.tracker.end(str(state), now)
+        snap = self.tracker.snapshot(now, self.clock.to_wall)
         elapsed = time.monotonic() - self.started_wall if self.started_wall else 0.0
-        total = self.total_estimate_s
-        frac = min(1.0, self.done_estimate_s / total) if total > 0 else (
-            self.steps_done / len(self._leaves) if self._leaves else 0.0)
-        remaining_sim = max(0.0, total - self.done_estimate_s)
         return {
-            "state": str(self.state),
+            "state": str(state),
             "steps": [{"id": a.step.id,
                        "device": a.step.device, "action": a.step.action,
-                       "kind": a.step.kind, "suspended": a.suspended}
+                       "kind": a.step.kind, "suspended": a.suspended,
+                       "fraction": round(self.tracker.step_fraction(a.step.id, now), 4)}
                       for a in self._active.values()],
             "steps_done": self.steps_done,
             "steps_total": len(self._leaves),
-            "fraction": round(frac, 4),
+            "fraction": snap["fraction"],
             "elapsed_s": round(elapsed, 3),
-            "eta_s": round(self.clock.to_wall(remaining_sim), 3),
+            "eta_s": snap["eta_s"],
+            "est_total_s": snap["est_total_s"],
+            "pace": snap["pace"],
         }
 
     async def pause(self, *, reason: str | None = None) -> RunState:
@@ -550,6 +563,7 @@ class Executor:
         self.steps_done = sum(1 for s in self._leaves if s.id in self._skip)
         self.done_estimate_s = sum(s.estimated_s for s in self._leaves
                                    if s.id in self._skip)
+        self.tracker = RunProgress(self.plan, done=self._skip)
         self.started_wall = time.monotonic()
         self._anchor()
         for leaf in self._leaves:  # resuming: the figures of analyses done before the crash

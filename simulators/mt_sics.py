@@ -52,6 +52,22 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+#: defaults of the options the timing depends on (the planner's model reads the same)
+SETTLE_S = 1.5
+DOSE_S_PER_MG = 0.3
+END_SETTLE_FACTOR = 4
+
+
+def dose_time_s(options: dict[str, Any], mass_g: float) -> float:
+    """Simulated seconds a Quantos dose of `mass_g` takes with these options, as the
+    simulator runs it: the tare settles, the powder flows at 1/dose_s_per_mg mg/s, the
+    end is reported once the balance has settled (END_SETTLE_FACTOR x settle_s), and the
+    dosed mass is read once stable. The planner's estimate (simulators.timing)."""
+    settle = float(options.get("settle_s", SETTLE_S))
+    per_mg = float(options.get("dose_s_per_mg", DOSE_S_PER_MG))
+    return settle + mass_g * 1000.0 * per_mg + settle * END_SETTLE_FACTOR
+
+
 class MettlerBalanceSimulator(Simulator):
     """An MT-SICS level 0/1 balance weighing a world vessel."""
 
@@ -71,7 +87,7 @@ class MettlerBalanceSimulator(Simulator):
         self.firmware = str(o.get("firmware", "2.10.3"))
         self.capacity_g = float(o.get("capacity_g", self.default_capacity_g))
         self.decimals = int(o.get("decimals", self.default_decimals))
-        self.settle_s = float(o.get("settle_s", 1.5))
+        self.settle_s = float(o.get("settle_s", SETTLE_S))
         self.stable_timeout_s = float(o.get("stable_timeout_s", 10.0))
         self.zero_offset_g = float(o.get("zero_offset_g", 0.0))
         self.zero_range_g = self.capacity_g * float(o.get("zero_range_pct", 100.0)) / 100
@@ -389,7 +405,7 @@ class QuantosSimulator(MettlerBalanceSimulator):
         self.sampler_s = float(o.get("sampler_s", 2.0))
         self.min_target_mg = float(o.get("min_target_mg", 0.1))
         self.max_target_mg = float(o.get("max_target_mg", 100_000.0))
-        self.dose_s_per_mg = float(o.get("dose_s_per_mg", 0.3))
+        self.dose_s_per_mg = float(o.get("dose_s_per_mg", DOSE_S_PER_MG))
         self.dose_timeout_s: float | None = (
             float(o["dose_timeout_s"]) if o.get("dose_timeout_s") is not None else None
         )
@@ -551,7 +567,7 @@ class QuantosSimulator(MettlerBalanceSimulator):
             if result == "A" and fail_code is not None:
                 result = f"I {fail_code}"
             # the Quantos reports the end once the balance has settled
-            await self._wait_stable(self.settle_s * 4)
+            await self._wait_stable(self.settle_s * END_SETTLE_FACTOR)
         except asyncio.CancelledError:
             record["result"] = "stopped"
             raise

@@ -344,6 +344,85 @@ def _quantity(value: Any, unit: str, default: float) -> float:
     return float(ureg.Quantity(str(value)).to(unit).magnitude)
 
 
+def cell_params(o: dict[str, Any]) -> CellParams:
+    """The simulated cell from the simulator options (defaults: CellParams')."""
+    return CellParams(
+        cell_constant_m=_quantity(o.get("cell_constant"), "1/m", 100.0),
+        area_m2=_quantity(o.get("electrode_area"), "m^2", 0.196e-4),
+        cdl_f_m2=_quantity(o.get("double_layer"), "F/m^2", 0.20),
+        i0_a_m2=_quantity(o.get("exchange_current"), "A/m^2", 10.0),
+        warburg_ohm_s05=float(o.get("warburg", 100.0)),
+        redox_e0_v=_quantity(o.get("redox_e0"), "V", 3.25),
+        redox_conc_mol_m3=_quantity(o.get("redox_concentration"), "mol/m^3", 1.0),
+        diffusion_m2_s=_quantity(o.get("diffusion"), "m^2/s", 1e-9),
+        ox_limit_v=_quantity(o.get("ox_limit"), "V", 4.5),
+        red_limit_v=_quantity(o.get("red_limit"), "V", 0.9),
+        onset_slope_v=_quantity(o.get("onset_slope"), "V", 0.08),
+        onset_j_ref_a_m2=_quantity(o.get("onset_j_ref"), "A/m^2", 0.1),
+        ocp_v=_quantity(o.get("ocp"), "V", 3.0),
+        ocv_span_v=_quantity(o.get("ocv_span"), "V", 0.1),
+        capacity_c=_quantity(o.get("capacity"), "C", 0.36),
+        initial_soc=float(o.get("soc", 0.5)),
+        coulombic_efficiency=float(o.get("coulombic_efficiency", 0.98)),
+        capacity_fade=float(o.get("capacity_fade", 0.01)),
+        convection_time_s=_quantity(o.get("convection_time"), "s", 30.0),
+    )
+
+
+def fixed_electrolyte(o: dict[str, Any]) -> Electrolyte:
+    """The electrolyte assumed when the cell's vial is not known (option `electrolyte`)."""
+    fixed = dict(o.get("electrolyte") or {})
+    return Electrolyte(float(fixed.get("molality", 1.0)), float(fixed.get("ec_fraction", 0.5)),
+                       float(fixed.get("temperature_c", 25.0)))
+
+
+def eis_frequencies(f_start: float, f_end: float, n: int) -> list[float]:
+    """The log-spaced frequencies of an EIS loop, in the order measured."""
+    if n <= 1:
+        return [f_start]
+    ratio = math.log(f_end / f_start) / (n - 1)
+    return [f_start * math.exp(ratio * k) for k in range(n)]
+
+
+def eis_point_s(f_hz: float) -> float:
+    """Device time one EIS frequency takes: two periods, at least 50 ms of settling."""
+    return max(2.0 / f_hz, 0.05)
+
+
+def eis_time_s(f_start: float, f_end: float, n: int) -> float:
+    """Device time of a whole EIS loop (the planner's estimate, simulators.timing)."""
+    return sum(eis_point_s(f) for f in eis_frequencies(f_start, f_end, n))
+
+
+def gcpl_time_s(o: dict[str, Any], phases: list[dict[str, Any]], n_cycles: int) -> float:
+    """Device time of galvanostatic cycling on the simulated cell: each cc phase runs the
+    cell model (the one the simulator answers with) sample by sample until its cut-off or
+    its max_time, each rest its max_time. The cell starts as the options declare it (a
+    bench that already cycled it is elsewhere: the estimate is for the declared cell)."""
+    cell = Cell(cell_params(o))
+    el = fixed_electrolyte(o)
+    cell._electrolyte = (el.conductivity_s_m, el.temperature_c)
+    total = 0.0
+    for _ in range(max(0, n_cycles)):
+        for ph in phases:
+            max_t = float(ph.get("max_time_s") or 0.0)
+            dt = float(ph.get("sample_interval_s") or 1.0)
+            i = float(ph.get("current_a") or 0.0)
+            if ph.get("mode") != "cc" or i == 0 or dt <= 0:
+                total += max_t
+                continue
+            up, lo = ph.get("upper_cutoff_v"), ph.get("lower_cutoff_v")
+            t = 0.0
+            while t + dt <= max_t + 1e-9:
+                t += dt
+                cell.pass_current(i, dt)
+                e = cell.galvanostatic_potential(i)
+                if (up is not None and e >= up) or (lo is not None and e <= lo):
+                    break
+            total += t
+    return total
+
+
 class EmStatSimulator(Simulator):
     """The instrument side of MethodSCRIPT over a byte stream, with a simulated cell."""
 
@@ -361,33 +440,8 @@ class EmStatSimulator(Simulator):
         self.serial = str(o.get("serial", "ES4SIM0001"))
         self.noise = float(o.get("noise", 0.001))
         self.rng = random.Random(o.get("seed"))
-        params = CellParams(
-            cell_constant_m=_quantity(o.get("cell_constant"), "1/m", 100.0),
-            area_m2=_quantity(o.get("electrode_area"), "m^2", 0.196e-4),
-            cdl_f_m2=_quantity(o.get("double_layer"), "F/m^2", 0.20),
-            i0_a_m2=_quantity(o.get("exchange_current"), "A/m^2", 10.0),
-            warburg_ohm_s05=float(o.get("warburg", 100.0)),
-            redox_e0_v=_quantity(o.get("redox_e0"), "V", 3.25),
-            redox_conc_mol_m3=_quantity(o.get("redox_concentration"), "mol/m^3", 1.0),
-            diffusion_m2_s=_quantity(o.get("diffusion"), "m^2/s", 1e-9),
-            ox_limit_v=_quantity(o.get("ox_limit"), "V", 4.5),
-            red_limit_v=_quantity(o.get("red_limit"), "V", 0.9),
-            onset_slope_v=_quantity(o.get("onset_slope"), "V", 0.08),
-            onset_j_ref_a_m2=_quantity(o.get("onset_j_ref"), "A/m^2", 0.1),
-            ocp_v=_quantity(o.get("ocp"), "V", 3.0),
-            ocv_span_v=_quantity(o.get("ocv_span"), "V", 0.1),
-            capacity_c=_quantity(o.get("capacity"), "C", 0.36),
-            initial_soc=float(o.get("soc", 0.5)),
-            coulombic_efficiency=float(o.get("coulombic_efficiency", 0.98)),
-            capacity_fade=float(o.get("capacity_fade", 0.01)),
-            convection_time_s=_quantity(o.get("convection_time"), "s", 30.0),
-        )
-        fixed = dict(o.get("electrolyte") or {})
-        self._fixed = Electrolyte(
-            float(fixed.get("molality", 1.0)),
-            float(fixed.get("ec_fraction", 0.5)),
-            float(fixed.get("temperature_c", 25.0)),
-        )
+        params = cell_params(o)
+        self._fixed = fixed_electrolyte(o)
         self.cell = Cell(params, conductivity=self._conductivity)
         # instrument state
         self.cell_on = False
@@ -935,14 +989,10 @@ class EmStatSimulator(Simulator):
         if n < 1 or e_ac > 1.0:
             raise ScriptError("4002", stmt.line, stmt.cols[6 if n < 1 else 3])
         self.e_set = e_dc
-        if n == 1:
-            freqs = [f_start]
-        else:
-            ratio = math.log(f_end / f_start) / (n - 1)
-            freqs = [f_start * math.exp(ratio * k) for k in range(n)]
+        freqs = eis_frequencies(f_start, f_end, n)
         yield -1
         for f in freqs:
-            await self._wait_until(run, run.t + max(2.0 / f, 0.05))
+            await self._wait_until(run, run.t + eis_point_s(f))
             self._fault_check(stmt)
             if self.cell_on:
                 z = self.cell.impedance(f)

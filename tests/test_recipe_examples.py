@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from labctl.config import BenchConfig, load_config
+from labctl.estimates import STEP_EXCHANGES_WALL_S
 from labctl.recipe import Plan, RecipeError, build_plan, validate
 from labctl.recipe.sop import materials_csv, sop_markdown, write_outputs
 from tests.config_support import every_device_enabled, load_edited
@@ -146,7 +147,9 @@ def test_estimates_follow_the_devices_speeds() -> None:
     plan = build_plan(ROOT / "recipes/coating_synthesis.json",
                       {"teos_volume": "3 mL", "teos_flow": "0.5 mL/min"}, full_bench())
     teos = plan.step("teos")
-    assert teos is not None and teos.estimated_s == pytest.approx(360.0 + 1.0)
+    # the stroke at its flow, the pump's start, and its serial exchanges at the bench's scale
+    exchanges = STEP_EXCHANGES_WALL_S * full_bench().bench.time_scale
+    assert teos is not None and teos.estimated_s == pytest.approx(360.0 + 1.0 + exchanges)
     assert plan.estimated_s == pytest.approx(sum(s.estimated_s for s in plan.steps))
 
 

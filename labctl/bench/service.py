@@ -180,8 +180,12 @@ class Bench:
     def plan(self, recipe: RecipeSource, parameters: Mapping[str, Any] | None = None,
              *, base_dir: Path | None = None) -> Plan:
         """Validate a recipe (a path, JSON text, a dict or a Recipe) against this bench; the
-        Plan, or labctl.recipe's RecipeError listing every fault."""
-        return build_plan(recipe, dict(parameters or {}), self.cfg, base_dir=base_dir)
+        Plan, or labctl.recipe's RecipeError listing every fault. Planned at the scale this
+        bench really runs (a --time-scale override), so estimates count wall time there."""
+        from labctl.estimates import at_time_scale
+
+        return build_plan(recipe, dict(parameters or {}),
+                          at_time_scale(self.cfg, self.time_scale), base_dir=base_dir)
 
     # -- submitting ----------------------------------------------------------------------
     async def submit(

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -43,6 +43,7 @@ from labctl.cli.common import (
 )
 from labctl.cli.root import app
 from labctl.errors import ConfigError, LabctlError
+from labctl.progress import format_s, plan_leaves, progress_text
 
 DEFAULT_DATA_DIR = Path("runs")
 EXIT_BY_STATUS = {"completed": EXIT_OK, "failed": EXIT_FAILED, "aborted": EXIT_ABORTED}
@@ -90,6 +91,10 @@ class LiveView:
         self.readings: dict[str, str] = {}
         self.last_event = ""
         self.t0 = time.monotonic()
+        #: the last progress seen of this run, and how it ended: the last frame is drawn
+        #: after the bench has let go of the run
+        self.last_prog: dict[str, Any] = {}
+        self.outcome: str | None = None
 
     def feed(self, ev: dict[str, Any]) -> None:
         if ev.get("run_id") not in (None, self.run_id):
@@ -104,25 +109,54 @@ class LiveView:
         elif kind in ("step_started", "step_finished", "step_failed", "transition"):
             what = ev.get("step") or f"{ev.get('source')} → {ev.get('dest')}"
             self.last_event = f"{kind} {what}"
+        if kind == "run_finished" and ev.get("run_id") == self.run_id:
+            self.outcome = str(ev.get("status") or "")
+
+    def finish(self, result: dict[str, Any]) -> None:
+        """The run has ended: the last frame shows its outcome (100 % when completed)."""
+        self.outcome = str(result.get("status") or self.outcome or "")
+
+    def _progress(self, run: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """This run's progress and state, also before it starts and after it ended."""
+        if run.get("run_id") == self.run_id and run.get("progress"):
+            self.last_prog = dict(run["progress"])
+            return self.last_prog, str(run.get("state"))
+        prog = dict(self.last_prog)
+        ticket = getattr(self.bench, "tickets", {}).get(self.run_id)
+        if self.outcome:
+            if self.outcome == "completed":
+                total = prog.get("steps_total") or len(plan_leaves(getattr(ticket, "plan",
+                                                                           None)))
+                prog.update(fraction=1.0, eta_s=0.0, steps_done=total, steps_total=total)
+            return prog, self.outcome
+        est = getattr(getattr(ticket, "plan", None), "estimated_s", None)
+        clock = getattr(getattr(self.bench, "instruments", None), "clock", None)
+        if isinstance(est, (int, float)) and clock is not None:
+            prog = {**prog, "est_total_s": clock.to_wall(est)}
+        return prog, str(run.get("state") or "starting")
 
     def render(self) -> Any:
         st = self.bench.status()
         run = st.get("run") or {}
-        prog = run.get("progress") or {}
+        prog, state = self._progress(run)
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold")
         table.add_column()
-        table.add_row("run", f"{self.run_id}  [{run.get('state', st.get('state'))}]")
-        steps = prog.get("steps") or []
+        table.add_row("run", Text(f"{self.run_id}  [{state}]"))
+        steps = [] if self.outcome else (prog.get("steps") or [])
         table.add_row("step", ", ".join(
             f"{s['id']} ({s.get('device') or s.get('kind')}"
             f"{'.' + s['action'] if s.get('action') else ''})" for s in steps) or "—")
         frac = float(prog.get("fraction") or 0.0)
         bar = ProgressBar(total=1.0, completed=frac, width=40)
-        done, total = prog.get("steps_done", 0), prog.get("steps_total", 0)
-        table.add_row("progress", Group(bar, Text(f"{frac * 100:5.1f} %  steps {done}/{total}")))
+        line = Table.grid(padding=(0, 1))  # a Group would drop the text after the bar
+        line.add_row(bar, Text(progress_text(prog, state=state)))
+        table.add_row("progress", line)
+        eta = prog.get("eta_s")
         table.add_row("elapsed / ETA",
-                      f"{time.monotonic() - self.t0:7.1f} s / {prog.get('eta_s', 0):.1f} s")
+                      f"{time.monotonic() - self.t0:7.1f} s / "
+                      + (format_s(eta) if isinstance(eta, (int, float)) and not self.outcome
+                         else "done" if self.outcome else "--"))
         for key, value in list(self.readings.items())[-4:]:
             table.add_row(key, value)
         if self.last_event:
@@ -187,6 +221,8 @@ async def _drive(bench: Bench, start: Callable[[Bench], Awaitable[str]], *,
                 while not waiter.done():
                     await asyncio.wait({waiter}, timeout=0.125)
                     live.update(view.render())
+                view.finish(waiter.result())
+                live.update(view.render())
             result = waiter.result()
     finally:
         if watcher is not None:

@@ -65,6 +65,7 @@ from labctl.mqtt.payloads import (
 from labctl.mqtt.port import AgentPort
 from labctl.mqtt.topics import Topics
 from labctl.problems import BenchError, wire_code
+from labctl.progress import STATE_CHANGE_EVENTS as STATE_CHANGES
 from labctl.protocol import RecipeInput
 
 log = logging.getLogger("labctl.mqtt.agent")
@@ -145,6 +146,8 @@ class Agent:
         self._events: deque[bytes] = deque(maxlen=EVENT_BUFFER)
         self._seq = 0
         self._wake = asyncio.Event()
+        #: a run or step changed state: read the devices again now, not at the next poll
+        self._poll_now = asyncio.Event()
         self._status_dirty = True
         self._last_status: str | None = None
         self._stopping = asyncio.Event()
@@ -302,6 +305,8 @@ class Agent:
                 ended = self.port.is_final(event)
                 if ended is not None:
                     self._queue_result(ended)
+                if event.get("type") in STATE_CHANGES:
+                    self._poll_now.set()
             except Exception:  # one odd event must not stop the stream
                 log.exception("could not publish event %r", event)
             self._wake.set()
@@ -312,13 +317,16 @@ class Agent:
         if self.device_poll_s <= 0:
             return
         while True:
+            self._poll_now.clear()  # a change during this poll asks for the next one
             try:
                 await self.port.poll_devices()
                 self._status_dirty = True
                 self._wake.set()
             except Exception:  # polling is best effort; the next round tries again
                 log.exception("device poll failed")
-            await asyncio.sleep(self.device_poll_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.device_poll_s):
+                    await self._poll_now.wait()
 
     def _recover_results(self) -> None:
         """Queue the results no event brought: runs of MQTT clients that ended while this

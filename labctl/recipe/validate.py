@@ -31,6 +31,7 @@ from labctl.actions import (
     get_action,
 )
 from labctl.config import BenchConfig
+from labctl.estimates import action_estimate_s, analysis_estimate_s
 from labctl.recipe.expressions import (
     POISON,
     ExpressionError,
@@ -403,7 +404,7 @@ class Compiler:
         effects = spec.effects(view, args)
         planned = PlannedStep(
             pid, p, "action", device=st.device, action=st.action, capability=cap,
-            args=_jsonable(args), estimated_s=float(spec.estimate_s(view, args)),
+            args=_jsonable(args), estimated_s=action_estimate_s(spec, view, args),
             description=spec.describe(view, args), moves_material=spec.moves_material,
             idempotent=not spec.moves_material,
             retry_safe=not spec.moves_material or spec.retry_safe,
@@ -543,7 +544,8 @@ class Compiler:
             return None
         pid = ctx.id_prefix + st.id
         planned = PlannedStep(pid, p, "analysis", action=st.analysis, analysis=st.analysis,
-                              args=args, estimated_s=1.0, idempotent=True,
+                              args=args, estimated_s=analysis_estimate_s(
+                                  str(st.analysis), self.cfg), idempotent=True,
                               description=f"Analysis {st.analysis}"
                               + (f" of {args.get('data')}" if args.get("data") else "") + ".")
         self.leaves[pid] = planned

@@ -34,6 +34,10 @@ from labctl.tui.widgets import BenchBar, DevicesPanel, EventLog, LivePlot, Queue
 
 DEVICES_REDRAW_S = 1.0
 """Device rows are redrawn at least this often even without news: staleness ages."""
+RUN_COMMANDS = frozenset({"pause", "resume", "abort"})
+RUN_STATES_PAUSABLE = frozenset({"running"})
+RUN_STATES_RESUMABLE = frozenset({"pausing", "paused"})
+RUN_STATES_ABORTABLE = frozenset({"ready", "running", "pausing", "paused"})
 
 
 class LabctlApp(App[None]):
@@ -74,6 +78,7 @@ class LabctlApp(App[None]):
         self._seen: dict[str, int] = {}
         self._devices_drawn = 0.0
         self._backend_closed = False
+        self._offered_drawn: frozenset[str] = frozenset()
 
     # -- layout ---------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -168,6 +173,10 @@ class LabctlApp(App[None]):
         run_changed = self._changed("run")
         if run_changed or force:
             self.query_one(RunPanel).show(view)
+        offered = self._offered()
+        if offered != self._offered_drawn:
+            self._offered_drawn = offered
+            self.refresh_bindings()  # the footer offers only what the run state allows
         devices_due = loop_now - self._devices_drawn >= DEVICES_REDRAW_S
         if self._changed("devices") or run_changed or devices_due or force:
             self._devices_drawn = loop_now
@@ -182,6 +191,30 @@ class LabctlApp(App[None]):
             self.query_one(EventLog).show(view)
 
     # -- commands -------------------------------------------------------------------------
+    def _offered(self) -> frozenset[str]:
+        """The run commands the current run state allows: pause while it runs, resume
+        while it pauses, abort while it is active; none once it has ended."""
+        if self.backend is None:
+            return frozenset()
+        run = self.view.run
+        state = run.state if run is not None else ""
+        out = set()
+        if state in RUN_STATES_ABORTABLE:
+            out.add("abort")
+        if state in RUN_STATES_PAUSABLE:
+            out.add("pause")
+        if state in RUN_STATES_RESUMABLE or (self.view.state == "held" and not (
+                run is not None and run.active)):
+            out.add("resume")  # after an e-stop, resume releases the held queue
+        return frozenset(out)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Pause, resume and abort are offered (footer, key) only when the run state
+        allows them; everything else always."""
+        if action in RUN_COMMANDS:
+            return action in self._offered()
+        return True
+
     def _usable(self) -> bool:
         if self.backend is None or not self.backend_ready.is_set() or self.start_error:
             self.notify("the bench is not connected", severity="warning")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from labctl.problems import BenchError, ErrorCode, Issue, LocalCode
+from labctl.progress import STATE_CHANGE_EVENTS as STATE_CHANGES
 from labctl.tui.measurement import BdfTail
 from labctl.tui.model import (
     BenchView,
@@ -49,6 +50,8 @@ T = TypeVar("T")
 
 COMMAND_TIMEOUT_S = 15.0
 """The longest the TUI waits for any one command before it says so."""
+ACTIVE_POLL_S = 0.5
+"""A device working in a running step is read at least this often (wall s)."""
 
 
 #: one validation issue, the type the validator found it as (labctl.problems)
@@ -223,6 +226,7 @@ class LocalBackend(BenchBackend):
         self._tasks: list[asyncio.Task[Any]] = []
         self._tail: BdfTail | None = None
         self._subscribed = asyncio.Event()
+        self._wake: dict[str, asyncio.Event] = {}
 
     async def start(self) -> None:
         from labctl.bench import Bench
@@ -283,6 +287,8 @@ class LocalBackend(BenchBackend):
         if event_kind(ev) == "data_file" and self.view.run is not None:
             self._follow_data(ev)
         apply_event(self.view, ev)
+        if event_kind(ev) in STATE_CHANGES:
+            self._poll_all_now()
 
     def _adopt_run(self, run_id: str) -> None:
         """The run the bench works on now: its plan's steps, states replayed from its
@@ -323,9 +329,17 @@ class LocalBackend(BenchBackend):
         self._tail = BdfTail(ticket.record.folder / str(ev["path"]), m)
         self.view.touch("plot")
 
+    def _poll_all_now(self) -> None:
+        """A state changed (a step started or ended, the run paused, aborted, safe state):
+        every device is read again at once, not at its next poll."""
+        for wake in self._wake.values():
+            wake.set()
+
     async def _poll_device(self, name: str, dev: Any) -> None:
         """One task per device: a slow one delays nobody else."""
+        wake = self._wake.setdefault(name, asyncio.Event())
         while True:
+            wake.clear()
             row = self.view.devices[name]
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
@@ -339,7 +353,17 @@ class LocalBackend(BenchBackend):
                 row.state, row.readings, row.fault = d["state"], d["readings"], d["fault"]
                 row.updated, row.error = float(d.get("timestamp") or time.time()), None
             self.view.touch("devices")
-            await asyncio.sleep(self.poll_interval_s)
+            every = self.poll_interval_s
+            if self._in_step(name):  # what it does now changes: read it more often
+                every = min(every, ACTIVE_POLL_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(every):
+                    await wake.wait()
+
+    def _in_step(self, device: str) -> bool:
+        run = self.view.run
+        return run is not None and any(
+            s.device == device and s.state in ("running", "retrying") for s in run.steps)
 
     async def _refresh(self) -> None:
         while True:

@@ -3,6 +3,8 @@
 Rows are updated cell by cell (never cleared and rebuilt) so the table stays still at the
 refresh rate. Everything shown in colour is also said in text: a fault row reads `✖ FAULT`,
 a stale reading `idle~ (stale 12s) …`, so the panel reads the same on a monochrome terminal.
+The age column says how old every reading is (the backend re-reads a device after every
+change of run or step state, so a reading is never older than the last change).
 """
 
 from __future__ import annotations
@@ -40,6 +42,17 @@ def readings_cell(row: DeviceRow, action: str | None, now: float, stale_after_s:
     return Text(line)
 
 
+def age_cell(row: DeviceRow, now: float, stale_after_s: float) -> Text:
+    """How old the reading shown is (`0s`, `42s`, `3m`, `—` for none yet): every reading
+    says its age, not only the stale ones."""
+    age = row.age_s(now)
+    if age is None:
+        return Text("—", style="dim")
+    text = f"{age:.0f}s" if age < 100 else f"{age / 60:.0f}m" if age < 6000 else (
+        f"{age / 3600:.0f}h")
+    return Text(text, style="dim italic" if row.stale(now, stale_after_s) else "")
+
+
 class DevicesPanel(DataTable[Text]):
     """The devices table; `show(view)` updates it in place."""
 
@@ -54,6 +67,7 @@ class DevicesPanel(DataTable[Text]):
     def on_mount(self) -> None:
         self.add_column("device", key="device")
         self.add_column("state", key="state", width=9)
+        self.add_column("age", key="age", width=5)
         self.add_column("readings", key="readings")
 
     def show(self, view: BenchView) -> None:
@@ -69,11 +83,12 @@ class DevicesPanel(DataTable[Text]):
             self.clear()
             self._cells.clear()
             for n in names:
-                self.add_row(Text(n), Text(""), Text(""), key=n)
+                self.add_row(Text(n), Text(""), Text(""), Text(""), key=n)
             self._names = names
         for n in names:
             row = view.devices[n]
             self._set(n, "state", state_cell(row, now, self.stale_after_s))
+            self._set(n, "age", age_cell(row, now, self.stale_after_s))
             self._set(n, "readings", readings_cell(row, doing.get(n), now, self.stale_after_s))
 
     def _set(self, row: str, column: str, value: Text) -> None:
