@@ -83,7 +83,7 @@ def listing_limit(runs: int) -> int:
 
 # `labctl serve` under tracemalloc: SIGUSR1 takes a snapshot; the first is the baseline, each
 # later one writes the biggest growths since the baseline (with tracebacks) to a file.
-TRACED_AGENT = """
+TRACED_AGENT = r"""
 import signal, sys, tracemalloc
 tracemalloc.start(12)
 state = {}

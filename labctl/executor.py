@@ -944,7 +944,10 @@ class Executor:
         args = dict(_get(step, "args") or {})
         self._add_measured_temperature(table[name], args)
         try:
-            out = table[name](self._data_files(), **args)
+            # In a worker thread: an EIS analysis imports impedance (pandas, matplotlib) on its
+            # first call and fits with scipy, each long enough to stall the event loop while
+            # devices are connected (a hotplate's watchdog at a high time scale, replies).
+            out = await asyncio.to_thread(table[name], self._data_files(), **args)
             if inspect.isawaitable(out):
                 out = await out
         except Exception as exc:

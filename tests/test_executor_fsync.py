@@ -114,3 +114,36 @@ async def test_actions_are_fsynced_before_they_act_containers_are_not(
     # ... yet the container's start is in the journal (it reached the disk with the next leaf)
     written = [json.loads(line) for line in events.read_bytes().splitlines()]
     assert {"outer", "both"} <= {e.get("step") for e in written if e["event"] == "step_started"}
+
+
+@pytest.mark.asyncio
+async def test_analysis_runs_off_the_event_loop(tmp_path: Path) -> None:
+    """An analysis (its first imports: impedance, pandas, matplotlib; its fit) runs in a worker
+    thread, so the event loop keeps serving the connected devices meanwhile."""
+    import asyncio
+    import threading
+
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+
+    def probe(files: dict[str, str]) -> dict[str, Any]:
+        seen.append(threading.get_ident())
+        return {"files": len(files)}
+
+    rec = RunRecord.create(tmp_path, "analysis-run")
+    steps = [PlannedStep(id="fit", path="steps[0]", kind="analysis", action="probe",
+                         analysis="probe", idempotent=True)]
+    plan = Plan(name="analysis", version="1", description="", recipe={"name": "analysis"},
+                parameters={}, sha256="0" * 64, steps=steps, estimated_s=0.0, materials=[],
+                material_effects=[])
+    machine = RunMachine(journal=lambda info: rec.journal.append("transition", **info))
+    await machine.request("validate")
+    await machine.request("validated")
+    ex = Executor(plan, {}, clock=ScaledClock(1000), record=rec, machine=machine,
+                  analyses={"probe": probe})
+    state = await ex.execute()
+    rec.close()
+    assert str(state) == "completed"
+    assert ex.results["fit"] == {"files": 0}
+    assert seen and seen[0] != loop_thread
+    assert asyncio.get_running_loop() is not None
