@@ -947,7 +947,8 @@ class Executor:
             # In a worker thread: an EIS analysis imports impedance (pandas, matplotlib) on its
             # first call and fits with scipy, each long enough to stall the event loop while
             # devices are connected (a hotplate's watchdog at a high time scale, replies).
-            out = await asyncio.to_thread(table[name], self._data_files(), **args)
+            analysis: Callable[..., Any] = table[name]
+            out = await asyncio.to_thread(analysis, self._data_files(), **args)
             if inspect.isawaitable(out):
                 out = await out
         except Exception as exc:
