@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from labctl._version import __version__
+
 # The public API is re-exported lazily (PEP 562): `import labctl` is what every `labctl`
 # command and the CLI's `--help` pay first, and importing these eagerly pulled pydantic, pyserial
 # and pint (config -> units), 0.75 s of a 1.1 s `labctl --help` measured by
@@ -47,6 +49,9 @@ _EXPORTS: dict[str, str] = {
     "Link": "labctl.transport",
     "LinkPool": "labctl.transport",
     "SerialSettings": "labctl.transport",
+    # labctl.catalogue() loads every action and analysis (numpy, scipy), which `import
+    # labctl` and `labctl --help` must not; like the rest it is imported on first use.
+    "catalogue": "labctl.plugins",
 }
 
 if TYPE_CHECKING:
@@ -77,6 +82,7 @@ if TYPE_CHECKING:
         ProtocolError,
     )
     from labctl.instruments import Instruments
+    from labctl.plugins import catalogue as catalogue  # not in __all__: see _EXPORTS
     from labctl.transport import Link, LinkPool, SerialSettings
 
 
@@ -90,10 +96,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return sorted({*__all__, *_EXPORTS})
 
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Balance",

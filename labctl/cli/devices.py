@@ -8,7 +8,6 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from labctl.cli.app import app
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
     EXIT_FAILED,
@@ -19,6 +18,7 @@ from labctl.cli.common import (
     fail,
     load_bench_config,
 )
+from labctl.cli.root import app
 from labctl.errors import ConfigError, DeviceError
 
 

@@ -12,7 +12,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from labctl.cli.app import app
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
     EXIT_INVALID,
@@ -23,6 +22,7 @@ from labctl.cli.common import (
     fail,
     load_bench_config,
 )
+from labctl.cli.root import app
 
 RecipeArg = Annotated[Path, typer.Argument(help="The recipe (JSON file).")]
 

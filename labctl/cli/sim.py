@@ -11,7 +11,6 @@ from typing import Annotated
 
 import typer
 
-from labctl.cli.app import app
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
     EXIT_INVALID,
@@ -20,6 +19,7 @@ from labctl.cli.common import (
     fail,
     load_bench_config,
 )
+from labctl.cli.root import app
 from labctl.errors import ConfigError
 
 sim_app = typer.Typer(help="Simulated instruments.", no_args_is_help=True)
