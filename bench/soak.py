@@ -8,12 +8,15 @@ stirs, measures the open-circuit potential and drains the vial to waste, so the 
 world is the same before every run. Prints:
 
 - runs per minute (wall clock) and how the runs ended;
-- the agent's resident memory (RSS) after the first run and at the end, with samples in
-  between — it must stay flat;
+- the agent's resident memory (RSS) after the first run, at run 200 (--rss-from) and at the
+  end, with samples in between — it must stay flat after warm-up (<= 2 MiB from run 200 to
+  the end, issue 18); with --tracemalloc the agent runs under tracemalloc and the biggest
+  allocation growths between those two points are printed (what grows, and where);
 - lost results (a run whose result never arrived) and duplicated ones (delivered more than
   once) — both must be zero.
 
-    .venv/bin/python bench/soak.py [--runs 300] [--queue 4] [--time-scale 1000]
+    .venv/bin/python bench/soak.py [--runs 1000] [--queue 4] [--time-scale 1000]
+                                   [--rss-from 200] [--tracemalloc]
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from labctl.client import BenchClient, Run  # noqa: E402
 from labctl.mqtt.localbroker import MosquittoBroker  # noqa: E402
+from labctl.mqtt.payloads import LIST_LIMIT_MAX  # noqa: E402
 
 BENCH_ID = "soak-bench"
 SOAK_RECIPE: dict[str, Any] = {
@@ -71,28 +75,67 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def start_agent(broker_url: str, data_dir: Path, time_scale: float) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "labctl", "serve", "--config", str(ROOT / "config" / "sim.toml"),
-         "--broker", broker_url, "--bench-id", BENCH_ID, "--data-dir", str(data_dir),
-         "--time-scale", str(time_scale)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def listing_limit(runs: int) -> int:
+    """How many runs to ask the agent's index for: every run of the soak (and the warm-up),
+    within the most one `list` may ask for (the agent refuses more)."""
+    return min(runs + 10, LIST_LIMIT_MAX)
+
+
+# `labctl serve` under tracemalloc: SIGUSR1 takes a snapshot; the first is the baseline, each
+# later one writes the biggest growths since the baseline (with tracebacks) to a file.
+TRACED_AGENT = r"""
+import signal, sys, tracemalloc
+tracemalloc.start(12)
+state = {}
+def snap(signum, frame):
+    s = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<unknown>")])
+    if "base" not in state:
+        state["base"] = s
+        return
+    with open(sys.argv[1], "w") as out:
+        for stat in s.compare_to(state["base"], "traceback")[:12]:
+            out.write(f"{stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks\n")
+            out.write("\n".join("      " + line for line in stat.traceback.format()[-8:]))
+            out.write("\n")
+signal.signal(signal.SIGUSR1, snap)
+sys.argv = ["labctl"] + sys.argv[2:]
+from labctl.cli import main
+main()
+"""
+
+
+def start_agent(broker_url: str, data_dir: Path, time_scale: float,
+                trace_to: Path | None = None) -> subprocess.Popen[bytes]:
+    serve = ["serve", "--config", str(ROOT / "config" / "sim.toml"), "--broker", broker_url,
+             "--bench-id", BENCH_ID, "--data-dir", str(data_dir), "--time-scale", str(time_scale)]
+    head = ([sys.executable, "-c", TRACED_AGENT, str(trace_to)] if trace_to is not None
+            else [sys.executable, "-m", "labctl"])
+    return subprocess.Popen(head + serve, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 async def soak(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="labctl-soak-") as tmp:
         broker = MosquittoBroker(Path(tmp) / "broker")
         broker.start()
-        agent = start_agent(broker.url, Path(tmp) / "runs", args.time_scale)
+        trace_to = Path(tmp) / "tracemalloc.txt" if args.tracemalloc else None
+        agent = start_agent(broker.url, Path(tmp) / "runs", args.time_scale, trace_to)
         try:
-            return await drive(args, broker.url, agent.pid)
+            code = await drive(args, broker.url, agent.pid, trace_to)
+            if trace_to is not None and trace_to.exists():
+                print(f"  biggest allocation growths from run {args.rss_from} to the end "
+                      "(tracemalloc):")
+                print(trace_to.read_text())
+            return code
         finally:
             os.killpg(agent.pid, signal.SIGTERM)
             agent.wait(30)
             broker.stop()
 
 
-async def drive(args: argparse.Namespace, url: str, agent_pid: int) -> int:
+async def drive(args: argparse.Namespace, url: str, agent_pid: int,
+                trace_to: Path | None) -> int:
     async with BenchClient(url, BENCH_ID, timeout=120, client_id="soak-client") as client:
         # warm-up: one run, so the start figure is the agent at work, not half-imported
         first = await client.submit(SOAK_RECIPE)
@@ -102,6 +145,7 @@ async def drive(args: argparse.Namespace, url: str, agent_pid: int) -> int:
             return 1
         rss_start = rss_kib(agent_pid)
         samples = [(0, rss_start)]
+        rss_from: int | None = None
         statuses: dict[str, str] = {}
         failures: list[str] = []
         lost: list[str] = []
@@ -121,16 +165,29 @@ async def drive(args: argparse.Namespace, url: str, agent_pid: int) -> int:
             except TimeoutError:
                 lost.append(run.run_id)
             done = len(statuses) + len(lost)
+            if done == args.rss_from:
+                rss_from = rss_kib(agent_pid)
+                if trace_to is not None:
+                    os.kill(agent_pid, signal.SIGUSR1)  # the baseline snapshot
             if done % max(1, args.runs // 10) == 0:
                 samples.append((done, rss_kib(agent_pid)))
         elapsed = time.monotonic() - t0
         await asyncio.sleep(1.0)  # late duplicates, if any, arrive meanwhile
         rss_end = rss_kib(agent_pid)
+        if trace_to is not None and rss_from is not None:
+            os.kill(agent_pid, signal.SIGUSR1)
+            for _ in range(600):  # a snapshot of a big heap takes a while
+                await asyncio.sleep(0.1)
+                if await asyncio.to_thread(trace_to.exists):
+                    await asyncio.sleep(0.5)
+                    break
         deliveries = {rid: n for rid, n in client.result_deliveries.items()
                       if rid != first.run_id}
         duplicated = sorted(rid for rid, n in deliveries.items() if n > 1)
         never = sorted(set(statuses) - set(deliveries)) + lost
-        listed = await client.list(limit=args.runs + 10)
+        listed = await client.list(limit=listing_limit(args.runs))
+        ours = set(statuses) | set(lost)
+        missing_from_index = len(ours) - len(ours & {r.get("run_id") for r in listed})
 
     ended: dict[str, int] = {}
     for s in statuses.values():
@@ -145,22 +202,32 @@ async def drive(args: argparse.Namespace, url: str, agent_pid: int) -> int:
     print(f"  agent RSS after run 1  {rss_start / 1024:8.1f} MiB")
     print(f"  agent RSS at the end   {rss_end / 1024:8.1f} MiB   "
           f"({(rss_end - rss_start) / 1024:+.1f} MiB over {args.runs} runs)")
+    if rss_from is not None:
+        print(f"  agent RSS at run {args.rss_from:<5} {rss_from / 1024:8.1f} MiB   "
+              f"({(rss_end - rss_from) / 1024:+.1f} MiB from run {args.rss_from} to the end;"
+              " goal <= 2 MiB)")
     print("  RSS samples (runs: MiB) " + ", ".join(f"{n}: {kib / 1024:.1f}"
                                                    for n, kib in samples))
     print(f"  lost results           {len(never)}" + (f"  {never[:5]}" if never else ""))
     print(f"  duplicated results     {len(duplicated)}"
           + (f"  {duplicated[:5]}" if duplicated else ""))
-    print(f"  runs in the agent's index: {len(listed)} (submitted {args.runs + 1})")
+    print(f"  runs in the agent's index (newest {listing_limit(args.runs)} asked): "
+          f"{len(listed)}; of this soak's runs missing there: "
+          f"{missing_from_index if len(ours) <= len(listed) else 'n/a (more than listed)'}")
     return 0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=300, help="runs to submit (default 300)")
+    ap.add_argument("--runs", type=int, default=1000, help="runs to submit (default 1000)")
     ap.add_argument("--queue", type=int, default=4, help="runs kept queued at once")
     ap.add_argument("--time-scale", type=float, default=1000.0)
     ap.add_argument("--run-timeout", type=float, default=120.0,
                     help="wall seconds to wait for one result before calling it lost")
+    ap.add_argument("--rss-from", type=int, default=200,
+                    help="the run after which RSS must stay flat (default 200)")
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="run the agent under tracemalloc; print what grew after --rss-from")
     args = ap.parse_args()
     return asyncio.run(soak(args))
 

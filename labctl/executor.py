@@ -732,13 +732,16 @@ class Executor:
         if kind == "sequence":
             if self._all_skipped(step):
                 return
-            self._log("step_started", step=sid, kind=kind, path=step.path)
+            # A container acts on nothing: its start needs no fsync of its own. It reaches the
+            # disk with its first leaf's step_started, which is fsync'd before that leaf acts.
+            self._log("step_started", durable=False, step=sid, kind=kind, path=step.path)
             await self._run_list(step.children)
             self._log("step_finished", durable=False, step=sid, kind=kind)
         elif kind == "parallel":
             if self._all_skipped(step):
                 return
-            self._log("step_started", step=sid, kind=kind, path=step.path)
+            # No fsync of its own: as for a sequence.
+            self._log("step_started", durable=False, step=sid, kind=kind, path=step.path)
             await self._run_parallel(step.children)
             self._log("step_finished", durable=False, step=sid, kind=kind)
         elif kind in LEAF_KINDS:
@@ -983,7 +986,11 @@ class Executor:
         args = dict(step.args)
         self._add_measured_temperature(table[name], args)
         try:
-            out = table[name](self._data_files(), **args)
+            # In a worker thread: an EIS analysis imports impedance (pandas, matplotlib) on its
+            # first call and fits with scipy, each long enough to stall the event loop while
+            # devices are connected (a hotplate's watchdog at a high time scale, replies).
+            analysis: Callable[..., Any] = table[name]
+            out = await asyncio.to_thread(analysis, self._data_files(), **args)
             if inspect.isawaitable(out):
                 out = await out
         except Exception as exc:

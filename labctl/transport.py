@@ -25,6 +25,7 @@ import contextlib
 import errno
 import fcntl
 import logging
+import math
 import os
 import stat
 import termios
@@ -179,6 +180,128 @@ class _ThreadedSerialStream:
         return bool(self.port.is_open)
 
 
+class _FdStream:
+    """A local serial line (a tty, or a simulator's pty) read and written on its file
+    descriptor straight from the event loop: one os.read when bytes are there, else one
+    add_reader wait with one deadline. pyserial still opens and configures the line (and
+    holds its exclusive flock); pyserial-asyncio's transport, StreamReader and per-read
+    timeout cost half of a TriContinent round trip on top of the bytes themselves
+    (bench/serial_roundtrip.py)."""
+
+    #: Writes the line has not taken yet (a device that sent XOFF, a full pty) are kept and
+    #: sent when it is writable again; past this many bytes a write waits for them.
+    HIGH_WATER = 64 * 1024
+
+    def __init__(self, port: serial.Serial, fd: int):
+        self.port = port
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self._loop = asyncio.get_running_loop()
+        self._out = bytearray()
+        self._drained: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+
+    def read_now(self, signalled: bool = False) -> bytes | None:
+        """Bytes already received (None when there are none yet); raises on a broken line.
+
+        A tty in raw mode (VMIN = VTIME = 0) answers an empty read when it has nothing, not
+        EAGAIN; an empty read right after the loop said "readable" is a line gone (an
+        unplugged USB adapter), as pyserial judges it too. A pty whose master closed: EIO."""
+        if self._error is not None:
+            raise self._error
+        try:
+            data = os.read(self.fd, 4096)
+        except BlockingIOError:
+            return None
+        if not data:
+            if signalled:
+                raise ConnectionResetError("the line reported data but gave none (gone?)")
+            return None
+        return data
+
+    async def read_by(self, deadline: float) -> bytes:
+        """Bytes from the line; TimeoutError at `deadline` (time.monotonic) without any."""
+        data = self.read_now()
+        while data is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            ready: asyncio.Future[bool] = self._loop.create_future()
+            self._loop.add_reader(self.fd, _set_done, ready, True)
+            timer = self._loop.call_later(remaining, _set_done, ready, False)
+            try:
+                readable = await ready
+            finally:
+                timer.cancel()
+                self._loop.remove_reader(self.fd)
+            data = self.read_now(signalled=readable)
+        return data
+
+    async def read(self) -> bytes:
+        return await self.read_by(math.inf)
+
+    async def write(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise ConnectionResetError("stream closed")
+        if not self._out:
+            try:
+                n = os.write(self.fd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:
+                raise serial.SerialException(f"write failed: {exc}") from exc
+            if n == len(data):
+                return
+            data = data[n:]
+            self._loop.add_writer(self.fd, self._flush)
+        self._out.extend(data)
+        if len(self._out) > self.HIGH_WATER:
+            if self._drained is None:
+                self._drained = self._loop.create_future()
+            await asyncio.shield(self._drained)
+            if self._error is not None:
+                raise self._error
+
+    def _flush(self) -> None:
+        """The line is writable again: send what it did not take before."""
+        try:
+            n = os.write(self.fd, self._out)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._error = serial.SerialException(f"write failed: {exc}")
+            n = len(self._out)
+        del self._out[:n]
+        if not self._out:
+            self._loop.remove_writer(self.fd)
+            if self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
+            self._drained = None
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self.fd)
+            self._loop.remove_writer(self.fd)
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        with contextlib.suppress(Exception):
+            self.port.close()
+
+    def alive(self) -> bool:
+        return not self._closed and self._error is None and bool(self.port.is_open)
+
+
+def _set_done(fut: asyncio.Future[bool], value: bool) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
 async def _open_stream(url: str, settings: SerialSettings) -> _Stream:
     if url.startswith("socket://"):
         hostport = url[len("socket://") :].split("?", 1)[0].rstrip("/")
@@ -190,8 +313,6 @@ async def _open_stream(url: str, settings: SerialSettings) -> _Stream:
             serial.serial_for_url, url, timeout=0.05, **settings.pyserial_kwargs()
         )
         return _ThreadedSerialStream(port)
-    import serial_asyncio_fast
-
     kwargs = settings.pyserial_kwargs()
     if _is_pty(url) and (settings.parity.upper() != "N" or settings.bytesize != 8):
         # A pseudo-terminal cannot carry parity (Linux answers EINVAL on reconfiguration);
@@ -200,37 +321,24 @@ async def _open_stream(url: str, settings: SerialSettings) -> _Stream:
                   settings.parity, settings.stopbits)
         kwargs = {**kwargs, "parity": serial.PARITY_NONE, "bytesize": 8}
     try:
-        reader, writer = await serial_asyncio_fast.open_serial_connection(
-            url=url, exclusive=True, **kwargs)
+        # opened in the loop, as pyserial-asyncio did: an open in a worker thread could not
+        # be abandoned at the open's timeout without leaking a descriptor that holds the flock
+        port = serial.Serial(url, timeout=0, exclusive=True, **kwargs)
     except serial.SerialException as exc:
         if _is_lock_refusal(exc) and port_holder_pid(url) != os.getpid():
             raise port_in_use(url) from exc
         raise  # our own descriptor, still closing after a drop: retried with backoff
-    port = writer.transport.get_extra_info("serial")
     fd = getattr(port, "fd", None)
-    if isinstance(fd, int) and not _is_pty(url):
+    if not isinstance(fd, int):  # not a POSIX serial port: pyserial's own blocking reads
+        return _ThreadedSerialStream(port)
+    if not _is_pty(url):
         try:
             fcntl.ioctl(fd, termios.TIOCEXCL)
         except OSError as exc:  # not a tty driver that knows it: the flock still holds
             log.debug("%s: TIOCEXCL refused (%s)", url, exc)
-    if isinstance(fd, int):
-        # pyserial's non-blocking write retries EAGAIN in a loop: on a line the device has
-        # stopped (an XOFF byte under Xon/Xoff) it would spin for ever inside the event
-        # loop. A plain write raises BlockingIOError instead, which the transport buffers.
-        port.write = _plain_writer(fd)
-    return _AsyncioStream(reader, writer)
-
-
-def _plain_writer(fd: int) -> Callable[[bytes], int]:
-    def write(data: bytes) -> int:
-        try:
-            return os.write(fd, data)
-        except BlockingIOError:
-            raise
-        except OSError as exc:
-            raise serial.SerialException(f"write failed: {exc}") from exc
-
-    return write
+    # Written with plain os.write (never pyserial's write, which retries EAGAIN in a loop: on
+    # a line the device has stopped with XOFF it would spin for ever inside the event loop).
+    return _FdStream(port, fd)
 
 
 def _is_pty(path: str) -> bool:
@@ -383,7 +491,9 @@ class Link:
         if remaining <= 0:
             raise TimeoutError
         try:
-            if isinstance(stream, _AsyncioStream) and self._pending is None:
+            if isinstance(stream, _FdStream):
+                data = await stream.read_by(deadline)  # one deadline, no helper task
+            elif isinstance(stream, _AsyncioStream) and self._pending is None:
                 # Fast path: a StreamReader read can be cancelled without losing bytes (they
                 # stay in its buffer), so no helper task is needed.
                 async with asyncio.timeout(remaining):

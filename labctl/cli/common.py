@@ -6,12 +6,14 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from labctl.config import DEFAULT_CONFIG, BenchConfig, load_config
 from labctl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from labctl.config import BenchConfig
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -22,7 +24,9 @@ ConfigOpt = Annotated[
     Path,
     typer.Option("--config", "-c", help="Bench configuration (TOML).", show_default=True),
 ]
-DEFAULT_CONFIG_PATH = DEFAULT_CONFIG
+# Same path as labctl.config.DEFAULT_CONFIG (a test checks), spelled here so that building the
+# command line does not import labctl.config (pydantic, pint: see load_bench_config).
+DEFAULT_CONFIG_PATH = Path("config/sim.toml")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 def _check_time_scale(value: float | None) -> float | None:
     """A time scale is a finite number above 0 (the clock divides by it)."""
@@ -54,6 +58,10 @@ def fail(
 
 
 def load_bench_config(path: Path, *, as_json: bool = False) -> BenchConfig:
+    # Imported here, not at the top: labctl.config pulls pydantic and pint (with numpy),
+    # 0.5 s that `labctl --help` and `labctl runs list` never need (bench/startup.py).
+    from labctl.config import load_config
+
     try:
         return load_config(path)
     except ConfigError as exc:

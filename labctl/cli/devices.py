@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -21,10 +20,13 @@ from labctl.cli.common import (
 )
 from labctl.cli.root import app
 from labctl.errors import ConfigError, DeviceError
-from labctl.instruments import Instruments
 
 
 async def _survey(cfg: Any, time_scale: float | None) -> list[dict[str, Any]]:
+    # Imported here, not at the top: the drivers' stack (config, pint, pyserial) is 0.5 s that
+    # `labctl --help` would otherwise pay (bench/startup.py).
+    from labctl.instruments import Instruments
+
     inst = Instruments(cfg, time_scale=time_scale)
     rows: list[dict[str, Any]] = []
     try:
@@ -66,6 +68,7 @@ def devices(
     On a simulated bench (simulate = true) the simulators start in-process on
     pseudo-terminals and the drivers talk to them over real bytes.
     """
+    import asyncio  # not at the top: ~25 ms of `labctl --help` (bench/startup.py)
     cfg = load_bench_config(config, as_json=json_out)
     try:
         rows = asyncio.run(_survey(cfg, time_scale))

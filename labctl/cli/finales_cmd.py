@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import signal
@@ -12,7 +11,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from labctl.bench_lock import BenchInUse
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
     EXIT_INVALID,
@@ -23,10 +21,10 @@ from labctl.cli.common import (
     load_bench_config,
 )
 from labctl.cli.root import app
-from labctl.config import BenchConfig
 from labctl.errors import ConfigError
 
 if TYPE_CHECKING:
+    from labctl.config import BenchConfig
     from labctl.finales.capability import Capability
 
 log = logging.getLogger("labctl.finales")
@@ -100,6 +98,9 @@ def finales_serve(
     recipes answer, run them, post the results (failed ones, with the reason, for what the
     bench cannot make). Journals under DATA_DIR/finales/ so a restart neither loses nor
     doubles an answer."""
+    import asyncio  # not at the top: ~25 ms of `labctl --help` (bench/startup.py)
+
+    from labctl.bench_lock import BenchInUse
     from labctl.mqtt.connection import read_password_file
 
     if not server.startswith(("http://", "https://")):
@@ -125,6 +126,8 @@ async def _serve(cfg: BenchConfig, caps: list[Capability], server: str, username
                  password: str, tenant_uuid: str, data_dir: Path,
                  time_scale: float | None, poll: float, claim_grace: float,
                  max_active: int) -> None:
+    import asyncio  # not at the top: ~25 ms of `labctl --help` (bench/startup.py)
+
     from labctl.bench import Bench
     from labctl.finales.client import FinalesClient
     from labctl.finales.tenant import Tenant

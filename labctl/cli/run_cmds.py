@@ -9,7 +9,6 @@ take no lock. Ctrl-C or SIGTERM aborts safely (a second one is an e-stop).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import signal
@@ -176,6 +175,7 @@ def _short(v: Any) -> str:
 async def _drive(bench: Bench, start: Callable[[Bench], Awaitable[str]], *,
                  as_json: bool) -> tuple[dict[str, Any], str]:
     """Start the bench, submit (via `start`), show progress, handle signals; the result."""
+    import asyncio  # not at the top: ~25 ms of `labctl --help` (bench/startup.py)
     loop = asyncio.get_running_loop()
     stopping = {"count": 0}
     await bench.start()
@@ -294,6 +294,8 @@ def run(
     json_out: JsonOpt = False,
 ) -> None:
     """Validate, then run a recipe with a live display."""
+    import asyncio  # not at the top: ~25 ms of `labctl --help` (bench/startup.py)
+
     from labctl.recipe import RecipeError, build_plan
 
     params = parse_params(param)
@@ -339,6 +341,8 @@ def resume(
     json_out: JsonOpt = False,
 ) -> None:
     """Continue an interrupted run."""
+    import asyncio  # not at the top: ~25 ms of `labctl --help` (bench/startup.py)
+
     from labctl.bench import InDoubtError, NothingToResume
     from labctl.recipe import RecipeError
 

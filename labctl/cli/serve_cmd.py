@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 from pathlib import Path
@@ -58,6 +57,8 @@ def serve(
     labctl/<ID>/cmd/<username>, replies under labctl/<ID>/reply/<username>/, retained
     status, events, retained results per run, online/offline. Exits 2 when another agent
     already controls the bench through this broker."""
+    import asyncio  # not at the top: ~25 ms of `labctl --help` (bench/startup.py)
+
     from labctl.mqtt.connection import BrokerSettings, read_password_file
     from labctl.mqtt.topics import valid_bench_id
 
@@ -87,6 +88,8 @@ def serve(
 async def _serve(cfg: BenchConfig, settings: BrokerSettings, bench_id: str, data_dir: Path,
                  time_scale: float | None, client_id: str | None,
                  operators: list[str]) -> None:
+    import asyncio  # not at the top: ~25 ms of `labctl --help` (bench/startup.py)
+
     from labctl.mqtt.agent import Agent
     from labctl.mqtt.bench_port import open_bench_port
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -21,7 +20,6 @@ from labctl.cli.common import (
     load_bench_config,
 )
 from labctl.cli.root import app
-from labctl.clock import make_clock
 from labctl.errors import ConfigError
 
 sim_app = typer.Typer(help="Simulated instruments.", no_args_is_help=True)
@@ -44,6 +42,7 @@ def serve(
     """Serve every enabled device of BENCH on its own pseudo-terminal (devices that share a
     `bus` share one). Prints one JSON line per device {"name", "kind", "endpoint"}, then
     serves until SIGINT/SIGTERM."""
+    import asyncio  # not at the top: ~25 ms of `labctl --help` (bench/startup.py)
     cfg = load_bench_config(config)
     from labctl.simulation import read_world_file, save_world_file
 
@@ -55,6 +54,7 @@ def serve(
             fail(str(exc), EXIT_INVALID)
 
     async def run() -> None:
+        from labctl.clock import make_clock  # imports asyncio: see `import asyncio` above
         from labctl.simulation import simulation_spec, start_simulation
 
         clock = make_clock(time_scale if time_scale is not None else cfg.bench.time_scale)

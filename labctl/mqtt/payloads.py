@@ -98,11 +98,15 @@ class StatusCommand(_CommandBase):
     command: Literal["status"]
 
 
+#: The most runs one `list` command may ask for.
+LIST_LIMIT_MAX = 1000
+
+
 class ListCommand(_CommandBase):
     """Recent runs of the bench, newest first."""
 
     command: Literal["list"]
-    limit: int = Field(default=50, ge=1, le=1000)
+    limit: int = Field(default=50, ge=1, le=LIST_LIMIT_MAX)
 
 
 Command = Annotated[
