@@ -57,14 +57,22 @@ def _plan_or_exit(recipe: Path, config: Path, param: list[str] | None, as_json: 
 
 @app.command()
 def schema(
-    mqtt: Annotated[bool, typer.Option("--mqtt", help="The schemas of the MQTT payloads "
-                                       "(cmd, reply, status, events, result) instead.")] = False,
+    mqtt: Annotated[bool, typer.Option("--mqtt", help="The MQTT topics and the schemas of "
+                                       "their payloads instead.")] = False,
+    asyncapi: Annotated[bool, typer.Option("--asyncapi", help="The MQTT API as an AsyncAPI "
+                                           "3.0 document (docs/asyncapi.json).")] = False,
 ) -> None:
     """Print the JSON Schema (draft 2020-12) of recipes, with the action catalogue."""
+    if asyncapi:
+        from labctl.mqtt.asyncapi import asyncapi as build
+
+        print(json.dumps(build(), indent=2, ensure_ascii=False))
+        return
     if mqtt:
+        from labctl.mqtt.asyncapi import topics_table
         from labctl.mqtt.payloads import json_schemas
 
-        print(json.dumps(json_schemas(), indent=2))
+        print(json.dumps({"topics": topics_table(), **json_schemas()}, indent=2))
         return
     from labctl.recipe import json_schema
 
