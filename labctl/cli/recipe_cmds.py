@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from labctl.cli import display
 from labctl.cli.app import app
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
@@ -112,7 +111,8 @@ def validate(
 def _rows(steps: list[Any], depth: int = 0) -> list[tuple[str, str, str, str]]:
     rows = []
     for s in steps:
-        rows.append(("  " * depth + s.id, s.kind, f"{s.estimated_s:.1f}", s.description))
+        rows.append(("  " * depth + s.id, s.kind, display.quantity(s.estimated_s, "s", 3),
+                     s.description))
         rows += _rows(s.children, depth + 1)
     return rows
 
@@ -140,12 +140,10 @@ def plan(
         print(json.dumps({"ok": True, "plan": p.to_dict(), "files": written}, indent=2,
                          default=str))
         raise typer.Exit(EXIT_OK)
-    table = Table(title=f"{p.name} v{p.version} on {p.bench_id} — sha256 {p.sha256[:12]}…")
-    for col in ("step", "kind", "est. s", "what"):
-        table.add_column(col, overflow="fold")
-    for row in _rows(p.steps):
-        table.add_row(*row)
-    console = Console()
+    table = display.table(f"{p.name} v{p.version} on {p.bench_id}, sha256 {p.sha256[:12]}",
+                          "step", "kind", "est.", "what", ids=("step", "kind", "est."))
+    display.fit_ids(table, _rows(p.steps))
+    console = display.console()
     console.print(table)
     console.print(f"Total estimated time: {p.estimated_s:.0f} s ({p.estimated_s / 60:.1f} min)")
     for m in p.materials:
