@@ -152,3 +152,21 @@ def plan(
     for path in written:
         console.print(f"wrote {path}")
     raise typer.Exit(EXIT_OK)
+
+
+@app.command()
+def actions(
+    markdown: Annotated[bool, typer.Option("--markdown", help="As the Markdown section of "
+                                           "docs/recipes.md.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """The catalogue of actions (per capability) and analyses, with their arguments and
+    units, as recipes use them."""
+    from labctl import catalogue
+
+    if json_out:
+        print(json.dumps(catalogue.catalogue(), indent=2, ensure_ascii=False, default=str))
+    elif markdown:
+        print(catalogue.markdown(), end="")
+    else:
+        print(catalogue.text(), end="")
