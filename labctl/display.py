@@ -77,10 +77,24 @@ def quantity(value: float, unit: str, digits: int = 4) -> str:
 
 def unit_symbol(unit: str) -> str:
     """A unit as written in a table head: 'mAh' for 'h * mA', 'C' for '1 / h', '°C'."""
-    compact = unit.replace(" ", "")
-    table = {"1/h": "C", "/h": "C", "h*mA": "mAh", "mA*h": "mAh", "A*h": "Ah", "h*A": "Ah",
-             "degC": "°C", "ohm": "Ω", "percent": "%"}
+    compact = unit.replace(" ", "").replace("·", "*")
+    table = {"1/h": "C", "/h": "C", "degC": "°C", "ohm": "Ω", "percent": "%"}
+    m = re.fullmatch(r"(?:h\*([mµunk]?)A|([mµunk]?)A\*h)", compact)
+    if m:
+        return f"{m.group(1) or m.group(2) or ''}Ah"
     return table.get(compact, unit)
+
+
+def value_text(value: Any) -> str:
+    """A pint quantity (or anything) for a message: '10 C' for a C-rate, '100 mAh', '2 mL'."""
+    units = getattr(value, "units", None)
+    if units is None:
+        return str(value)
+    mag = float(value.magnitude)
+    mag_s = str(int(mag)) if mag.is_integer() and abs(mag) < 1e15 else f"{mag:.6g}"
+    symbol = unit_symbol(re.sub(r"(?<![A-Za-z])([mµunk]?)l(?![A-Za-z])", r"\1L",
+                                f"{units:~}"))
+    return f"{mag_s} {symbol}".strip()
 
 
 def reading(key: str, value: Any) -> str:

@@ -104,3 +104,12 @@ def test_units_the_way_a_lab_writes_them() -> None:
     # the plan's descriptions too
     assert fmt(0.5, "1/h") == "0.5 C"
     assert fmt(0.001, "A*h") == "1 mAh"
+
+
+def test_parameter_limits_name_c_rates_and_capacities_as_a_lab_does() -> None:
+    out = _cli("validate", "recipes/galvanostatic_cycling.json", "-p", "c_rate=10 /h",
+               "-p", "nominal_capacity=1000 mA*h")
+    assert out.returncode == 2
+    assert "parameter 'c_rate': 10 C is above the maximum 5 C" in out.stderr
+    assert "1000 mAh is above the maximum 100 mAh" in out.stderr
+    assert "1 / h" not in out.stderr and "h * mA" not in out.stderr
