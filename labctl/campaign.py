@@ -1,5 +1,6 @@
 """The summary figure of a campaign: the figure of merit against each varied parameter,
-and the best value so far per experiment (closed loops, `--params-csv` campaigns).
+and the best value so far per experiment (examples/closed_loop.py; any campaign that has
+one row per experiment).
 
 Matplotlib's object API (no pyplot state), PNG and SVG. Failed experiments are drawn too
 (as crosses on the axis floor): a region of the space that fails is a result.
