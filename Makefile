@@ -10,8 +10,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
+# The example plugin (a UV-Vis spectrometer added from outside labctl, through entry points
+# only) is installed with the project: its tests run its recipe on the simulated bench.
+PLUGINS := examples/plugins/labctl-uvvis
+
+$(STAMP): $(BIN)/python pyproject.toml $(PLUGINS:%=%/pyproject.toml)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet $(PLUGINS:%=-e %)
+	# the FINALES2 server and schemas the finales tests run against (peers, not labctl code)
+	if [ -d ../shared/peers ]; then $(BIN)/python -m pip install --quiet \
+		../shared/peers/FINALES2 ../shared/peers/FINALES2_schemas 'bcrypt<4.1'; fi
 	touch $(STAMP)
 
 install: $(STAMP)

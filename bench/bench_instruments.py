@@ -42,7 +42,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +177,8 @@ def replicated(cfg: BenchConfig, copies: int) -> tuple[dict[str, Any], list[Memb
             name = f"{dev['name']}~{k}"
             devices.append({**dev, "name": name, "bus": None})
             spec = cfg.device_spec(dev["name"])
-            members.append(Member(name, spec.driver, replace(spec, name=name, bus=None)))
+            members.append(Member(name, spec.driver,
+                                  spec.model_copy(update={"name": name, "bus": None})))
     return {"world": base["world"], "devices": devices}, members
 
 
@@ -198,7 +199,7 @@ def pumps(count: int) -> tuple[dict[str, Any], list[Member]]:
 async def connect(members: list[Member], endpoints: dict[str, str], pool: LinkPool) -> None:
     clock = make_clock(1.0)
     for m in members:
-        m.spec = replace(m.spec, endpoint=endpoints[m.name])
+        m.spec = m.spec.model_copy(update={"endpoint": endpoints[m.name]})
         m.device = driver_class(m.driver)(m.spec, links=pool, clock=clock)
     sem = asyncio.Semaphore(20)
 

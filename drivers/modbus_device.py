@@ -1,11 +1,11 @@
 """Modbus instruments driven by a register-map file: a peristaltic pump (`modbus-pump`) and
 an Omega CN7500 temperature controller (`omega-cn7500`).
 
-Written from shared/protocols/modbus-devices.md. The register map (config/modbus/*.toml,
-format documented at the top of those files) names every data point, so a pump with another
-map is configuration, not code. `spec.params.map` names the file (default: the labctl map
-of the device); a relative path is looked up from the working directory, then from the
-repository root.
+Written from shared/protocols/modbus-devices.md. The register map (a TOML file, format
+documented at the top of the maps shipped in drivers/maps/) names every data point, so a pump
+with another map is configuration, not code. `spec.params.map` names the file: a path
+(absolute, or relative to the working directory), or the name of a map shipped with the
+drivers as package data ("peristaltic_pump", "omega_cn7500"; default: the device's own).
 
 Transport: pymodbus' async clients own the line (labctl's Link is not used).
 - a device path (`/dev/ttyUSB3`, a pty) is Modbus RTU over serial, with the line settings of
@@ -36,6 +36,7 @@ import logging
 import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -62,7 +63,10 @@ from labctl.units import to
 
 log = logging.getLogger("labctl.drivers.modbus")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+#: the package holding the register maps shipped with the drivers (package data)
+MAPS_PACKAGE = "drivers.maps"
+#: where a labctl checkout kept them before: configs naming that path still find them
+LEGACY_MAP_DIR = Path("config/modbus")
 KINDS = ("coil", "discrete", "holding", "input")
 TYPES: dict[str, tuple[int, int, int]] = {  # type: (registers, min raw, max raw)
     "bool": (1, 0, 1),
@@ -158,10 +162,10 @@ class RegisterMap:
     @classmethod
     def load(cls, path: str | Path) -> RegisterMap:
         """Read and check a map file (ConfigError names the file and the key)."""
-        p = resolve_map_path(path)
-        where = str(p)
+        where = str(path)
         try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
+            text, where = read_map_text(path)
+            data = tomllib.loads(text)
         except OSError as exc:
             raise ConfigError(f"cannot read register map: {exc.strerror}", file=where) from None
         except tomllib.TOMLDecodeError as exc:
@@ -176,7 +180,7 @@ class RegisterMap:
             points[name] = _point(name, raw, order, where)
         if not points:
             raise ConfigError("no [points.*] in register map", file=where)
-        return cls(name=str(dev.get("name", p.stem)), points=points,
+        return cls(name=str(dev.get("name", Path(where).stem)), points=points,
                    vendor=str(dev.get("vendor", "")),
                    description=str(dev.get("description", "")), word_order=order,
                    path=where)
@@ -228,28 +232,40 @@ def _point(name: str, raw: dict[str, Any], order: str, where: str) -> Point:
     )
 
 
-def resolve_map_path(path: str | Path) -> Path:
-    """A map path as configured: absolute, relative to the working directory, or to the
-    repository root (so config/modbus/... works from anywhere in a checkout)."""
+def shipped_maps() -> list[str]:
+    """Names of the register maps shipped with the drivers."""
+    return sorted(r.name.removesuffix(".toml") for r in resources.files(MAPS_PACKAGE).iterdir()
+                  if r.name.endswith(".toml"))
+
+
+def read_map_text(path: str | Path) -> tuple[str, str]:
+    """(text, where) of a map as configured: a file that exists (absolute, or relative to
+    the working directory), else a shipped map by name ("omega_cn7500") or by file name
+    (a config written for a checkout, "config/modbus/omega_cn7500.toml"). OSError when
+    neither exists."""
     p = Path(path)
     if p.is_absolute() or p.exists():
-        return p
-    alt = REPO_ROOT / p
-    return alt if alt.exists() else p
+        return p.read_text(encoding="utf-8"), str(p)
+    name = p.name if p.suffix == ".toml" else f"{p.name}.toml"
+    shipped = resources.files(MAPS_PACKAGE).joinpath(name)
+    if p.parent in (Path(), LEGACY_MAP_DIR) and shipped.is_file():
+        return shipped.read_text(encoding="utf-8"), f"{MAPS_PACKAGE}/{name}"
+    raise FileNotFoundError(2, f"no such file, nor a shipped map ({', '.join(shipped_maps())})",
+                            str(p))
 
 
 # ---------------------------------------------------------------------------- shared clients
 @dataclass
 class _Bus:
-    """One pymodbus client per endpoint (and event loop), shared by the units on it."""
+    """One pymodbus client per endpoint, shared by the units on it through the bench's
+    LinkPool (labctl.transport.LinkPool.shared), as Links are."""
 
     client: AsyncModbusSerialClient | AsyncModbusTcpClient
-    loop: asyncio.AbstractEventLoop
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0
 
-
-_BUSES: dict[tuple[str, str], _Bus] = {}
+    def close(self) -> None:
+        self.client.close()
 
 
 def _endpoint_key(endpoint: str) -> str:
@@ -322,34 +338,22 @@ class ModbusDevice(Device):
         self.framer = str(p.get("framer", "") or "").lower()
         self.retries = int(p.get("retries", 1))
         self._bus: _Bus | None = None
-        self._bus_key = (_endpoint_key(self.spec.endpoint), self.framer)
+        self._bus_key = f"modbus:{_endpoint_key(self.spec.endpoint)}:{self.framer}"
 
     # -- life cycle ---------------------------------------------------------------------------
     async def connect(self) -> None:
         """Join (or open) the endpoint's shared client."""
         if self._bus is None:
-            loop = asyncio.get_running_loop()
-            bus = _BUSES.get(self._bus_key)
-            if bus is None or bus.loop is not loop:
-                client = _make_client(
-                    self.spec.endpoint, self.framer, self.spec.serial or self.default_serial,
-                    self.spec.timeout_s, self.retries, self.name,
-                )
-                bus = _BUSES[self._bus_key] = _Bus(client=client, loop=loop)
-            bus.users += 1
-            self._bus = bus
+            self._bus = self._links.shared(self._bus_key, lambda: _Bus(_make_client(
+                self.spec.endpoint, self.framer, self.spec.serial or self.default_serial,
+                self.spec.timeout_s, self.retries, self.name)))
         async with self._bus.lock:
             await self._ensure_connected("connect")
 
     async def close(self) -> None:
         bus, self._bus = self._bus, None
-        if bus is None:
-            return
-        bus.users -= 1
-        if bus.users <= 0:
-            if _BUSES.get(self._bus_key) is bus:
-                del _BUSES[self._bus_key]
-            bus.client.close()
+        if bus is not None:
+            self._links.release(self._bus_key, bus)
 
     async def identify(self) -> DeviceInfo:
         """Modbus has no standard identity here: the map names the model."""
@@ -518,7 +522,7 @@ class ModbusPump(ModbusDevice, Pump):
     Flow and speed are related by the tubing calibration: rpm = flow / (µL per rev).
     """
 
-    default_map: ClassVar[str] = "config/modbus/peristaltic_pump.toml"
+    default_map: ClassVar[str] = "peristaltic_pump"
     default_serial: ClassVar[SerialSettings] = SerialSettings(9600, 8, "N", 1)
     protocol: ClassVar[str] = "Modbus (peristaltic pump register map)"
 
@@ -691,7 +695,7 @@ class ModbusTemperatureController(ModbusDevice, TemperatureController):
     `set_temperature(None)` (the safe state) clears the run bit.
     """
 
-    default_map: ClassVar[str] = "config/modbus/omega_cn7500.toml"
+    default_map: ClassVar[str] = "omega_cn7500"
     default_serial: ClassVar[SerialSettings] = SerialSettings(9600, 8, "E", 1)
     protocol: ClassVar[str] = "Modbus (temperature controller register map)"
 

@@ -3,6 +3,7 @@
 The public API of the core is re-exported here; see the README for the architecture.
 """
 
+from labctl._version import __version__
 from labctl.capabilities import (
     Balance,
     DataPoint,
@@ -32,7 +33,16 @@ from labctl.errors import (
 from labctl.instruments import Instruments
 from labctl.transport import Link, LinkPool, SerialSettings
 
-__version__ = "0.1.0"
+
+def __getattr__(name: str) -> object:
+    """`labctl.catalogue()` (labctl.plugins), imported on first use: it loads every
+    action and analysis (numpy, scipy), which `import labctl` and `labctl --help` must not."""
+    if name == "catalogue":
+        from labctl.plugins import catalogue
+
+        return catalogue
+    raise AttributeError(f"module 'labctl' has no attribute {name!r}")
+
 
 __all__ = [
     "Balance",

@@ -60,7 +60,13 @@ TEXT_COLUMNS = {STEP_TYPE, "Step ID"}
 
 
 def columns_for(technique: Any) -> tuple[str, ...]:
-    """The BDF columns of a technique (a labctl.techniques model or its name)."""
+    """The BDF columns of a technique (a labctl.techniques model or its name). A plugin's
+    technique of another kind (a spectrum) states its own as `columns`: the time columns
+    are put first."""
+    own = getattr(technique, "columns", None)
+    if isinstance(own, (tuple, list)) and all(isinstance(c, str) for c in own):
+        return (TEST_TIME, UNIX_TIME, RECORD_INDEX,
+                *(c for c in own if c not in (TEST_TIME, UNIX_TIME, RECORD_INDEX)))
     name = getattr(technique, "technique", technique)
     return TECHNIQUE_COLUMNS.get(str(name).lower(), (*BASE_COLUMNS, CYCLE, STEP))
 
@@ -106,7 +112,12 @@ class BdfWriter:
 
     # -- writing -------------------------------------------------------------------------------
     def row_for(self, point: Any) -> dict[str, Any]:
-        """The column values of one point (updates the capacity integrals)."""
+        """The column values of one point (updates the capacity integrals). A point may also
+        be a mapping of column name to value (a plugin's own columns, `time_s` its time)."""
+        if isinstance(point, Mapping):
+            t = float(point.get("time_s", point.get(TEST_TIME, 0.0)))
+            return {**{k: v for k, v in point.items() if k != "time_s"}, TEST_TIME: t,
+                    UNIX_TIME: self.start_unix_s + t, RECORD_INDEX: self.rows}
         t = float(point.time_s)
         measured, applied = point.potential_v, point.applied_v
         current = point.current_a
@@ -160,8 +171,8 @@ class BdfWriter:
                 out.append(_num(v))
         self._writer.writerow(out)
         self.rows += 1
-        self.overloads += bool(point.overload)
-        self.underloads += bool(point.underload)
+        self.overloads += bool(getattr(point, "overload", False))
+        self.underloads += bool(getattr(point, "underload", False))
         if time.monotonic() - self._last_flush >= self.flush_interval_s:
             self.flush()
         elif self._timer is None:

@@ -31,13 +31,12 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from labctl.errors import LabctlError
 from labctl.mqtt.connection import (
     BrokerSettings,
     MqttClient,
@@ -58,6 +57,8 @@ from labctl.mqtt.payloads import (
     ValidateCommand,
 )
 from labctl.mqtt.topics import ANONYMOUS, Topics
+from labctl.problems import BenchError, ErrorCode, Issue
+from labctl.protocol import Control, RecipeInput, Submitted
 
 log = logging.getLogger("labctl.client")
 
@@ -65,27 +66,28 @@ RESEND_MAX_S = 30.0
 """Longest pause between two sends of an unanswered command."""
 
 
-class CommandError(LabctlError):
-    """The bench answered ok: false (or the broker refused the command)."""
+class CommandError(BenchError):
+    """The bench answered ok: false (or the broker refused the command): the BenchError
+    the bench raised, with the reply it came in."""
 
     def __init__(self, code: str, message: str, *, path: str | None = None,
                  reply: dict[str, Any] | None = None):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.path = path
         self.reply = reply or {}
-        self.issues: list[dict[str, Any]] = list(self.reply.get("issues") or [])
+        issues = [Issue(str(i.get("path") or ""), str(i.get("message") or ""))
+                  for i in self.reply.get("issues") or [] if isinstance(i, dict)]
+        super().__init__(cast(ErrorCode, code), message, path=path, issues=issues)
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
 
 
-class Run:
+class Run(Submitted):
     """A submitted run: its id, where it stood in the queue, and its result to come."""
 
     def __init__(self, client: BenchClient, run_id: str, queue_position: int | None,
                  command_id: str, reply: dict[str, Any]):
+        super().__init__(run_id=run_id, queue_position=queue_position)
         self.client = client
-        self.run_id = run_id
-        self.queue_position = queue_position
         self.command_id = command_id
         self.reply = reply
 
@@ -103,7 +105,8 @@ class Run:
 
 
 class BenchClient:
-    """One AI client's connection to one bench, through the broker."""
+    """One AI client's connection to one bench, through the broker: the bench-service
+    protocol (labctl.protocol.BenchService) over MQTT."""
 
     def __init__(
         self,
@@ -422,6 +425,30 @@ class BenchClient:
         cmd = ValidateCommand(command="validate", id=self.new_id(),
                               parameters=dict(parameters or {}), **_source(recipe_or_ref))
         return await self.send(cmd)
+
+    async def plan(self, recipe_or_ref: RecipeInput,
+                   parameters: Mapping[str, Any] | None = None) -> list[Issue]:
+        """Validate only: every issue the bench found (none: it would run)."""
+        try:
+            await self.validate(recipe_or_ref, parameters)
+        except CommandError as exc:
+            if exc.code != "invalid_recipe":
+                raise
+            return exc.issues
+        return []
+
+    async def control(self, command: Control, run_id: str | None = None) -> None:
+        """pause, resume, abort, estop the bench; cancel `run_id` (a queued run)."""
+        if command == "cancel":
+            if run_id is None:
+                raise BenchError("bad_payload", "cancel needs a run id", path="run_id")
+            await self.cancel(run_id)
+            return
+        await {"pause": self.pause, "resume": self.resume, "abort": self.abort,
+               "estop": self.estop}[command]()
+
+    async def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        return await self.list(limit)
 
     async def status(self) -> dict[str, Any]:
         reply = await self.send(StatusCommand(command="status", id=self.new_id()))

@@ -7,15 +7,18 @@ the CLI). `config/sim.toml` is the default, simulated bench.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from labctl.device import DeviceSpec
 from labctl.errors import ConfigError
+from labctl.registry import available_drivers, driver_class
 from labctl.transport import SerialSettings
-from labctl.units import UnitError, quantity
+from labctl.units import UnitError, quantity, to
 
 DEFAULT_CONFIG = Path("config/sim.toml")
 
@@ -45,6 +48,12 @@ class SimulatorConfig(_Strict):
 
 
 class DeviceConfig(_Strict):
+    """`[devices.NAME]` as written. Frozen: what runs is the DeviceSpec converted from it
+    when the config loads (BenchConfig.device_spec), so a change after that would be
+    silently ignored; build a new config instead."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     driver: str
     endpoint: str = ""
     address: int | str | None = None
@@ -53,20 +62,25 @@ class DeviceConfig(_Strict):
     timeout: str = "2 s"
     description: str = ""
     serial: SerialConfig | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-    limits: dict[str, str | float | int] = Field(default_factory=dict)
+    params: Mapping[str, Any] = Field(default_factory=dict)
+    limits: Mapping[str, str | float | int] = Field(default_factory=dict)
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
 
     @field_validator("limits")
     @classmethod
-    def _limits_are_quantities(cls, v: dict[str, Any]) -> dict[str, Any]:
+    def _limits_are_quantities(cls, v: Mapping[str, Any]) -> Mapping[str, Any]:
         for key, value in v.items():
             if isinstance(value, str):
                 try:
                     quantity(value)
                 except UnitError as exc:
                     raise ValueError(f"{key}: {exc}") from None
-        return v
+        return MappingProxyType(dict(v))
+
+    @field_validator("params")
+    @classmethod
+    def _read_only(cls, v: Mapping[str, Any]) -> Mapping[str, Any]:
+        return MappingProxyType(dict(v))
 
 
 class MaterialConfig(_Strict):
@@ -168,8 +182,6 @@ class ConditionsConfig(_Strict):
 
     def record(self) -> dict[str, Any]:
         """The declared conditions for metadata.json, each value with its unit."""
-        from labctl.units import to
-
         out: dict[str, Any] = {}
         if self.atmosphere is not None:
             out["atmosphere"] = self.atmosphere
@@ -197,60 +209,71 @@ class BenchConfig(_Strict):
 
     # filled by load_config
     path: str = ""
+    #: each device's spec, converted once (at load)
+    _specs: dict[str, DeviceSpec] = PrivateAttr(default_factory=dict)
 
     def enabled_devices(self) -> dict[str, DeviceConfig]:
         return {n: d for n, d in self.devices.items() if d.enabled}
 
     def device_spec(self, name: str) -> DeviceSpec:
-        d = self.devices[name]
-        from labctl.registry import driver_class
-
-        base = driver_class(d.driver).default_serial
-        serial = base
-        if d.serial is not None:
-            overrides = {k: v for k, v in d.serial.model_dump().items() if v is not None}
-            serial = SerialSettings(**{**base.__dict__, **overrides})
-        from labctl.units import to
-
-        return DeviceSpec(
-            name=name,
-            driver=d.driver,
-            endpoint=d.endpoint,
-            address=d.address,
-            serial=serial,
-            params=dict(d.params),
-            limits=dict(d.limits),
-            simulator=d.simulator.kind or d.driver,
-            bus=d.bus,
-            timeout_s=to(d.timeout, "s"),
-        )
+        """The typed spec a driver is built from, converted once (parse_config does it for
+        every enabled device when the config loads)."""
+        spec = self._specs.get(name)
+        if spec is None:
+            spec = self._specs[name] = _device_spec(name, self.devices[name])
+        return spec
 
     def world_spec(self) -> dict[str, Any]:
-        """The simulated world (plain data for simulators/) from vessels and materials."""
-        from labctl.units import to
+        """The simulated world (plain data for simulators/) from vessels and materials
+        (asked once per bench start)."""
+        return _world_spec(self)
 
-        materials: dict[str, Any] = {}
-        for mid, m in self.materials.items():
-            materials[mid] = {
-                "name": m.name or mid,
-                "phase": m.phase,
-                "density_g_ml": to(m.density, "g/mL") if m.density else 1.0,
-                "molar_mass_g_mol": to(m.molar_mass, "g/mol") if m.molar_mass else None,
-            }
-        vessels = {
-            name: {
-                "kind": v.kind,
-                "capacity": f"{to(v.capacity, 'mL')} mL",
-                "empty_mass_g": to(v.empty_mass, "g"),
-                "contents": {
-                    mid: (f"{to(a, 'mL')} mL" if quantity(a).check("[volume]")
-                          else f"{to(a, 'g')} g")
-                    for mid, a in v.contents.items()
-                },
-            }
-            for name, v in self.vessels.items()
+
+def _device_spec(name: str, d: DeviceConfig) -> DeviceSpec:
+    """A device's table converted: the driver's line settings with the config's overrides,
+    the timeout in seconds, the limits parsed."""
+    base = driver_class(d.driver).default_serial
+    serial = base
+    if d.serial is not None:
+        overrides = {k: v for k, v in d.serial.model_dump().items() if v is not None}
+        serial = SerialSettings(**{**base.__dict__, **overrides})
+    return DeviceSpec(
+        name=name,
+        driver=d.driver,
+        endpoint=d.endpoint,
+        address=d.address,
+        serial=serial,
+        params=dict(d.params),
+        limits=dict(d.limits),
+        simulator=d.simulator.kind or d.driver,
+        bus=d.bus,
+        timeout_s=to(d.timeout, "s"),
+    )
+
+
+def _world_spec(cfg: BenchConfig) -> dict[str, Any]:
+    materials: dict[str, Any] = {}
+    for mid, m in cfg.materials.items():
+        materials[mid] = {
+            "name": m.name or mid,
+            "phase": m.phase,
+            "density_g_ml": to(m.density, "g/mL") if m.density else 1.0,
+            "molar_mass_g_mol": to(m.molar_mass, "g/mol") if m.molar_mass else None,
         }
-        return {"materials": materials, "vessels": vessels}
+    vessels = {
+        name: {
+            "kind": v.kind,
+            "capacity": f"{to(v.capacity, 'mL')} mL",
+            "empty_mass_g": to(v.empty_mass, "g"),
+            "contents": {
+                mid: (f"{to(a, 'mL')} mL" if quantity(a).check("[volume]")
+                      else f"{to(a, 'g')} g")
+                for mid, a in v.contents.items()
+            },
+        }
+        for name, v in cfg.vessels.items()
+    }
+    return {"materials": materials, "vessels": vessels}
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -275,12 +298,14 @@ def parse_config(data: dict[str, Any], path: str = "<config>") -> BenchConfig:
     if problems:
         key, message = problems[0]
         raise ConfigError(message, file=path, key=key, problems=problems)
+    # converted once, here: what every adapter and driver uses from now on
+    for name in cfg.enabled_devices():
+        cfg.device_spec(name)
     return cfg
 
 
 def _value_problems(cfg: BenchConfig) -> list[tuple[str, str]]:
     from labctl.config_checks import bus_problems, device_problems, vessel_problems
-    from labctl.registry import available_drivers, driver_class
 
     drivers = available_drivers()
     problems: list[tuple[str, str]] = []
@@ -300,8 +325,6 @@ def _value_problems(cfg: BenchConfig) -> list[tuple[str, str]]:
 
 
 def _reference_problems(cfg: BenchConfig) -> list[tuple[str, str]]:
-    from labctl.registry import available_drivers
-
     problems: list[tuple[str, str]] = []
     drivers = available_drivers()
     for name, d in cfg.devices.items():

@@ -13,9 +13,13 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
+import pint
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
 from labctl.clock import Clock, RealClock
 from labctl.errors import LimitError
 from labctl.transport import Link, LinkPool, SerialSettings
+from labctl.units import quantity, to
 
 
 @dataclass(frozen=True)
@@ -57,21 +61,33 @@ class DeviceStatus:
         }
 
 
-@dataclass
-class DeviceSpec:
-    """One configured device. `params` and `limits` keep the config's raw values (strings
-    with units); drivers convert what they need with `labctl.units.to`."""
+class DeviceSpec(BaseModel):
+    """One configured device, converted once when the bench config loads
+    (labctl.config.BenchConfig.device_spec): line settings merged with the driver's,
+    the reply timeout in seconds, every limit parsed to a quantity. `params` and `limits`
+    keep the config's raw values for the record; `limit_quantity` is the parsed limit."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     name: str
     driver: str
     endpoint: str = ""
     address: int | str | None = None
     serial: SerialSettings | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    limits: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+    limits: dict[str, Any] = Field(default_factory=dict)
     simulator: str | None = None
     bus: str | None = None
     timeout_s: float = 2.0
+    _quantities: dict[str, pint.Quantity] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        # parsed here, once: a driver asks for its limits at every command
+        self._quantities = {k: quantity(v) for k, v in self.limits.items()}
+
+    def limit_quantity(self, name: str) -> pint.Quantity | None:
+        """A configured limit as a quantity (None when not configured)."""
+        return self._quantities.get(name)
 
 
 class Device(ABC):
@@ -115,12 +131,10 @@ class Device(ABC):
 
     def limit(self, name: str, unit: str, default: float | None = None) -> float | None:
         """A configured limit (e.g. `max_flow = "10 mL/min"`) converted to `unit`."""
-        from labctl.units import to
-
-        raw = self.spec.limits.get(name)
-        if raw is None:
+        q = self.spec.limit_quantity(name)
+        if q is None:
             return default
-        return to(raw, unit)
+        return to(q, unit)
 
     def check_range(
         self, parameter: str, value: float, lo: float | None, hi: float | None, unit: str

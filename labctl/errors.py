@@ -89,3 +89,8 @@ class LimitError(DeviceError):
         self.value = value
         self.limit = limit
         super().__init__(message, device=device)
+
+
+class MaterialInDoubt(DeviceError):
+    """An earlier attempt of a step delivered material that could not be measured: doing
+    the step again could add it twice, so it waits for an operator's decision."""

@@ -26,7 +26,15 @@ from typing import Any
 
 from labctl.clock import Clock, wall_budget
 from labctl.device import Device, safe_state_of
-from labctl.errors import DeviceError, DeviceFault, DeviceTimeout, LabctlError, LimitError
+from labctl.errors import (
+    DeviceError,
+    DeviceFault,
+    DeviceTimeout,
+    LabctlError,
+    LimitError,
+    MaterialInDoubt,
+)
+from labctl.recipe.plan import Plan, PlannedStep
 from labctl.run_machine import IllegalTransition, RunMachine, RunState
 from labctl.store.journal import LEAF_KINDS
 from labctl.store.record import RunRecord
@@ -77,7 +85,7 @@ class _Aborted(Exception):
 class _Active:
     """A leaf step in flight."""
 
-    step: Any
+    step: PlannedStep
     device: Device | None
     task: asyncio.Task[Any] | None
     suspended: bool = False
@@ -87,44 +95,37 @@ class _Active:
     started_wall: float = field(default_factory=time.monotonic)
 
 
-def _get(step: Any, name: str, default: Any = None) -> Any:
-    if isinstance(step, Mapping):
-        return step.get(name, default)
-    return getattr(step, name, default)
-
-
-def iter_leaves(steps: Collection[Any]) -> list[Any]:
+def iter_leaves(steps: Collection[PlannedStep]) -> list[PlannedStep]:
     """Every leaf step (action, wait, analysis) in plan order."""
-    out: list[Any] = []
+    out: list[PlannedStep] = []
     for s in steps:
-        if _get(s, "kind") in LEAF_KINDS:
+        if s.kind in LEAF_KINDS:
             out.append(s)
-        out.extend(iter_leaves(_get(s, "children") or []))
+        out.extend(iter_leaves(s.children))
     return out
 
 
-def moves_material(step: Any, spec: Any = None) -> bool:
+def moves_material(step: PlannedStep, spec: object = None) -> bool:
     """Does this step move material (so that it may never be repeated without an
     operator's decision)? Asked of the step itself, of its effects, of its action spec
     when one is at hand, else of the action catalogue; without a capability, any action
     of that name that moves material counts (the safe side)."""
-    if _get(step, "kind") != "action":
+    if step.kind != "action":
         return False
-    if _get(step, "moves_material") or any(
-            _get(e, "kind") == "move" for e in (_get(step, "effects") or [])):
+    if step.moves_material or any(e.get("kind") == "move" for e in step.effects):
         return True
     if spec is not None and getattr(spec, "moves_material", False):
         return True
     from labctl.actions import ACTIONS
 
-    action = _get(step, "action")
-    capability = _get(step, "capability")
+    action = step.action
+    capability = step.capability
     candidates = [ACTIONS.get(str(capability), {})] if capability else list(ACTIONS.values())
     return any(getattr(c.get(str(action)), "moves_material", False) for c in candidates)
 
 
 def undecided_material_steps(events: list[dict[str, Any]],
-                             steps: Collection[Any]) -> list[str]:
+                             steps: Collection[PlannedStep]) -> list[str]:
     """Leaf steps the journal leaves in doubt (started, never ended) that move material and
     have no operator's "redo" decision since they last started: running any of them again
     could add material twice."""
@@ -145,7 +146,7 @@ def undecided_material_steps(events: list[dict[str, Any]],
             redone[sid] = i
     out = []
     for step in iter_leaves(steps):
-        sid = str(_get(step, "id"))
+        sid = step.id
         if sid not in last_start or sid in ended or not moves_material(step):
             continue
         if redone.get(sid, -1) > last_start[sid]:
@@ -182,7 +183,7 @@ RESTORE_POLL_S = 5.0
 RESTORE_TIMEOUT_S = 3600.0
 
 
-def standing_setpoints(leaves: Collection[Any], done: Collection[str]
+def standing_setpoints(leaves: Collection[PlannedStep], done: Collection[str]
                        ) -> dict[str, dict[str, float]]:
     """Per device, the set-points that the `done` steps (in plan order) left running: a
     stirrer's `set` temperature and speed, a temperature controller's `set_temperature` or
@@ -191,11 +192,11 @@ def standing_setpoints(leaves: Collection[Any], done: Collection[str]
     on, or it would measure a sample its skipped steps had heated at room temperature."""
     state: dict[str, dict[str, float]] = {}
     for s in leaves:
-        if str(_get(s, "id")) not in done or _get(s, "kind") != "action":
+        if s.id not in done or s.kind != "action":
             continue
-        cap, action = _get(s, "capability"), _get(s, "action")
-        args = _get(s, "args") or {}
-        d = state.setdefault(str(_get(s, "device")), {})
+        cap, action = s.capability, s.action
+        args = s.args
+        d = state.setdefault(str(s.device), {})
         t, rpm = args.get("temperature_c"), args.get("speed_rpm")
         if cap == "stirrer" and action == "set":
             if t is not None:
@@ -237,12 +238,12 @@ def is_pausable(device: Device | None) -> bool:
 class StepContext:
     """What an action gets besides its device and args (labctl.actions' ActionContext)."""
 
-    def __init__(self, executor: Executor, step: Any, active: _Active | None):
+    def __init__(self, executor: Executor, step: PlannedStep, active: _Active | None):
         self._ex = executor
         self._step = step
         self._active = active
-        self.step_id: str = str(_get(step, "id"))
-        self.device_name: str | None = _get(step, "device")
+        self.step_id: str = step.id
+        self.device_name: str | None = step.device
         self.clock: Clock = executor.clock
         self.run_id: str = executor.record.run_id
         self.data_dir = executor.record.data_dir
@@ -272,6 +273,12 @@ class StepContext:
         facts = {"step": self.step_id, "device": self.device_name, **fields}
         facts.pop("kind", None)
         self._ex._log("record", durable=durable, kind=kind, **facts)
+        self._ex._step_facts.setdefault(self.step_id, []).append({"kind": kind, **facts})
+
+    def earlier(self, kind: str) -> list[dict[str, Any]]:
+        """Facts of `kind` this step recorded in its earlier attempts of this session
+        (a retry of a dose adds only what the failed attempt did not deliver)."""
+        return [f for f in self._ex._step_facts.get(self.step_id, []) if f["kind"] == kind]
 
     async def checkpoint(self) -> None:
         """Where a long action may be paused or stopped: parks here while the run is
@@ -344,7 +351,7 @@ class Executor:
 
     def __init__(
         self,
-        plan: Any,
+        plan: Plan,
         devices: Mapping[str, Device],
         *,
         clock: Clock,
@@ -368,6 +375,8 @@ class Executor:
         self.machine = machine
         self._safe_state_all = safe_state_all
         self._resolve_action = actions or default_action_resolver
+        #: provenance facts per step recorded in this session (StepContext.earlier)
+        self._step_facts: dict[str, list[dict[str, Any]]] = {}
         self._analyses = analyses
         self._emit = emit
         self.results: dict[str, dict[str, Any]] = dict(prior_results or {})
@@ -383,11 +392,9 @@ class Executor:
         self._estop_task: asyncio.Task[Any] | None = None
         self._finished = asyncio.Event()
         self._skip: set[str] = set()
-        self._leaves = iter_leaves(_get(plan, "steps") or [])
-        self.total_estimate_s = float(
-            _get(plan, "estimated_s") or sum(float(_get(s, "estimated_s") or 0)
-                                             for s in self._leaves)
-        )
+        self._leaves = iter_leaves(plan.steps)
+        self.total_estimate_s = float(plan.estimated_s
+                                      or sum(s.estimated_s for s in self._leaves))
         self.done_estimate_s = 0.0
         self.steps_done = 0
         self.started_wall: float | None = None
@@ -445,6 +452,11 @@ class Executor:
 
     # -- public control ------------------------------------------------------------------
     @property
+    def stop_reason(self) -> str | None:
+        """Why the run was stopped (abort, e-stop), None while it was not."""
+        return self._stop_reason
+
+    @property
     def state(self) -> RunState:
         return self.machine.state
 
@@ -457,9 +469,9 @@ class Executor:
         remaining_sim = max(0.0, total - self.done_estimate_s)
         return {
             "state": str(self.state),
-            "steps": [{"id": _get(a.step, "id"),
-                       "device": _get(a.step, "device"), "action": _get(a.step, "action"),
-                       "kind": _get(a.step, "kind"), "suspended": a.suspended}
+            "steps": [{"id": a.step.id,
+                       "device": a.step.device, "action": a.step.action,
+                       "kind": a.step.kind, "suspended": a.suspended}
                       for a in self._active.values()],
             "steps_done": self.steps_done,
             "steps_total": len(self._leaves),
@@ -535,14 +547,14 @@ class Executor:
         """Run every step not in `skip` (completed ones when resuming); returns the final
         state (completed, failed or aborted)."""
         self._skip = set(skip)
-        self.steps_done = sum(1 for s in self._leaves if _get(s, "id") in self._skip)
-        self.done_estimate_s = sum(float(_get(s, "estimated_s") or 0) for s in self._leaves
-                                   if _get(s, "id") in self._skip)
+        self.steps_done = sum(1 for s in self._leaves if s.id in self._skip)
+        self.done_estimate_s = sum(s.estimated_s for s in self._leaves
+                                   if s.id in self._skip)
         self.started_wall = time.monotonic()
         self._anchor()
         for leaf in self._leaves:  # resuming: the figures of analyses done before the crash
-            sid = str(_get(leaf, "id"))
-            if (_get(leaf, "kind") == "analysis" and sid in self._skip
+            sid = leaf.id
+            if (leaf.kind == "analysis" and sid in self._skip
                     and isinstance(self.results.get(sid), dict)):
                 self._add_figures(leaf, self.results[sid])
         try:
@@ -608,18 +620,18 @@ class Executor:
         """The plan's steps, after the last line of defence against adding material
         twice: an in-doubt material move of an earlier session is never run again unless
         an operator journaled "redo" for it (whatever the plan's idempotent flag says)."""
-        steps = _get(self.plan, "steps") or []
+        steps = self.plan.steps
         events = self.record.events()
         undecided = [s for s in undecided_material_steps(events, steps)
                      if s not in self._skip]
         if undecided:
             first = undecided[0]
-            step = next(s for s in self._leaves if str(_get(s, "id")) == first)
+            step = next(s for s in self._leaves if s.id == first)
             raise StepFailed(first, LabctlError(
                 f"step {first} moved material when the run was interrupted and no operator "
                 f"decided on it: it is not run again without --redo {first} (or "
-                f"--accept-in-doubt {first})"), device=_get(step, "device"),
-                action=_get(step, "action"))
+                f"--accept-in-doubt {first})"), device=step.device,
+                action=step.action)
         await self._recover_interrupted(events)
         if self._skip:
             await self._restore_setpoints()
@@ -632,27 +644,27 @@ class Executor:
         asked for it again."""
         interrupted = interrupted_steps(events)
         for step in self._leaves:
-            sid = str(_get(step, "id"))
-            if sid not in interrupted or _get(step, "kind") != "action":
+            sid = step.id
+            if sid not in interrupted or step.kind != "action":
                 continue
-            device = self.devices.get(str(_get(step, "device")))
+            device = self.devices.get(str(step.device))
             if device is None:
                 continue
-            spec = self._resolve_action(device, str(_get(step, "action")))
+            spec = self._resolve_action(device, str(step.action))
             recover = getattr(spec, "recover", None)
             if recover is None:
                 continue
             try:
-                result = await recover(device, _get(step, "args") or {}, interrupted[sid],
+                result = await recover(device, step.args, interrupted[sid],
                                        StepContext(self, step, None))
             except Exception as exc:  # an addition that cannot be known stops the run
                 raise StepFailed(sid, exc, device=device.name,
-                                 action=_get(step, "action")) from exc
+                                 action=step.action) from exc
             if result is None:
                 continue
-            result = _jsonable(result)
-            self._log("step_recovered", step=sid, kind=_get(step, "kind"), device=device.name,
-                      action=_get(step, "action"), result=result)
+            result = jsonable(result)
+            self._log("step_recovered", step=sid, kind=step.kind, device=device.name,
+                      action=step.action, result=result)
             if sid in self._skip:
                 self.results[sid] = result
 
@@ -696,24 +708,24 @@ class Executor:
             await self.clock.sleep(RESTORE_POLL_S)
             waited += RESTORE_POLL_S
 
-    async def _run_list(self, steps: Collection[Any]) -> None:
+    async def _run_list(self, steps: Collection[PlannedStep]) -> None:
         for step in steps:
             await self._run_step(step)
 
-    async def _run_step(self, step: Any) -> None:
-        kind = _get(step, "kind")
-        sid = str(_get(step, "id"))
+    async def _run_step(self, step: PlannedStep) -> None:
+        kind = step.kind
+        sid = step.id
         if kind == "sequence":
             if self._all_skipped(step):
                 return
-            self._log("step_started", step=sid, kind=kind, path=_get(step, "path"))
-            await self._run_list(_get(step, "children") or [])
+            self._log("step_started", step=sid, kind=kind, path=step.path)
+            await self._run_list(step.children)
             self._log("step_finished", durable=False, step=sid, kind=kind)
         elif kind == "parallel":
             if self._all_skipped(step):
                 return
-            self._log("step_started", step=sid, kind=kind, path=_get(step, "path"))
-            await self._run_parallel(_get(step, "children") or [])
+            self._log("step_started", step=sid, kind=kind, path=step.path)
+            await self._run_parallel(step.children)
             self._log("step_finished", durable=False, step=sid, kind=kind)
         elif kind in LEAF_KINDS:
             if sid in self._skip:
@@ -723,11 +735,11 @@ class Executor:
         else:
             raise StepFailed(sid, LabctlError(f"unknown step kind {kind!r}"))
 
-    def _all_skipped(self, step: Any) -> bool:
-        leaves = iter_leaves(_get(step, "children") or [])
-        return bool(leaves) and all(_get(s, "id") in self._skip for s in leaves)
+    def _all_skipped(self, step: PlannedStep) -> bool:
+        leaves = iter_leaves(step.children)
+        return bool(leaves) and all(s.id in self._skip for s in leaves)
 
-    async def _run_parallel(self, children: Collection[Any]) -> None:
+    async def _run_parallel(self, children: Collection[PlannedStep]) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
                 for child in children:
@@ -786,25 +798,33 @@ class Executor:
             with contextlib.suppress(IllegalTransition):  # another branch got there first
                 await self.machine.request("paused")
 
-    async def _run_leaf(self, step: Any) -> None:
-        sid = str(_get(step, "id"))
-        kind = _get(step, "kind")
-        device_name = _get(step, "device")
+    async def _run_leaf(self, step: PlannedStep) -> None:
+        sid = step.id
+        kind = step.kind
+        device_name = step.device
         device = self.devices.get(device_name) if device_name else None
-        retries = int(_get(step, "retries") or 0)
-        on_error = _get(step, "on_error") or "abort"
+        retries = int(step.retries or 0)
+        on_error = step.on_error or "abort"
         if on_error == "retry" and retries == 0:
             retries = 1
+        if retries and not self._retry_safe(step, device):
+            # a retry could add material twice (validation refuses this; plans built
+            # otherwise get the same rule here)
+            log.warning("step %s moves material and is not retry-safe: no retries", sid)
+            retries = 0
         attempts = 1 + retries
-        timeout_s = _get(step, "timeout_s")
+        timeout_s = step.timeout_s
+        # StepContext.earlier sees this step's earlier attempts, not a resume's recovery (a
+        # redo the operator decided on is done in full)
+        self._step_facts.pop(sid, None)
         for attempt in range(1, attempts + 1):
             act = _Active(step=step, device=device, task=asyncio.current_task())
             self._active[sid] = act
             self._step_boundary("step_started", sid)
-            self._log("step_started", step=sid, kind=kind, path=_get(step, "path"),
-                      device=device_name, action=_get(step, "action"),
-                      args=_jsonable(_get(step, "args") or {}), attempt=attempt,
-                      idempotent=bool(_get(step, "idempotent")))
+            self._log("step_started", step=sid, kind=kind, path=step.path,
+                      device=device_name, action=step.action,
+                      args=jsonable(step.args), attempt=attempt,
+                      idempotent=bool(step.idempotent))
             try:
                 if timeout_s:
                     wall_s = self._step_wall_timeout(float(timeout_s), kind, device)
@@ -825,14 +845,14 @@ class Executor:
                 if isinstance(exc, TimeoutError):
                     exc = StepTimeout(f"no end within the step timeout of {timeout_s} s",
                                       device=device_name)
-                last = attempt == attempts or isinstance(exc, LimitError)
+                last = attempt == attempts or isinstance(exc, LimitError | MaterialInDoubt)
                 cont = last and on_error == "continue"
                 try:  # the step's own error is what the run must report
                     self._step_boundary("step_failed", sid)
                 except Exception as save_exc:
                     log.error("step %s: could not save at its failure: %s", sid, save_exc)
                 self._log("step_failed", step=sid, kind=kind, device=device_name,
-                          action=_get(step, "action"), attempt=attempt,
+                          action=step.action, attempt=attempt,
                           error=f"{type(exc).__name__}: {exc}",
                           code=getattr(exc, "code", None),
                           vendor_text=getattr(exc, "vendor_text", None),
@@ -842,7 +862,7 @@ class Executor:
                 if not last:
                     await self._maybe_paused()
                     continue
-                failure = StepFailed(sid, exc, device=device_name, action=_get(step, "action"))
+                failure = StepFailed(sid, exc, device=device_name, action=step.action)
                 if cont:
                     self.errors.append({**failure.to_dict(), "continued": True})
                     self._leaf_done(step)
@@ -851,15 +871,30 @@ class Executor:
                 raise failure from exc
             else:
                 self._active.pop(sid, None)
-                result = _jsonable(result or {})
+                result = jsonable(result or {})
                 self.results[sid] = result
                 self._step_boundary("step_finished", sid)
                 self._log("step_finished", durable=False, step=sid, kind=kind,
-                          device=device_name, action=_get(step, "action"), result=result,
+                          device=device_name, action=step.action, result=result,
                           clock_unix_s=self.data_time())
                 self._leaf_done(step)
                 await self._maybe_paused()
                 return
+
+    def _retry_safe(self, step: PlannedStep, device: Device | None) -> bool:
+        """May this leaf be attempted again automatically? Not when it moves material
+        unless its action measures what a failed attempt delivered (ActionSpec.retry_safe)."""
+        if not step.retry_safe:
+            return False
+        if step.kind != "action":
+            return True
+        spec = None
+        if device is not None:
+            with contextlib.suppress(Exception):  # unresolvable: dispatch reports it
+                spec = self._resolve_action(device, str(step.action))
+        if not moves_material(step, spec):
+            return True
+        return bool(getattr(spec, "retry_safe", False))
 
     def _step_wall_timeout(self, timeout_s: float, kind: Any, device: Device | None) -> float:
         """A step's timeout on the wall clock: scaled, but never under STEP_WALL_FLOOR_S
@@ -873,29 +908,29 @@ class Executor:
             floor = max(floor, STEP_FLOOR_EXCHANGES * device.spec.timeout_s)
         return wall_budget(self.clock, timeout_s, floor)
 
-    def _leaf_done(self, step: Any) -> None:
+    def _leaf_done(self, step: PlannedStep) -> None:
         self.steps_done += 1
-        self.done_estimate_s += float(_get(step, "estimated_s") or 0)
+        self.done_estimate_s += step.estimated_s
 
     async def _device_safe(self, device: Device) -> None:
         error = await safe_state_of(device)
         if error is not None:  # the step already failed; note it and go on
             self._log("warning", device=device.name, message=f"safe state failed: {error}")
 
-    async def _dispatch(self, step: Any, device: Device | None, act: _Active) -> Any:
-        kind = _get(step, "kind")
+    async def _dispatch(self, step: PlannedStep, device: Device | None, act: _Active) -> Any:
+        kind = step.kind
         if kind == "wait":
-            await self._wait(float(_get(step, "duration_s") or 0.0), act)
-            return {"waited_s": float(_get(step, "duration_s") or 0.0)}
+            await self._wait(float(step.duration_s or 0.0), act)
+            return {"waited_s": float(step.duration_s or 0.0)}
         if kind == "analysis":
             return await self._analysis(step)
         if device is None:
-            raise DeviceError(f"step {_get(step, 'id')}: device {_get(step, 'device')!r} "
-                              "is not connected", device=_get(step, "device"))
-        spec = self._resolve_action(device, str(_get(step, "action")))
+            raise DeviceError(f"step {step.id}: device {step.device!r} "
+                              "is not connected", device=step.device)
+        spec = self._resolve_action(device, str(step.action))
         ctx = StepContext(self, step, act)
         run = spec.run if hasattr(spec, "run") else spec
-        result = await run(device, _get(step, "args") or {}, ctx)
+        result = await run(device, step.args, ctx)
         if ctx.data_files and isinstance(result, dict):
             result.setdefault("data_files", ctx.data_files)
         return result
@@ -920,10 +955,10 @@ class Executor:
                 return
             remaining -= self.clock.monotonic() - t0
 
-    async def _analysis(self, step: Any) -> dict[str, Any]:
+    async def _analysis(self, step: PlannedStep) -> dict[str, Any]:
         """Figures of merit from the data of earlier steps:
         `labctl.analysis.ANALYSES[name](files, **args)`, files = {step_id: path}."""
-        name = str(_get(step, "analysis") or _get(step, "action"))
+        name = str(step.analysis or step.action)
         table = self._analyses
         if table is None:
             from labctl.analysis import ANALYSES
@@ -931,7 +966,7 @@ class Executor:
             table = ANALYSES
         if name not in table:
             raise LabctlError(f"unknown analysis {name!r} (known: {', '.join(sorted(table))})")
-        args = dict(_get(step, "args") or {})
+        args = dict(step.args)
         self._add_measured_temperature(table[name], args)
         try:
             out = table[name](self._data_files(), **args)
@@ -941,18 +976,18 @@ class Executor:
             # a refusal (meaningless input) records its figures as failed, with the reason,
             # before the step fails: the result says why there is no number
             for failed in getattr(exc, "failed_figures", None) or []:
-                self.figures.append({"analysis": name, "analysis_step": str(_get(step, "id")),
-                                     **_jsonable(failed)})
+                self.figures.append({"analysis": name, "analysis_step": step.id,
+                                     **jsonable(failed)})
             raise
-        result = _jsonable(out if isinstance(out, dict) else {"value": out})
+        result = jsonable(out if isinstance(out, dict) else {"value": out})
         self._add_figures(step, result)
         return result
 
-    def _add_figures(self, step: Any, result: dict[str, Any]) -> None:
-        name = str(_get(step, "analysis") or _get(step, "action"))
+    def _add_figures(self, step: PlannedStep, result: dict[str, Any]) -> None:
+        name = str(step.analysis or step.action)
         figs = result.get("figures") if isinstance(result.get("figures"), list) else None
         for fig in figs or [result]:
-            self.figures.append({"analysis": name, "analysis_step": str(_get(step, "id")),
+            self.figures.append({"analysis": name, "analysis_step": step.id,
                                  **fig})
 
     def _add_measured_temperature(self, analysis: Any, args: dict[str, Any]) -> None:
@@ -1018,18 +1053,18 @@ def _flatten(eg: BaseExceptionGroup[Any]) -> list[BaseException]:
     return out
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Results and args as plain JSON data (pydantic models dumped, quantities as text)."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")
     if hasattr(value, "to_dict"):
-        return _jsonable(value.to_dict())
+        return jsonable(value.to_dict())
     return str(value)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 from typing import Any
 
 from labctl.bench_lock import BenchInUse
@@ -59,7 +58,7 @@ class Instruments:
         for name in names:
             spec = self.cfg.device_spec(name)
             if self.simulation is not None:
-                spec = replace(spec, endpoint=self.simulation.endpoints[name])
+                spec = spec.model_copy(update={"endpoint": self.simulation.endpoints[name]})
             self.devices[name] = driver_class(spec.driver)(spec, links=self.links, clock=self.clock)
 
         async def connect(name: str, dev: Device) -> None:

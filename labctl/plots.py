@@ -38,6 +38,7 @@ from labctl.bdf import (
     pick,
     read_bdf,
 )
+from labctl.store.journal import read_journal
 
 FORMATS = ("png", "svg")
 
@@ -258,8 +259,6 @@ def _time_trace(out: Path, sid: str, cols: dict[str, Any], meta: dict[str, Any],
 # -- journal traces --------------------------------------------------------------------------------
 
 def _journal(folder: Path) -> list[dict[str, Any]]:
-    from labctl.store import read_journal
-
     path = folder / "events.jsonl"
     return list(read_journal(path)) if path.exists() else []
 

@@ -32,3 +32,32 @@ def driver_class(name: str) -> type[Device]:
     if not (isinstance(cls, type) and issubclass(cls, Device)):
         raise ConfigError(f"driver {name!r} ({eps[name].value}) is not a labctl Device")
     return cls
+
+
+# ---------------------------------------------------------------- actions and analyses
+
+ACTIONS_GROUP = "labctl.actions"
+ANALYSES_GROUP = "labctl.analyses"
+
+
+def plugin_entry_points(group: str) -> list[EntryPoint]:
+    """The entry points of a plugin group, each once (a distribution found twice on the
+    path, as an editable install run from its source tree is, lists them twice)."""
+    seen: set[tuple[str, str]] = set()
+    out: list[EntryPoint] = []
+    for ep in entry_points(group=group):
+        if (ep.name, ep.value) not in seen:
+            seen.add((ep.name, ep.value))
+            out.append(ep)
+    return out
+
+
+def load_plugin(ep: EntryPoint) -> object:
+    """What an entry point names, or a ConfigError that names the entry point and the
+    distribution that declared it."""
+    try:
+        return ep.load()
+    except Exception as exc:  # a broken plugin is named, not hidden
+        dist = getattr(ep.dist, "name", None) or "unknown distribution"
+        raise ConfigError(f"{ep.group} entry point {ep.name!r} = {ep.value!r} ({dist}) "
+                          f"cannot be loaded: {type(exc).__name__}: {exc}") from exc

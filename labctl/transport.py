@@ -31,7 +31,7 @@ import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import serial
 
@@ -494,11 +494,25 @@ class Link:
             return await self.read_until(terminator, timeout)
 
 
+class SharedLine(Protocol):
+    """A line resource several devices share (a pymodbus client and its lock)."""
+
+    users: int
+
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=SharedLine)
+
+
 class LinkPool:
-    """One Link per URL, so devices configured on the same bus share it (and its lock)."""
+    """One Link per URL, so devices configured on the same bus share it (and its lock).
+    Drivers whose library owns the line (pymodbus) share their own client the same way,
+    through `shared`."""
 
     def __init__(self) -> None:
         self._links: dict[str, Link] = {}
+        self._shared: dict[str, SharedLine] = {}
 
     def get(self, url: str, settings: SerialSettings, name: str = "") -> Link:
         link = self._links.get(url)
@@ -510,7 +524,27 @@ class LinkPool:
             )
         return link
 
+    def shared(self, key: str, make: Callable[[], S]) -> S:
+        """The line resource of `key` (an endpoint) that devices on it share, made by `make`
+        the first time; each device `release`s it when it closes."""
+        found = self._shared.get(key)
+        if found is None:
+            found = self._shared[key] = make()
+        found.users += 1
+        return cast(S, found)
+
+    def release(self, key: str, resource: SharedLine) -> None:
+        """A device is done with a shared resource: closed when its last user is."""
+        resource.users -= 1
+        if resource.users <= 0:
+            if self._shared.get(key) is resource:
+                del self._shared[key]
+            resource.close()
+
     async def close_all(self) -> None:
         for link in self._links.values():
             await link.close()
         self._links.clear()
+        for resource in self._shared.values():
+            resource.close()
+        self._shared.clear()

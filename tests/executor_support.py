@@ -1,48 +1,25 @@
 """Helpers for the executor tests: small plans built straight from the action catalogue
 (labctl.actions: resolve + check against the bench config, exactly what the recipe planner
-does per step), and a simulated bench on real ptys."""
+does per step) into the planner's own types (labctl.recipe.plan's Plan and PlannedStep),
+and a simulated bench on real ptys."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from labctl.actions import DeviceView, driver_capabilities, get_action
 from labctl.config import BenchConfig, load_config
+from labctl.recipe.plan import Plan, PlannedStep
 
 CONFIG = Path(__file__).parent / "configs" / "exec_bench.toml"
 
 
-@dataclass
-class Step:
-    """The fields of labctl.recipe's PlannedStep that the executor reads."""
-
-    id: str
-    kind: str = "action"
-    path: str = ""
-    device: str | None = None
-    action: str | None = None
-    args: dict[str, Any] = field(default_factory=dict)
-    duration_s: float | None = None
-    children: list[Step] = field(default_factory=list)
-    timeout_s: float | None = None
-    retries: int = 0
-    on_error: str = "abort"
-    idempotent: bool = False
-    estimated_s: float = 1.0
-    description: str = ""
-
-
-@dataclass
-class Plan:
-    recipe: dict[str, Any]
-    parameters: dict[str, Any]
-    sha256: str
-    steps: list[Step]
-    estimated_s: float
+#: the planner's own step type: the executor takes nothing else
+Step = PlannedStep
 
 
 def config() -> BenchConfig:
@@ -60,8 +37,9 @@ def action(cfg: BenchConfig, sid: str, device: str, name: str, **raw: Any) -> St
     view = DeviceView(device, cap, cfg.devices[device], cfg)
     issues += spec.check(view, args)
     assert not issues, issues
-    return Step(id=sid, path=sid, device=device, action=name, args=args,
-                estimated_s=spec.estimate_s(view, args), description=spec.describe(view, args),
+    return Step(id=sid, path=sid, kind="action", device=device, action=name, capability=cap,
+                args=args, estimated_s=spec.estimate_s(view, args),
+                description=spec.describe(view, args), moves_material=spec.moves_material,
                 **opts)
 
 
@@ -81,5 +59,7 @@ def plan(name: str, *steps: Step) -> Plan:
                          "EC": {"name": "ethylene carbonate"}},
            "steps": [asdict(s) for s in steps]}
     sha = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
-    return Plan(recipe=doc, parameters={}, sha256=sha, steps=list(steps),
-                estimated_s=sum(s.estimated_s for s in steps))
+    return Plan(name=name, version="1", description=doc["description"], recipe=doc,
+                parameters={}, sha256=sha, steps=list(steps),
+                estimated_s=sum(s.estimated_s for s in steps), materials=[],
+                material_effects=[])

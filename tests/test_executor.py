@@ -270,6 +270,24 @@ async def test_retry_after_a_vendor_error_then_success(bench: Bench) -> None:
     assert ev[1]["retrying"] is True and ev[1]["code"] == 1
 
 
+async def test_a_transfer_is_never_retried_automatically(bench: Bench) -> None:
+    """A failed transfer may have moved part of its volume and the pump cannot say how much:
+    even a plan that asks for retries (validation refuses them) attempts it once and fails."""
+    cfg = bench.cfg
+    first = await bench.submit(plan("init", action(cfg, "init", "pump_a", "initialize")),
+                               instigator="operator:t")
+    assert (await bench.wait(first))["status"] == "completed"
+    p = plan("no-retry", action(cfg, "add", "pump_a", "transfer", volume="1 mL",
+                                from_="res_dmc", to="vial", retries=2, on_error="retry"))
+    sims(bench)["pump_a"].faults.error = 1  # the transfer's first command is refused
+    run_id = await bench.submit(p, instigator="operator:t")
+    result = await bench.wait(run_id)
+    assert result["status"] == "failed", result
+    ev = [e for e in events(bench, run_id) if e.get("step") == "add"]
+    assert [e["event"] for e in ev] == ["step_started", "step_failed"], ev
+    assert ev[1]["retrying"] is False
+
+
 async def test_on_error_continue_records_the_error_and_goes_on(bench: Bench) -> None:
     cfg = bench.cfg
     p = plan("cont",

@@ -12,16 +12,14 @@ from pathlib import Path
 import pytest
 
 from labctl.bench import Bench
-from labctl.config import load_config
+from tests.config_support import load_edited, long_watchdog
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(180)
 
 
 async def test_conductivity_run_records_what_the_world_received(tmp_path: Path) -> None:
-    cfg = load_config(ROOT / "config" / "sim.toml")
-    # a long watchdog: a loaded test machine may pause the keep-alive for a few hundred ms
-    cfg.devices["hotplate"].params["watchdog"] = "1500 s"
+    cfg = load_edited(ROOT / "config" / "sim.toml", long_watchdog)
     bench = Bench(cfg, data_dir=tmp_path / "runs", time_scale=300)
     await bench.start()
     try:

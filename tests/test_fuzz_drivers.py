@@ -719,7 +719,7 @@ MODBUS_FAULTS = tuple(ModbusAnswer(kind, 0, payload, code, False, 0) for kind, p
     ("data", b"\x00\x04", 0)))
 
 MODBUS_PUMP = Case(
-    "modbus-pump", {"map": str(ROOT / "config/modbus/peristaltic_pump.toml"),
+    "modbus-pump", {"map": "peristaltic_pump",
                     "tubing_ul_per_rev": 100, "retries": 0},
     {"max_flow": "60 mL/min"}, (), modbus_nominal, (
         ("pump_volume", lambda d: d.pump_volume(1e-4, 1e-5)),
@@ -736,7 +736,7 @@ def test_modbus_pump_driver_survives_any_reply(replies: list[Any]) -> None:
 
 
 OMEGA = Case(
-    "omega-cn7500", {"map": str(ROOT / "config/modbus/omega_cn7500.toml"), "retries": 0},
+    "omega-cn7500", {"map": "omega_cn7500", "retries": 0},
     {"max_temperature": "150 degC"}, (), modbus_nominal, (
         ("set_temperature", lambda d: d.set_temperature(50.0)),
         ("temperature", lambda d: d.temperature_c()),

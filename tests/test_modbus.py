@@ -36,14 +36,14 @@ from labctl.errors import (
     ProtocolError,
 )
 from labctl.instruments import Instruments
-from labctl.transport import Link
+from labctl.transport import Link, LinkPool
 from simulators.modbus_devices import ModbusPumpSimulator, OmegaCN7500Simulator
 from simulators.serving import Served, serve
 from simulators.world import World
 
 ENDPOINTS = ["pty", "tcp://127.0.0.1:0"]
-PUMP_MAP = "config/modbus/peristaltic_pump.toml"
-CN_MAP = "config/modbus/omega_cn7500.toml"
+PUMP_MAP = "peristaltic_pump"  # shipped with the drivers (drivers/maps, package data)
+CN_MAP = "omega_cn7500"
 ML = 1e-3
 ML_MIN = 1e-3 / 60
 
@@ -458,9 +458,10 @@ async def test_pump_driver_continuous_reverse_and_prime(pump_any: Any) -> None:
 
 async def test_limits_are_checked_before_sending(pump_pty: Any) -> None:
     sim, served, _ = pump_pty
-    pump = ModbusPump(pump_spec(served.endpoint), clock=sim.clock)
+    links = LinkPool()  # one line, one client: the two configurations share it
+    pump = ModbusPump(pump_spec(served.endpoint), links=links, clock=sim.clock)
     fast = ModbusPump(pump_spec(served.endpoint, max_flow="100 mL/min", address=1),
-                      clock=sim.clock)
+                      links=links, clock=sim.clock)
     async with connected(pump), connected(fast):
         before = sim.requests
         with pytest.raises(LimitError) as err:
@@ -588,7 +589,9 @@ async def test_two_units_share_one_rtu_line() -> None:
                                 options={"source": "res", "destination": "vial"})
             for a, w in zip((1, 2), worlds, strict=True)]
     served = await serve(list(sims), "pty")
-    pumps = [ModbusPump(pump_spec(served.endpoint, address=a), clock=clock) for a in (1, 2)]
+    links = LinkPool()  # the bench's pool: units on one endpoint share its client
+    pumps = [ModbusPump(pump_spec(served.endpoint, address=a), links=links, clock=clock)
+             for a in (1, 2)]
     try:
         async with connected(pumps[0]), connected(pumps[1]):
             got = await asyncio.gather(pumps[0].pump_volume(1 * ML, 30 * ML_MIN),
@@ -705,3 +708,17 @@ def test_register_maps_load_and_encode(tmp_path: Path) -> None:
     assert err.value.key == "points.speed" and err.value.file == str(bad)
     with pytest.raises(ConfigError):
         ModbusPump(pump_spec("/dev/null", map=str(tmp_path / "missing.toml")))
+
+
+def test_register_maps_ship_with_the_drivers_whatever_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The maps are package data: found by name (or by a checkout's config path) from a
+    directory that is not the repository, as from an installed wheel."""
+    monkeypatch.chdir(tmp_path)
+    pump = RegisterMap.load("peristaltic_pump")
+    assert pump.name == "labctl peristaltic pump (reference map)"
+    assert RegisterMap.load("config/modbus/omega_cn7500.toml").name == "Omega CN7500"
+    assert ModbusPump(pump_spec("/dev/null", map=None)).map.name == pump.name
+    with pytest.raises(ConfigError) as err:
+        RegisterMap.load("elsewhere/peristaltic_pump.toml")  # a path is a path
+    assert "shipped map (omega_cn7500, peristaltic_pump)" in str(err.value)

@@ -314,10 +314,11 @@ async def test_a_dose_killed_between_tare_and_weighing_is_recorded_as_what_lande
         await sim.close()
 
 
-async def test_a_dose_that_fails_half_way_and_is_retried_records_both_parts(
+async def test_a_dose_that_fails_half_way_is_retried_for_the_rest_only(
         tmp_path: Path) -> None:
     """A retry tares again, so what the failed attempt delivered was in the vial but in no
-    addition; it is now weighed against its own reference and recorded."""
+    addition; it is now weighed against its own reference and recorded, and the retry doses
+    only what is still missing: the vial gets the requested mass once, not 1.5 times."""
     cfg_path = tmp_path / "sim.toml"
     cfg_path.write_text(DOSE_BENCH)
     bench = Bench(load_config(cfg_path), data_dir=tmp_path / "runs", time_scale=1000.0)
@@ -331,12 +332,18 @@ async def test_a_dose_that_fails_half_way_and_is_retried_records_both_parts(
         result = await bench.wait(run_id)
         assert result["status"] == "completed", result
         meta = json.loads((tmp_path / "runs" / run_id / "metadata.json").read_text())
-        actual = [a["actual"] for a in meta["additions"]]
+        additions = meta["additions"]
         doses = [d["dosed_g"] for d in quantos.doses]
         assert len(doses) == 2 and 0.1 < doses[0] < 0.3
-        assert actual == [pytest.approx(d, abs=RESOLUTION_G) for d in doses]
-        assert meta["additions"][0]["interrupted"] is True
+        assert [a["actual"] for a in additions] == [pytest.approx(d, abs=RESOLUTION_G)
+                                                    for d in doses]
+        assert additions[0]["interrupted"] is True
+        # the retry asked for the rest only
+        assert additions[1]["requested"] == pytest.approx(0.4 - additions[0]["actual"],
+                                                          abs=RESOLUTION_G)
         received = bench.instruments.simulation.world.composition("cell_vial")["LiPF6"]
-        assert sum(actual) == pytest.approx(received, abs=2 * RESOLUTION_G)
+        assert received == pytest.approx(0.4, rel=0.03)
+        assert sum(a["actual"] for a in additions) == pytest.approx(received,
+                                                                    abs=2 * RESOLUTION_G)
     finally:
         await bench.close()

@@ -11,17 +11,15 @@ from typing import Any
 
 import pytest
 
-from labctl.config import BenchConfig, load_config
+from labctl.config import BenchConfig
 from labctl.recipe import RecipeError, build_plan, validate
+from tests.config_support import every_device_enabled, load_edited
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def full_bench() -> BenchConfig:
-    cfg = load_config(ROOT / "config" / "sim.toml")
-    for d in cfg.devices.values():
-        d.enabled = True
-    return cfg
+    return load_edited(ROOT / "config" / "sim.toml", every_device_enabled)
 
 
 BASE: dict[str, Any] = {
@@ -210,6 +208,11 @@ CASES: list[tuple[str, Any, dict[str, str], str, str]] = [
      "is not a duration"),
     ("retry without retries", step(3, on_error="retry"), {}, "steps[3].retries",
      "needs retries of at least 1"),
+    ("retries on a transfer (could add it twice)", step(2, retries=1), {}, "steps[2].retries",
+     "'pump_ec.transfer' moves material and cannot tell how much a failed attempt moved"),
+    ("retries on a sequence holding a transfer",
+     add({"id": "seq", "steps": [EC("one", "1 mL")], "retries": 2}), {}, "steps[4].retries",
+     "step seq.one inside it: 'pump_ec.transfer' moves material"),
     ("timeout shorter than the step", step(3, timeout="10 s"), {}, "steps[3].timeout",
      "shorter than the step's estimated"),
     ("bad on_error", step(3, on_error="ignore"), {}, "steps[3].on_error", "abort"),
@@ -290,8 +293,11 @@ def test_an_invalid_parameter_does_not_pile_up_follow_on_errors() -> None:
 
 
 def test_disabled_device_is_absent() -> None:
-    cfg = full_bench()
-    cfg.devices["hotplate"].enabled = False
+    def hotplate_off(data: dict[str, Any]) -> None:
+        every_device_enabled(data)
+        data["devices"]["hotplate"]["enabled"] = False
+
+    cfg = load_edited(ROOT / "config" / "sim.toml", hotplate_off)
     issues = validate(copy.deepcopy(BASE), {}, cfg)
     assert [str(i) for i in issues] == [
         "steps[3].device: device 'hotplate' is disabled on bench sim-bench-1 (enabled = false)"]

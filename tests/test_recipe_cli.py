@@ -12,12 +12,11 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner
 
-from labctl.cli.app import _register, app
+from labctl.cli.app import app
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
 
-_register()
 runner = CliRunner()
 
 

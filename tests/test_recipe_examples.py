@@ -14,6 +14,7 @@ import pytest
 from labctl.config import BenchConfig, load_config
 from labctl.recipe import Plan, RecipeError, build_plan, validate
 from labctl.recipe.sop import materials_csv, sop_markdown, write_outputs
+from tests.config_support import every_device_enabled, load_edited
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "recipes").glob("*.json"))
@@ -23,10 +24,7 @@ SIM = ROOT / "config" / "sim.toml"
 def full_bench() -> BenchConfig:
     """config/sim.toml with every device enabled: the bench as it is once every driver has
     landed (until then some devices are declared `enabled = false`)."""
-    cfg = load_config(SIM)
-    for d in cfg.devices.values():
-        d.enabled = True
-    return cfg
+    return load_edited(SIM, every_device_enabled)
 
 
 def test_the_examples_exist() -> None:

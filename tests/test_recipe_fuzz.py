@@ -18,8 +18,9 @@ from unittest import mock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labctl.config import BenchConfig, load_config
+from labctl.config import BenchConfig
 from labctl.recipe import Plan, RecipeError, build_plan
+from tests.config_support import every_device_enabled, load_edited
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
@@ -27,10 +28,7 @@ EXAMPLES = {p.name: json.loads(p.read_text()) for p in sorted(RECIPES.glob("*.js
 
 
 def _bench() -> BenchConfig:
-    cfg = load_config(ROOT / "config" / "sim.toml")
-    for d in cfg.devices.values():
-        d.enabled = True
-    return cfg
+    return load_edited(ROOT / "config" / "sim.toml", every_device_enabled)
 
 
 CFG = _bench()

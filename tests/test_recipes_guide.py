@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from labctl import catalogue
+from labctl import catalogue_doc as catalogue
 from labctl.config import load_config
 from labctl.recipe import build_plan
 
@@ -27,16 +27,21 @@ def test_catalogue_section_equals_the_generated_one() -> None:
 
 
 def test_catalogue_names_every_action_and_analysis_with_units() -> None:
+    """Every action and analysis labctl registers in its own pyproject is in the guide."""
+    from importlib.metadata import distribution
+
     from labctl.actions import ACTIONS
-    from labctl.analysis.registry import ANALYSES
 
     doc = GUIDE.read_text(encoding="utf-8")
-    for capability, actions in ACTIONS.items():
+    own = distribution("labctl").entry_points
+    capabilities = [ep.name for ep in own.select(group="labctl.actions")]
+    assert "potentiostat" in capabilities
+    for capability in capabilities:
         assert f"### Capability `{capability}`" in doc
-        for name in actions:
+        for name in ACTIONS[capability]:
             assert f"#### `{name}`" in doc
-    for name in ANALYSES:
-        assert f"#### `{name}`" in doc
+    for ep in own.select(group="labctl.analyses"):
+        assert f"#### `{ep.name}`" in doc
     assert "| `volume` | quantity | mL, µL | yes |" in doc
     assert "| `c_rate` | quantity | C (C-rate) | no |" in doc
 

@@ -20,6 +20,7 @@ import pytest
 from labctl.bench import Bench
 from labctl.config import load_config
 from labctl.errors import ConfigError
+from tests.config_support import load_edited, long_watchdog
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(240)
@@ -29,9 +30,7 @@ async def _run(tmp_path: Path, recipe: Any, params: dict[str, Any] | None = None
                time_scale: float = 300, config: Path = ROOT / "config" / "sim.toml",
                ) -> tuple[dict[str, Any], Path, list[dict[str, Any]]]:
     """Run one recipe to its end; (result.json, run folder, the world's ledger)."""
-    cfg = load_config(config)
-    # a long watchdog: a loaded test machine may pause the keep-alive for a few hundred ms
-    cfg.devices["hotplate"].params["watchdog"] = "1500 s"
+    cfg = load_edited(config, long_watchdog)
     bench = Bench(cfg, data_dir=tmp_path / "runs", time_scale=time_scale)
     await bench.start()
     try:
@@ -232,7 +231,7 @@ def test_plan_out_writes_sop_with_hazards_and_ppe_and_a_step_csv(tmp_path: Path)
 
     with open(out / "electrolyte_conductivity.sop.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    from labctl.recipe.plan import build_plan
+    from labctl.recipe.validate import build_plan
 
     plan = build_plan(CONDUCTIVITY, {}, load_config(ROOT / "config" / "sim.toml"))
     assert [r["step"] for r in rows] == [s.id for s in plan.leaves()]

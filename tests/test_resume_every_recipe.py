@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from labctl.analysis.eis import KK_LIMIT
 from labctl.bench import plan_document, replan_source
 from labctl.config import load_config
 from labctl.executor import iter_leaves
@@ -180,6 +181,11 @@ def test_the_recipe_a_run_records_plans_again_to_the_same_steps(recipe: Path) ->
 # ---------------------------------------------------------------- kill, resume, compare
 
 
+#: figures that measure the noise of a measurement, not the sample: two uninterrupted runs
+#: differ by more than 5 % too; after a resume they must still pass their own limit
+NOISE_FIGURES = {"spectrum_validity": 100 * KK_LIMIT}  # Lin-KK largest residual, %
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 def test_kill_mid_step_then_resume_completes_with_the_same_figures(
         tmp_path: Path, recipe: Path) -> None:
@@ -218,6 +224,9 @@ def test_kill_mid_step_then_resume_completes_with_the_same_figures(
     assert set(got) == set(expected), where
     for name, value in expected.items():
         assert math.isfinite(got[name]), where + name
+        if name in NOISE_FIGURES:  # a statistic of the noise: differs between any two runs
+            assert got[name] <= NOISE_FIGURES[name], where + f"{name}: {got[name]}"
+            continue
         assert got[name] == pytest.approx(value, rel=0.05, abs=1e-6), (
             where + f"{name}: {got[name]} after resume, {value} uninterrupted")
 

@@ -159,6 +159,21 @@ def test_data_files_are_hashed_with_their_bdf_columns(tmp_path: Path) -> None:
     assert csv_columns(tmp_path / "missing.csv") == []
 
 
+def test_a_step_attempted_again_gets_a_new_data_file(tmp_path: Path) -> None:
+    """A retry or a re-run after resume writes beside the killed attempt's rows, never over
+    them (nothing recorded is lost), and both files are in the run's data files."""
+    rec = RunRecord.create(tmp_path, "r1")
+    first = rec.data_path("eis")
+    first.write_text("Test Time / s,Step ID\n0,eis\n1,eis\n")
+    second = rec.data_path("eis")
+    assert second != first and second.name == "eis.attempt2.bdf.csv"
+    second.write_text("Test Time / s,Step ID\n0,eis\n")
+    assert first.read_text().count("\n") == 3
+    assert rec.data_path("eis").name == "eis.attempt3.bdf.csv"
+    assert [d["path"] for d in rec.data_files()] == ["data/eis.attempt2.bdf.csv",
+                                                     "data/eis.bdf.csv"]
+
+
 def test_provenance_from_journal_records() -> None:
     evs = [
         {"event": "record", "kind": "addition", "t": "2025-01-01T00:00:01.000Z", "seq": 5,

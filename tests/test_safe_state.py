@@ -18,6 +18,7 @@ import pytest
 from labctl.bench import Bench
 from labctl.config import BenchConfig, load_config
 from labctl.run_machine import RunState
+from tests.config_support import load_edited, reply_timeout
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM_CONFIG = ROOT / "config" / "sim.toml"
@@ -170,9 +171,8 @@ async def test_estop_reaches_the_safe_state_first_time_despite_one_bad_reply(
         tmp_path: Path, fault: str) -> None:
     """Stopping is harmless to repeat: a lost or garbled answer to it is asked again within
     the same safe_state call, for every kind of device of the bench."""
-    cfg = sim_config()
-    for d in cfg.devices.values():
-        d.timeout = "0.5 s"  # a lost reply costs one timeout
+    cfg = load_edited(SIM_CONFIG, reply_timeout("0.5 s"))  # a lost reply costs one timeout
+    cfg.vessels["cell_vial"].contents.update({"EC": "5 mL", "DMC": "5 mL", "LiPF6": "1.5 g"})
     async with Bench(cfg, data_dir=tmp_path / "runs", time_scale=TIME_SCALE) as b:
         sims = simulators(b)
         failed: dict[str, str] = {}

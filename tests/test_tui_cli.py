@@ -7,9 +7,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from labctl.cli.app import _register, app
+from labctl.cli.app import app
 
-_register()
 runner = CliRunner()
 
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from labctl.analysis.base import Refusal
+
 DEFAULT_CIRCUIT = "R0-p(R1,CPE1)"
 #: Lin-KK: largest |residual| (real or imaginary part, relative to |Z|) of a valid spectrum
 KK_LIMIT = 0.01
@@ -40,7 +42,7 @@ MIN_POINTS = 5
 KK_MU_CUTOFF = 0.5
 
 
-class SpectrumRefused(ValueError):
+class SpectrumRefused(Refusal):
     """The spectrum cannot give a bulk resistance; `reason` says why (for the record)."""
 
     def __init__(self, reason: str, **details: Any):

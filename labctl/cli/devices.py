@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 from labctl.cli import display
-from labctl.cli.app import app
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
     EXIT_FAILED,
@@ -18,6 +17,7 @@ from labctl.cli.common import (
     fail,
     load_bench_config,
 )
+from labctl.cli.root import app
 from labctl.errors import ConfigError, DeviceError
 from labctl.instruments import Instruments
 
@@ -93,7 +93,3 @@ def devices(
         raise SystemExit(EXIT_INVALID)
     if any(r["error"] for r in rows):
         raise SystemExit(EXIT_FAILED)
-
-
-def _short(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)

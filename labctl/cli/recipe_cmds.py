@@ -11,7 +11,6 @@ from typing import Annotated, Any
 import typer
 
 from labctl.cli import display
-from labctl.cli.app import app
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
     EXIT_INVALID,
@@ -22,6 +21,7 @@ from labctl.cli.common import (
     fail,
     load_bench_config,
 )
+from labctl.cli.root import app
 
 RecipeArg = Annotated[Path, typer.Argument(help="The recipe (JSON file).")]
 
@@ -156,17 +156,17 @@ def plan(
 
 @app.command()
 def actions(
-    markdown: Annotated[bool, typer.Option("--markdown", help="As the Markdown section of "
-                                           "docs/recipes.md.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="labctl's own, as the Markdown "
+                                           "section of docs/recipes.md.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """The catalogue of actions (per capability) and analyses, with their arguments and
     units, as recipes use them."""
-    from labctl import catalogue
+    from labctl import catalogue_doc
 
     if json_out:
-        print(json.dumps(catalogue.catalogue(), indent=2, ensure_ascii=False, default=str))
+        print(json.dumps(catalogue_doc.catalogue(), indent=2, ensure_ascii=False, default=str))
     elif markdown:
-        print(catalogue.markdown(), end="")
+        print(catalogue_doc.markdown(), end="")
     else:
-        print(catalogue.text(), end="")
+        print(catalogue_doc.text(), end="")

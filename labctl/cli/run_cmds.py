@@ -15,8 +15,9 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console, Group
@@ -27,7 +28,6 @@ from rich.text import Text
 
 from labctl.bench_lock import BenchInUse
 from labctl.cli import display
-from labctl.cli.app import app
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
     EXIT_ABORTED,
@@ -42,6 +42,7 @@ from labctl.cli.common import (
     fail,
     load_bench_config,
 )
+from labctl.cli.root import app
 from labctl.errors import ConfigError, LabctlError
 
 DEFAULT_DATA_DIR = Path("runs")
@@ -52,6 +53,9 @@ OperatorOpt = Annotated[str | None, typer.Option(
 
 runs_app = typer.Typer(help="Run records: list, show, export, plot.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
+
+if TYPE_CHECKING:
+    from labctl.bench import Bench
 
 
 def parse_params(items: list[str] | None) -> dict[str, str]:
@@ -81,7 +85,7 @@ def _operator(name: str | None) -> str:
 class LiveView:
     """Step, progress bar, elapsed/ETA and the last readings, fed by bench events."""
 
-    def __init__(self, bench: Any, run_id: str):
+    def __init__(self, bench: Bench, run_id: str):
         self.bench = bench
         self.run_id = run_id
         self.readings: dict[str, str] = {}
@@ -149,7 +153,8 @@ def _took(started: str | None, ended: str | None) -> str:
 # ---------------------------------------------------------------- running
 
 
-async def _drive(bench: Any, start: Any, *, as_json: bool) -> tuple[dict[str, Any], str]:
+async def _drive(bench: Bench, start: Callable[[Bench], Awaitable[str]], *,
+                 as_json: bool) -> tuple[dict[str, Any], str]:
     """Start the bench, submit (via `start`), show progress, handle signals; the result."""
     loop = asyncio.get_running_loop()
     stopping = {"count": 0}
@@ -233,7 +238,8 @@ def _report(result: dict[str, Any], *, as_json: bool) -> int:
     return EXIT_BY_STATUS.get(status, EXIT_FAILED)
 
 
-def _make_bench(config: Path, data_dir: Path, time_scale: float | None, as_json: bool) -> Any:
+def _make_bench(config: Path, data_dir: Path, time_scale: float | None, as_json: bool
+                ) -> Bench:
     from labctl.bench import Bench
 
     cfg = load_bench_config(config, as_json=as_json)
@@ -281,7 +287,7 @@ def run(
 
     bench = Bench(cfg, data_dir=data_dir, time_scale=time_scale)
 
-    async def start(b: Any) -> str:
+    async def start(b: Bench) -> str:
         rid: str = await b.submit(plan, params, instigator=who, source=str(recipe))
         return rid
 
@@ -333,7 +339,7 @@ def resume(
             f"simulated world restored as saved at {at.get('event')} {at.get('step')} "
             f"({saved.get('saved')})")
 
-    async def start(b: Any) -> str:
+    async def start(b: Bench) -> str:
         rid: str = await b.resume_run(run_id, accept_in_doubt=accept_in_doubt or [],
                                       redo=redo or [], operator=_operator(operator))
         return rid
@@ -408,6 +414,14 @@ def runs_show(
     out.print(f"[bold]{run_id}[/bold]", soft_wrap=True)
     out.print(f"recipe {meta.get('recipe', {}).get('name')}  \\[{status}]")
     out.print(f"folder: {info['path']}", soft_wrap=True)
+    who = meta.get("instigator") or {}
+    if who:
+        out.print(f"instigator: {who.get('kind')}:{who.get('id')}"
+                  + (f"  request {who['request_id']}" if who.get("request_id") else ""))
+    link = info.get("finales") or {}
+    if link:
+        out.print(f"FINALES2 {link.get('server')}: request {link.get('request_id')} -> "
+                  f"result {link.get('result_id')} ({link.get('status')})")
     wide = out.width >= 100
     table = display.table("steps", "step", "device", "action", "status", "took",
                           *(("started",) if wide else ()),

@@ -6,12 +6,11 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from labctl.bench_lock import BenchInUse
-from labctl.cli.app import app
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
     EXIT_INVALID,
@@ -21,6 +20,11 @@ from labctl.cli.common import (
     fail,
     load_bench_config,
 )
+from labctl.cli.root import app
+
+if TYPE_CHECKING:
+    from labctl.config import BenchConfig
+    from labctl.mqtt.connection import BrokerSettings
 
 log = logging.getLogger("labctl.serve")
 
@@ -80,7 +84,7 @@ def serve(
         fail(str(exc), EXIT_INVALID)  # exit 2: another agent controls the bench
 
 
-async def _serve(cfg: object, settings: object, bench_id: str, data_dir: Path,
+async def _serve(cfg: BenchConfig, settings: BrokerSettings, bench_id: str, data_dir: Path,
                  time_scale: float | None, client_id: str | None,
                  operators: list[str]) -> None:
     from labctl.mqtt.agent import Agent
@@ -88,11 +92,11 @@ async def _serve(cfg: object, settings: object, bench_id: str, data_dir: Path,
 
     async with open_bench_port(cfg, data_dir=data_dir, time_scale=time_scale,
                                bench_id=bench_id) as port:
-        agent = Agent(port, settings, bench_id=bench_id, data_dir=data_dir,  # type: ignore[arg-type]
+        agent = Agent(port, settings, bench_id=bench_id, data_dir=data_dir,
                       client_id=client_id, operators=operators)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.stop)
-        print(f"labctl serve: bench {bench_id} on {settings.url()}"  # type: ignore[attr-defined]
+        print(f"labctl serve: bench {bench_id} on {settings.url()}"
               f" (topics labctl/{bench_id}/...)", flush=True)
         await agent.run()

@@ -12,7 +12,6 @@ from typing import Annotated
 
 import typer
 
-from labctl.cli.app import app
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
     EXIT_INVALID,
@@ -21,6 +20,7 @@ from labctl.cli.common import (
     fail,
     load_bench_config,
 )
+from labctl.cli.root import app
 from labctl.clock import make_clock
 from labctl.errors import ConfigError
 

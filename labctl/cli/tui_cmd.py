@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from labctl.bench_lock import BenchInUse, BenchLock
-from labctl.cli.app import app
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
     EXIT_INVALID,
@@ -20,6 +19,7 @@ from labctl.cli.common import (
     fail,
     load_bench_config,
 )
+from labctl.cli.root import app
 
 
 def _log_to_file(path: Path) -> None:

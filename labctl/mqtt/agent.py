@@ -63,8 +63,10 @@ from labctl.mqtt.payloads import (
     ValidateCommand,
     decode_command,
 )
-from labctl.mqtt.port import BenchPort, CommandRefused, RecipeSource
+from labctl.mqtt.port import AgentPort
 from labctl.mqtt.topics import Topics
+from labctl.problems import BenchError, wire_code
+from labctl.protocol import RecipeInput
 
 log = logging.getLogger("labctl.mqtt.agent")
 
@@ -107,7 +109,7 @@ class Agent:
 
     def __init__(
         self,
-        port: BenchPort,
+        port: AgentPort,
         broker: BrokerSettings,
         *,
         bench_id: str,
@@ -293,17 +295,9 @@ class Agent:
         async for event in self.port.events():
             try:
                 self._seq += 1
-                payload = EventPayload(
-                    bench_id=self.bench_id,
-                    seq=self._seq,
-                    time=str(event.get("t") or event.get("time") or utc_now()),
-                    type=str(event.get("type") or event.get("event") or "event"),
-                    run_id=event.get("run_id"),
-                    step=event.get("step") or event.get("step_id"),
-                    data={k: v for k, v in event.items()
-                          if k not in ("t", "ts", "time", "type", "event", "run_id", "step",
-                                       "step_id", "bench_id")},
-                )
+                # an EventPayload document already (labctl.protocol); numbered here
+                payload = EventPayload(**{**event, "bench_id": self.bench_id,
+                                          "seq": self._seq})
                 self._events.append(payload.model_dump_json().encode())
                 self._status_dirty = True
                 ended = self.port.is_final(event)
@@ -356,7 +350,7 @@ class Agent:
             log.info("result of %s queued for publication", run_id)
 
     def _status_payload(self) -> bytes:
-        fields = dict(self.port.status())
+        fields = dict(self.port.snapshot())
         fields.setdefault("state", "unknown")
         payload = StatusPayload(**{**fields, "bench_id": self.bench_id, "time": utc_now()})
         return payload.model_dump_json().encode()
@@ -555,7 +549,7 @@ class Agent:
                 targets = [current[0]]
             elif isinstance(command, ResumeCommand):
                 # releasing the queue held after an e-stop starts every queued run
-                targets = [str(r) for r in self.port.status().get("queue") or []]
+                targets = [str(r) for r in self.port.snapshot().get("queue") or []]
             else:
                 return  # nothing to control: the bench refuses it itself
         for run_id in targets:
@@ -564,7 +558,7 @@ class Agent:
                 continue  # unknown run: the bench says so
             owner = found[1]
             if owner != sender:
-                raise CommandRefused(
+                raise BenchError(
                     "forbidden", f"run {run_id} belongs to "
                     f"{owner or 'a local operator'}; only its owner or an operator may "
                     f"{command.command} it", path="run_id")
@@ -591,19 +585,17 @@ class Agent:
                 if claimed:
                     instigator["client"] = claimed  # informational: the sender says so
                 submitted = await self.port.submit(
-                    RecipeSource(command.recipe, command.recipe_ref), command.parameters,
-                    instigator=instigator,
+                    _recipe(command), command.parameters,
                     request=(command.request.model_dump(exclude_none=True)
                              if command.request else None),
-                    command_id=command.id,
+                    instigator=instigator,
                 )
                 self._status_dirty = True
                 self._wake.set()
                 return Reply(id=command.id, ok=True, command=name, run_id=submitted.run_id,
                              queue_position=submitted.queue_position)
             if isinstance(command, ValidateCommand):
-                issues = await self.port.validate(RecipeSource(command.recipe, command.recipe_ref),
-                                                  command.parameters)
+                issues = await self.port.plan(_recipe(command), command.parameters)
                 if issues:
                     return Reply(id=command.id, ok=False, command=name, issues=issues,
                                  error=ErrorInfo(code="invalid_recipe", issues=issues,
@@ -611,16 +603,10 @@ class Agent:
                                                  f"{issues[0].path}: {issues[0].message}",
                                                  path=issues[0].path))
                 return Reply(id=command.id, ok=True, command=name, issues=[])
-            if isinstance(command, PauseCommand):
-                await self.port.pause()
-            elif isinstance(command, ResumeCommand):
-                await self.port.resume()
-            elif isinstance(command, AbortCommand):
-                await self.port.abort()
-            elif isinstance(command, EstopCommand):
-                await self.port.estop()
-            elif isinstance(command, CancelCommand):
-                await self.port.cancel(command.run_id)
+            if isinstance(command, CancelCommand):
+                await self.port.control("cancel", command.run_id)
+            elif isinstance(command, PauseCommand | ResumeCommand | AbortCommand | EstopCommand):
+                await self.port.control(command.command)
             elif isinstance(command, StatusCommand):
                 status = json.loads(self._status_payload())
                 return Reply(id=command.id, ok=True, command=name, status=status)
@@ -631,14 +617,23 @@ class Agent:
             self._wake.set()
             return Reply(id=command.id, ok=True, command=name,
                          status=json.loads(self._status_payload()))
-        except CommandRefused as exc:
-            return Reply(id=command.id, ok=False, command=name, issues=exc.issues,
-                         error=ErrorInfo(code=exc.code, message=exc.message, path=exc.path,
-                                         issues=exc.issues))
+        except BenchError as exc:
+            found = exc.issues or None
+            return Reply(id=command.id, ok=False, command=name, issues=found,
+                         error=ErrorInfo(code=wire_code(exc.code), message=exc.message,
+                                         path=exc.path, issues=found))
         except Exception as exc:
             log.exception("command %s (%s) failed", command.id, name)
             return Reply(id=command.id, ok=False, command=name,
                          error=ErrorInfo(code="internal", message=f"{type(exc).__name__}: {exc}"))
+
+
+def _recipe(command: SubmitCommand | ValidateCommand) -> RecipeInput:
+    """The recipe a command names: the bare name of one in the bench's recipe folder, or
+    inline data."""
+    if command.recipe_ref is not None:
+        return command.recipe_ref
+    return command.recipe or {}
 
 
 def _user_property(message: aiomqtt.Message, key: str) -> str | None:

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from labctl.problems import ErrorCode, Issue
+
 MAX_PAYLOAD_BYTES = 1024 * 1024
 """Commands larger than this (1 MiB) are refused unread."""
 
@@ -21,21 +23,6 @@ _RECIPE_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 CommandName = Literal[
     "submit", "validate", "pause", "resume", "abort", "estop", "cancel", "status", "list"
 ]
-
-ErrorCode = Literal[
-    "too_large",        # payload over 1 MiB
-    "bad_json",         # not UTF-8 JSON, or not an object
-    "bad_payload",      # JSON object with wrong/missing fields (path names the field)
-    "unknown_command",
-    "invalid_recipe",   # the recipe or its parameters failed validation (issues listed)
-    "recipe_not_found", # recipe_ref names no recipe of the bench's recipe folder
-    "refused",          # not possible in the bench's present state (e.g. pause when idle)
-    "not_found",        # unknown run id
-    "forbidden",        # not the sender's to do: another owner's run, a reply topic outside
-                        # the sender's own reply namespace
-    "internal",         # a bug; the agent keeps serving
-]
-
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -125,11 +112,6 @@ Command = Annotated[
 ]
 COMMANDS: tuple[str, ...] = CommandName.__args__  # type: ignore[attr-defined]
 _command_adapter: TypeAdapter[Any] = TypeAdapter(Command)
-
-
-class Issue(BaseModel):
-    path: str
-    message: str
 
 
 class ErrorInfo(BaseModel):

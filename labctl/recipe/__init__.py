@@ -4,8 +4,8 @@ units, safe expressions and control flow, validated against a bench into a Plan.
 from labctl.recipe.expressions import ExpressionError, evaluate, substitute
 from labctl.recipe.issues import Issue, RecipeError
 from labctl.recipe.models import SCHEMA_ID, Recipe, json_schema
-from labctl.recipe.plan import MaterialUse, Plan, PlannedStep, build_plan
-from labctl.recipe.validate import validate
+from labctl.recipe.plan import MaterialUse, Plan, PlannedStep
+from labctl.recipe.validate import build_plan, validate
 
 __all__ = [
     "SCHEMA_ID",

@@ -1,24 +1,10 @@
-"""The one error type of the recipe language: every fault found, each with its JSON path."""
+"""The one error type of the recipe language: every fault found, each with its JSON path
+(labctl.problems.Issue, the problem type every front end shows)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from labctl.errors import LabctlError
-
-
-@dataclass(frozen=True)
-class Issue:
-    """One fault: where (a JSON path such as `steps[3].args.volume`) and what."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
-
-    def to_dict(self) -> dict[str, str]:
-        return {"path": self.path, "message": self.message}
+from labctl.problems import Issue
 
 
 class RecipeError(LabctlError):
@@ -38,3 +24,6 @@ class RecipeError(LabctlError):
 
     def to_dict(self) -> dict[str, object]:
         return {"ok": False, "errors": [i.to_dict() for i in self.issues]}
+
+
+__all__ = ["Issue", "RecipeError"]

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    model_validator,
+)
 
 SCHEMA_ID = "labctl.recipe/1"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -160,6 +168,30 @@ Step = Annotated[
 ]
 
 
+class FinalesParameter(_Strict):
+    """How one recipe parameter is computed from a FINALES request (labctl.finales):
+    `temperature` (the request's kelvin, converted to the parameter's unit), `molality` (mol
+    of `of` per kg of the `in` materials), `volume_fraction` (volume of `of` over the `in`
+    materials' volume, pure-component densities)."""
+
+    from_: Literal["temperature", "molality", "volume_fraction"] = Field(
+        alias="from")
+    of: str | None = Field(default=None, description="a material of the recipe")
+    in_: list[str] | None = Field(default=None, alias="in", min_length=1,
+                                  description="materials of the recipe (the solvent)")
+
+
+class FinalesCapability(_Strict):
+    """The FINALES2 quantity and method this recipe answers, and how a request's parameters
+    (a formulation of molar fractions, a temperature) become the recipe's parameters.
+    Parameters not named keep their defaults."""
+
+    quantity: str = Field(min_length=1, description="e.g. conductivity")
+    method: str = Field(min_length=1, description="e.g. two_electrode")
+    fraction_type: Literal["molPerMol"] = "molPerMol"
+    parameters: dict[VarName, FinalesParameter] = Field(min_length=1)
+
+
 class Recipe(_Strict):
     """A recipe: metadata, typed parameters, materials and ordered steps."""
 
@@ -175,6 +207,27 @@ class Recipe(_Strict):
     parameters: dict[VarName, Parameter] = Field(default_factory=dict)
     materials: dict[str, Material] = Field(default_factory=dict)
     steps: list[Step] = Field(min_length=1)
+    finales: FinalesCapability | None = Field(
+        default=None, description="answer FINALES2 requests of this quantity and method")
+
+    @model_validator(mode="after")
+    def _finales_names(self) -> Recipe:
+        """The FINALES mapping may only name this recipe's parameters and materials."""
+        if self.finales is None:
+            return self
+        problems = []
+        for name, m in self.finales.parameters.items():
+            where = f"finales.parameters.{name}"
+            if name not in self.parameters:
+                problems.append(f"{where}: no recipe parameter {name!r}")
+            for mat in [m.of, *(m.in_ or [])]:
+                if mat is not None and mat not in self.materials:
+                    problems.append(f"{where}: {mat!r} is not a material of the recipe")
+            if m.from_ != "temperature" and (m.of is None or not m.in_):
+                problems.append(f"{where}: {m.from_!r} needs 'of' and 'in'")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 for _m in (ParallelStep, SequenceStep, RepeatStep, ForEachStep, InlinedStep, Recipe):

@@ -8,13 +8,9 @@ such as `cycle[2].stir`), so a crashed run can be resumed step by step.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
-
-from labctl.config import BenchConfig
-from labctl.recipe.loading import RecipeSource
 
 StepKind = Literal["action", "wait", "parallel", "sequence", "analysis"]
 
@@ -39,6 +35,9 @@ class PlannedStep:
     on_error: str = "abort"
     idempotent: bool = False
     moves_material: bool = False
+    #: an automatic retry cannot add material twice (nothing moved, or the action
+    #: measures what a failed attempt delivered and adds only the rest)
+    retry_safe: bool = True
     estimated_s: float = 0.0
     description: str = ""
     #: material effects as plain data (for the record and the TUI)
@@ -108,13 +107,3 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def build_plan(recipe_source: RecipeSource, params: Mapping[str, Any] | None,
-               cfg: BenchConfig, *, base_dir: Path | None = None) -> Plan:
-    """Validate a recipe against a bench and resolve it into a Plan (pure, no device I/O).
-    `recipe_source`: a path, JSON text, or parsed data; `params`: NAME -> value (strings as
-    from `--param`, or JSON values). Raises RecipeError listing every issue."""
-    from labctl.recipe.validate import compile_plan
-
-    return compile_plan(recipe_source, dict(params or {}), cfg, base_dir=base_dir)

@@ -21,6 +21,7 @@ import pint
 from pydantic import ValidationError
 
 from labctl.actions import (
+    ACTIONS,
     ActionSpec,
     Arg,
     DeviceView,
@@ -326,6 +327,15 @@ class Compiler:
         if st.on_error == "retry" and st.retries < 1:
             self.issue(f"{p}.retries", "on_error \"retry\" needs retries of at least 1",
                        ctx.loop)
+        if st.retries > 0:
+            unsafe = next((leaf for leaf in planned.leaves() if not leaf.retry_safe), None)
+            if unsafe is not None:
+                where = "" if unsafe is planned else f"step {unsafe.id} inside it: "
+                self.issue(f"{p}.retries",
+                           f"{where}'{unsafe.device}.{unsafe.action}' moves material and "
+                           "cannot tell how much a failed attempt moved, so it is never "
+                           "retried automatically (a retry could add it twice); leave "
+                           "retries out and decide with `labctl resume`", ctx.loop)
         if st.idempotent:
             mover = next((leaf for leaf in planned.leaves() if leaf.moves_material), None)
             if mover is planned:
@@ -373,8 +383,6 @@ class Compiler:
                 cap = c
                 break
         if spec is None:
-            from labctl.actions import ACTIONS
-
             offered = sorted({n for c in caps for n in ACTIONS.get(c, {})})
             self.issue(f"{p}.action", f"{st.device} ({', '.join(caps) or 'no known capability'})"
                                       f" does not support action {st.action!r} (actions: "
@@ -398,6 +406,7 @@ class Compiler:
             args=_jsonable(args), estimated_s=float(spec.estimate_s(view, args)),
             description=spec.describe(view, args), moves_material=spec.moves_material,
             idempotent=not spec.moves_material,
+            retry_safe=not spec.moves_material or spec.retry_safe,
             effects=[e.to_dict() for e in effects],
         )
         self.effects[pid] = effects
@@ -521,7 +530,8 @@ class Compiler:
                     good = False
                     continue
                 leaf = self.leaves[sid]
-                if leaf.capability != "potentiostat":
+                spec = get_action(leaf.capability or "", leaf.action or "")
+                if spec is None or not spec.records_data:
                     self.issue(f"{p}.args.{key}", f"step {r!r} records no data (it is "
                                                   f"{leaf.kind} {leaf.action or ''})".rstrip(),
                                ctx.loop)
@@ -837,9 +847,17 @@ def _materials(comp: Compiler, inv: Inventory) -> list[MaterialUse]:
     return out
 
 
+def build_plan(recipe_source: RecipeSource, params: Mapping[str, Any] | None,
+               cfg: BenchConfig, *, base_dir: Path | None = None) -> Plan:
+    """Validate a recipe against a bench and resolve it into a Plan (pure, no device I/O).
+    `recipe_source`: a path, JSON text, or parsed data; `params`: NAME -> value (strings as
+    from `--param`, or JSON values). Raises RecipeError listing every issue."""
+    return compile_plan(recipe_source, dict(params or {}), cfg, base_dir=base_dir)
+
+
 def compile_plan(source: RecipeSource, params: dict[str, Any], cfg: BenchConfig, *,
                  base_dir: Path | None = None) -> Plan:
-    """See labctl.recipe.plan.build_plan."""
+    """`build_plan` with `params` already a dict."""
     try:
         return _compile(source, params, cfg, base_dir)
     except RecipeError:

@@ -39,6 +39,8 @@ class RunStore:
             "index": self.index.get_run(run_id),
             "result": rec.read_json("result.json"),
             "metadata": rec.read_json("metadata.json"),
+            # a run answering a FINALES2 request: the request and the result posted for it
+            "finales": rec.read_json("finales.json"),
         }
 
     def export(self, run_id: str, dest: str | Path | None = None) -> Path:

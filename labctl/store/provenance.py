@@ -16,6 +16,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from labctl._version import __version__
 from labctl.store.journal import LEAF_KINDS, replay, utc_iso
 
 SCHEMA = "labctl.run-metadata/1"
@@ -59,8 +60,6 @@ def _package_versions() -> dict[str, str]:
 
 
 def software_info() -> dict[str, Any]:
-    from labctl import __version__
-
     packages = dict(_package_versions())
     return {
         "name": "labctl",
@@ -138,8 +137,15 @@ def fidelity_info(cfg: Any, kinds: dict[str, str] | None = None) -> dict[str, An
         sim_version = importlib_metadata.version("labctl")
     except importlib_metadata.PackageNotFoundError:
         sim_version = "unknown"
-    sims = {name: {"kind": kind, "package": "simulators", "version": sim_version}
-            for name, kind in (kinds or {}).items()}
+    # a simulator a plugin registers (labctl.simulators entry points) is its package's
+    plugins = {ep.name: ep for ep in importlib_metadata.entry_points(group="labctl.simulators")}
+    sims: dict[str, Any] = {}
+    for name, kind in (kinds or {}).items():
+        ep = plugins.get(kind)
+        if ep is not None and ep.dist is not None:
+            sims[name] = {"kind": kind, "package": ep.dist.name, "version": ep.dist.version}
+        else:
+            sims[name] = {"kind": kind, "package": "simulators", "version": sim_version}
     return {"level": "simulated", "simulators": sims,
             "note": "data produced by labctl's instrument simulators, not by physical "
                     "instruments"}

@@ -180,10 +180,17 @@ class RunRecord:
         return replay(self.events())
 
     def data_path(self, step_id: str, suffix: str = ".bdf.csv") -> Path:
-        """Where a step's measurements go (step ids are made file-name safe)."""
+        """Where a step's measurements go (step ids are made file-name safe). A step
+        attempted again (a retry, a re-run after resume) gets a new file
+        (`<step>.attempt2<suffix>` ...): the earlier attempt's rows are never overwritten."""
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", step_id).strip("._") or "step"
         self.data_dir.mkdir(exist_ok=True)
-        return self.data_dir / f"{safe}{suffix}"
+        path = self.data_dir / f"{safe}{suffix}"
+        attempt = 1
+        while path.exists():
+            attempt += 1
+            path = self.data_dir / f"{safe}.attempt{attempt}{suffix}"
+        return path
 
     def data_files(self) -> list[dict[str, Any]]:
         """Every file under data/ with its size, SHA-256 and columns (for provenance)."""

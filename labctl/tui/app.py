@@ -20,7 +20,8 @@ from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer
 
-from labctl.tui.backend import BackendError, BenchBackend, BenchDirectory, RecipeEntry
+from labctl.problems import BenchError
+from labctl.tui.backend import BenchBackend, BenchDirectory, RecipeEntry
 from labctl.tui.model import BenchView
 from labctl.tui.screens import (
     BenchPickerScreen,
@@ -192,9 +193,9 @@ class LabctlApp(App[None]):
         assert self.backend is not None
         try:
             await call()
-        except BackendError as exc:
-            self.backend.note(f"{name} refused: {exc}", "warning")
-            self.notify(f"{name}: {exc}", severity="warning")
+        except BenchError as exc:
+            self.backend.note(f"{name} refused: {exc.message}", "warning")
+            self.notify(f"{name}: {exc.message}", severity="warning")
         except Exception as exc:  # the screen stays up whatever the bench did
             self.backend.note(f"{name} failed: {type(exc).__name__}: {exc}", "error")
             self.notify(f"{name} failed: {exc}", severity="error")
@@ -261,8 +262,8 @@ class LabctlApp(App[None]):
         assert self.backend is not None
         try:
             rec = await self.backend.run_record()
-        except BackendError as exc:
-            self.notify(str(exc), severity="warning")
+        except BenchError as exc:
+            self.notify(exc.message, severity="warning")
             return
         self.push_screen(RunRecordScreen(rec))
 

@@ -18,11 +18,12 @@ import logging
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from labctl.errors import LabctlError
+from labctl.problems import BenchError, ErrorCode, Issue, LocalCode
 from labctl.tui.measurement import BdfTail
 from labctl.tui.model import (
     BenchView,
@@ -36,33 +37,42 @@ from labctl.tui.model import (
     event_kind,
 )
 
+if TYPE_CHECKING:
+    from labctl.bench import Bench
+    from labctl.bench.local import LocalService
+    from labctl.client import BenchClient
+    from labctl.config import BenchConfig
+
 log = logging.getLogger("labctl.tui")
+
+T = TypeVar("T")
 
 COMMAND_TIMEOUT_S = 15.0
 """The longest the TUI waits for any one command before it says so."""
 
 
-class BackendError(LabctlError):
-    """A command the bench refused or could not be reached for; the text is for the
-    operator."""
+#: one validation issue, the type the validator found it as (labctl.problems)
+Problem = Issue
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One validation issue: the JSON path of the fault (`parameters.flow`) and what."""
+class BackendError(BenchError):
+    """A command the bench refused or could not be reached for (the one error type,
+    labctl.problems.BenchError); `message` is for the operator."""
 
-    path: str
-    message: str
+    def __init__(self, message: str, *, code: ErrorCode | LocalCode = "refused"):
+        super().__init__(code, message)
 
 
-class RecipeRejected(BackendError):
+class RecipeRejected(BenchError):
     """The recipe or its parameters failed validation; nothing was queued."""
 
-    def __init__(self, problems: list[Problem]):
-        self.problems = problems or [Problem("", "invalid recipe")]
-        first = self.problems[0]
-        super().__init__(f"{len(self.problems)} problem(s); first: "
-                         f"{first.path + ': ' if first.path else ''}{first.message}")
+    def __init__(self, problems: list[Issue]):
+        err = BenchError.invalid(problems)
+        super().__init__(err.code, err.message, path=err.path, issues=err.issues)
+
+    @property
+    def problems(self) -> list[Issue]:
+        return self.issues
 
 
 # ---------------------------------------------------------------- recipes on disk
@@ -109,7 +119,8 @@ def _operator() -> str:
 # ---------------------------------------------------------------- the interface
 
 class BenchBackend(ABC):
-    """The bench as the TUI sees it: a live `view`, and commands that raise BackendError."""
+    """The bench as the TUI sees it: a live `view` kept from the bench, and commands sent
+    through the bench-service protocol (labctl.protocol), which raise BenchError."""
 
     mode: str = "local"
 
@@ -126,12 +137,13 @@ class BenchBackend(ABC):
         """Stop updating; a local bench is left safe."""
 
     @abstractmethod
-    async def validate(self, recipe: Path, parameters: dict[str, Any]) -> list[Problem]:
+    async def validate(self, recipe: Path, parameters: dict[str, Any]) -> list[Issue]:
         """Problems of a recipe with these parameters on this bench (empty: valid)."""
 
     @abstractmethod
     async def submit(self, recipe: Path, parameters: dict[str, Any]) -> str:
-        """Queue a run; its id. RecipeRejected when invalid (nothing queued)."""
+        """Queue a run; its id. BenchError `invalid_recipe` with every issue when invalid
+        (nothing queued)."""
 
     @abstractmethod
     async def pause(self) -> None: ...
@@ -181,9 +193,9 @@ class LocalBackend(BenchBackend):
 
     def __init__(
         self,
-        cfg: Any = None,
+        cfg: BenchConfig | None = None,
         *,
-        bench: Any = None,
+        bench: Bench | None = None,
         data_dir: str | Path = "runs",
         time_scale: float | None = None,
         recipes_dir: Path | None = None,
@@ -192,12 +204,15 @@ class LocalBackend(BenchBackend):
         refresh_s: float = 0.1,
         operator: str | None = None,
     ):
-        if bench is None and cfg is None:
-            raise ValueError("LocalBackend needs a bench config or a Bench")
-        self.cfg = cfg if cfg is not None else bench.cfg
+        if cfg is None:
+            if bench is None:
+                raise ValueError("LocalBackend needs a bench config or a Bench")
+            cfg = bench.cfg
+        self.cfg: BenchConfig = cfg
         folder = recipes_dir or Path(str(getattr(self.cfg.bench, "recipes_dir", "recipes")))
         super().__init__(folder)
         self.bench = bench
+        self.service: LocalService | None = None
         self._own_bench = bench is None
         self.data_dir = Path(data_dir)
         self.time_scale = time_scale
@@ -211,6 +226,7 @@ class LocalBackend(BenchBackend):
 
     async def start(self) -> None:
         from labctl.bench import Bench
+        from labctl.bench.local import LocalService
 
         v = self.view
         v.bench_id = str(self.cfg.bench.id)
@@ -219,6 +235,7 @@ class LocalBackend(BenchBackend):
         v.touch("bench")
         if self.bench is None:
             self.bench = Bench(self.cfg, data_dir=self.data_dir, time_scale=self.time_scale)
+        self.service = LocalService(self.bench, self.recipes_dir)
         self._tasks.append(asyncio.create_task(self._follow_events(), name="tui-events"))
         await self._subscribed.wait()
         try:
@@ -270,25 +287,21 @@ class LocalBackend(BenchBackend):
     def _adopt_run(self, run_id: str) -> None:
         """The run the bench works on now: its plan's steps, states replayed from its
         journal (events before this screen saw them)."""
-        from labctl.executor import _get, iter_leaves
-
         assert self.bench is not None
         ticket = self.bench.tickets.get(run_id)
         if ticket is None:
             return
         plan = ticket.plan
-        recipe = _get(plan, "recipe")
-        steps = [StepRow(id=str(_get(s, "id")), kind=str(_get(s, "kind")),
-                         device=_get(s, "device"), action=_get(s, "action"),
-                         description=str(_get(s, "description") or ""))
-                 for s in iter_leaves(_get(plan, "steps") or [])]
+        steps = [StepRow(id=s.id, kind=str(s.kind), device=s.device, action=s.action,
+                         description=s.description or "")
+                 for s in plan.leaves()]
         for s in steps:
             if s.id in ticket.skip:
                 s.state = "skipped"
         self.view.run = RunView(
-            run_id=run_id, recipe=str(_get(plan, "name") or _get(recipe, "name") or "recipe"),
-            version=_get(plan, "version") or _get(recipe, "version"),
-            parameters=dict(_get(plan, "parameters") or ticket.parameters or {}),
+            run_id=run_id, recipe=str(plan.name or plan.recipe.get("name") or "recipe"),
+            version=plan.version or plan.recipe.get("version"),
+            parameters=dict(plan.parameters or ticket.parameters or {}),
             state=str(ticket.machine.state), steps=steps, steps_total=len(steps))
         self.view.measurement = None
         self._tail = None
@@ -362,60 +375,42 @@ class LocalBackend(BenchBackend):
             v.touch("queue")
 
     # -- commands -------------------------------------------------------------------------
-    def _plan(self, recipe: Path, parameters: dict[str, Any]) -> Any:
-        from labctl.recipe import RecipeError, build_plan
+    def _service(self) -> LocalService:
+        if self.service is None:
+            raise BackendError("the bench is not started", code="unreachable")
+        return self.service
 
-        try:
-            return build_plan(recipe, parameters, self.cfg, base_dir=recipe.parent)
-        except RecipeError as exc:
-            raise RecipeRejected([Problem(i.path, i.message) for i in exc.issues]) from None
-
-    async def validate(self, recipe: Path, parameters: dict[str, Any]) -> list[Problem]:
-        try:
-            await asyncio.to_thread(self._plan, recipe, parameters)
-        except RecipeRejected as exc:
-            return exc.problems
-        return []
+    async def validate(self, recipe: Path, parameters: dict[str, Any]) -> list[Issue]:
+        return await self._service().plan(recipe, parameters)
 
     async def submit(self, recipe: Path, parameters: dict[str, Any]) -> str:
-        assert self.bench is not None
-        plan = await asyncio.to_thread(self._plan, recipe, parameters)
-        return str(await self._bounded(self.bench.submit(
-            plan, parameters, source=str(recipe),
-            instigator={"kind": "operator", "id": self.operator, "via": "tui"})))
+        submitted = await self._bounded(self._service().submit(
+            recipe, parameters,
+            instigator={"kind": "operator", "id": self.operator, "via": "tui"}))
+        return str(submitted.run_id)
 
-    async def _bounded(self, aw: Any) -> Any:
-        from labctl.bench import NothingToResume
-        from labctl.run_machine import IllegalTransition
-
+    async def _bounded(self, aw: Awaitable[T]) -> T:
         try:
             async with asyncio.timeout(COMMAND_TIMEOUT_S):
                 return await aw
-        except (IllegalTransition, NothingToResume) as exc:
-            raise BackendError(str(exc)) from None
         except TimeoutError:
             raise BackendError(f"no answer from the bench within {COMMAND_TIMEOUT_S:.0f} s "
-                               "(still working on it)") from None
+                               "(still working on it)", code="timeout") from None
 
     async def pause(self) -> None:
-        assert self.bench is not None
-        await self._bounded(self.bench.pause())
+        await self._bounded(self._service().control("pause"))
 
     async def resume(self) -> None:
-        assert self.bench is not None
-        await self._bounded(self.bench.resume())
+        await self._bounded(self._service().control("resume"))
 
     async def abort(self) -> None:
-        assert self.bench is not None
-        await self._bounded(self.bench.abort())
+        await self._bounded(self._service().control("abort"))
 
     async def estop(self) -> None:
-        assert self.bench is not None
-        await self._bounded(self.bench.estop())
+        await self._bounded(self._service().control("estop"))
 
     async def cancel(self, run_id: str) -> None:
-        assert self.bench is not None
-        await self._bounded(self.bench.cancel(run_id))
+        await self._bounded(self._service().control("cancel", run_id))
 
     async def run_record(self, run_id: str | None = None) -> dict[str, Any]:
         assert self.bench is not None
@@ -423,12 +418,12 @@ class LocalBackend(BenchBackend):
         if rid is None:
             rows = self.bench.list_runs(1)
             if not rows:
-                raise BackendError("no run recorded on this bench yet")
+                raise BackendError("no run recorded on this bench yet", code="not_found")
             rid = str(rows[0]["run_id"])
         try:
             return dict(await asyncio.to_thread(self.bench.store.show, rid))
         except FileNotFoundError:
-            raise BackendError(f"no record of run {rid}") from None
+            raise BackendError(f"no record of run {rid}", code="not_found") from None
 
 
 # ---------------------------------------------------------------- remote bench (MQTT)
@@ -477,7 +472,7 @@ class RemoteBackend(BenchBackend):
         self.topics = Topics(bench_id)
         self.timeout_s = timeout_s
         self.stale_after_s = stale_after_s
-        self.client: Any = None
+        self.client: BenchClient | None = None
         self.online: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._first = asyncio.Event()
@@ -494,7 +489,8 @@ class RemoteBackend(BenchBackend):
         try:
             await self.client.__aenter__()
         except Exception as exc:
-            raise BackendError(f"cannot reach the broker {self.settings.url()}: {exc}") from None
+            raise BackendError(f"cannot reach the broker {self.settings.url()}: {exc}",
+                               code="unreachable") from None
         self._task = asyncio.create_task(self._watch(), name="tui-remote-watch")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.timeout_s):
@@ -513,7 +509,7 @@ class RemoteBackend(BenchBackend):
         """Status, online and events of the bench, through the BenchClient's own connection
         (one connection per username: the shipped broker configuration sets
         `use_username_as_clientid`, so a second one would take the first one's place)."""
-        client = self.client
+        client = self._client()
         client.add_listener(self._on_message)
         for t in (self.topics.status, self.topics.online, self.topics.events):
             await client.subscribe(t)
@@ -641,54 +637,48 @@ class RemoteBackend(BenchBackend):
                 self.view.touch("plot")
 
     # -- commands -------------------------------------------------------------------------
-    async def _command(self, aw: Any) -> Any:
-        from labctl.client import CommandError
+    def _client(self) -> BenchClient:
+        if self.client is None:
+            raise BackendError(f"not connected to bench {self.bench_id}", code="unreachable")
+        return self.client
 
+    async def _command(self, aw: Awaitable[T]) -> T:
         try:
             async with asyncio.timeout(self.timeout_s + 1):
                 return await aw
-        except CommandError as exc:
-            if exc.issues:
-                raise RecipeRejected([Problem(str(i.get("path") or ""), str(i.get("message")))
-                                      for i in exc.issues]) from None
-            raise BackendError(exc.message or str(exc)) from None
         except TimeoutError:
             raise BackendError(f"no reply from bench {self.bench_id} within "
-                               f"{self.timeout_s:.0f} s") from None
+                               f"{self.timeout_s:.0f} s", code="timeout") from None
 
-    async def validate(self, recipe: Path, parameters: dict[str, Any]) -> list[Problem]:
-        try:
-            await self._command(self.client.validate(recipe, parameters))
-        except RecipeRejected as exc:
-            return exc.problems
-        return []
+    async def validate(self, recipe: Path, parameters: dict[str, Any]) -> list[Issue]:
+        return await self._command(self._client().plan(recipe, parameters))
 
     async def submit(self, recipe: Path, parameters: dict[str, Any]) -> str:
-        run = await self._command(self.client.submit(
+        run = await self._command(self._client().submit(
             recipe, parameters, request={"client": f"labctl-tui:{_operator()}"}))
         return str(run.run_id)
 
     async def pause(self) -> None:
-        await self._command(self.client.pause())
+        await self._command(self._client().control("pause"))
 
     async def resume(self) -> None:
-        await self._command(self.client.resume())
+        await self._command(self._client().control("resume"))
 
     async def abort(self) -> None:
-        await self._command(self.client.abort())
+        await self._command(self._client().control("abort"))
 
     async def estop(self) -> None:
-        await self._command(self.client.estop())
+        await self._command(self._client().control("estop"))
 
     async def cancel(self, run_id: str) -> None:
-        await self._command(self.client.cancel(run_id))
+        await self._command(self._client().control("cancel", run_id))
 
     async def run_record(self, run_id: str | None = None) -> dict[str, Any]:
-        rows = await self._command(self.client.list(20))
+        rows = await self._command(self._client().runs(20))
         rid = run_id or (self.view.run.run_id if self.view.run else None) or (
             rows[0]["run_id"] if rows else None)
         if rid is None:
-            raise BackendError("no run recorded on this bench yet")
+            raise BackendError("no run recorded on this bench yet", code="not_found")
         row = next((r for r in rows if r.get("run_id") == rid), None)
         result = await self._retained_result(str(rid))
         return {"run_id": rid, "index": row, "result": result, "metadata": None,
@@ -697,7 +687,7 @@ class RemoteBackend(BenchBackend):
     async def _retained_result(self, run_id: str, wait_s: float = 2.0) -> dict[str, Any] | None:
         """The retained result of a run, if the broker has one."""
         try:
-            result = await self.client.retained_result(run_id, wait_s)
+            result = await self._client().retained_result(run_id, wait_s)
         except Exception:  # the record view shows what it has
             return None
         return result if isinstance(result, dict) else None

@@ -19,8 +19,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Static
 
+from labctl.problems import BenchError
 from labctl.recipe.parameters import coerce_value
-from labctl.tui.backend import BackendError, BenchBackend, Problem, RecipeEntry, RecipeRejected
+from labctl.tui.backend import BenchBackend, Problem, RecipeEntry
 
 
 class FormProblems(Exception):
@@ -145,10 +146,8 @@ class ParameterFormScreen(ModalScreen[str | None]):
     async def _submit(self, values: dict[str, Any]) -> None:
         try:
             run_id = await self.backend.submit(self.entry.path, values)
-        except RecipeRejected as exc:
-            self.show_problems(exc.problems)
-        except BackendError as exc:
-            self.show_problems([Problem("", str(exc))])
+        except BenchError as exc:  # an invalid recipe lists every issue
+            self.show_problems(exc.issues or [Problem("", exc.message)])
         else:
             self.dismiss(run_id)
         finally:

@@ -1,9 +1,11 @@
-"""The catalogue of actions and analyses as plain data, for `labctl actions` and the
-generated section of docs/recipes.md.
+"""The catalogue of actions and analyses for people: `labctl actions` (a terminal listing,
+or JSON) and the generated section of docs/recipes.md (`--markdown`).
 
-Reads only the public listings (`labctl.actions.ACTIONS`, `labctl.analysis.registry.ANALYSES`)
-so that it survives the move of the actions into a package: re-point `_actions` and
-`_analyses` and nothing else changes.
+Reads the public catalogue (`labctl.actions.action_catalogue`,
+`labctl.analysis.registry.analysis_catalogue`, as `labctl.catalogue()` does), adding units
+as recipes write them, the fields of a cycling phase, and which analysis names are aliases.
+The Markdown documents labctl's own actions and analyses; the listing and the JSON show
+every installed one, plugins' included.
 """
 
 from __future__ import annotations
@@ -17,49 +19,56 @@ BEGIN = "<!-- BEGIN GENERATED: labctl actions --markdown -->"
 END = "<!-- END GENERATED -->"
 
 
-def _actions() -> Any:
-    from labctl.actions import ACTIONS
-
-    return ACTIONS
-
-
-def _analyses() -> Any:
-    from labctl.analysis.registry import ANALYSES
-
-    return ANALYSES
+def _unit(unit: object) -> str:
+    text = "" if unit is None else str(unit)
+    return UNIT_LABELS.get(text, text)
 
 
-def _unit(unit: str | None) -> str:
-    return UNIT_LABELS.get(unit or "", unit or "")
+def _own(module: str) -> bool:
+    """Defined by labctl itself (not by a plugin such as examples/plugins/labctl-uvvis)."""
+    return module.split(".", 1)[0] == "labctl"
 
 
-def catalogue() -> dict[str, Any]:
+def catalogue(own_only: bool = False) -> dict[str, Any]:
     """{"actions": [...], "analyses": [...]}: every action per capability and every
-    analysis, with their arguments (kind, unit as recipes write it, required, default)."""
+    analysis, with their arguments (kind, unit as recipes write it, required, default);
+    with `own_only`, labctl's own only."""
+    from labctl.actions import action_catalogue, get_action
+    from labctl.analysis.registry import ANALYSES, analysis_catalogue
+
     actions = []
-    for capability in sorted(_actions()):
-        for name, spec in sorted(_actions()[capability].items()):
-            args = [{"name": a.name, "kind": a.kind, "unit": _unit(a.unit),
-                     "required": a.required,
-                     "default": None if a.default is None else a.default,
-                     "choices": list(a.choices), "description": a.description}
-                    for a in spec.args]
-            phase = [{"name": a.name, "kind": a.kind, "unit": _unit(a.unit),
-                      "required": a.required, "choices": list(a.choices)}
-                     for a in getattr(spec, "PHASE_ARGS", ())]
-            actions.append({"capability": capability, "action": name,
-                            "summary": spec.summary, "moves_material": spec.moves_material,
-                            "args": args, **({"phase_fields": phase} if phase else {})})
-    analyses = []
-    for name, spec in sorted(_analyses().items()):
-        if spec.name != name:  # an alias (capacity_retention is coulombic_efficiency)
-            analyses.append({"analysis": name, "alias_of": spec.name, "summary":
-                             f"Same as {spec.name}.", "args": []})
+    listed: list[dict[str, Any]] = action_catalogue()
+    for a in listed:
+        spec = get_action(str(a["capability"]), str(a["name"]))
+        if own_only and not _own(type(spec).__module__):
             continue
-        analyses.append({"analysis": name, "summary": spec.description, "args": [
-            {"name": arg, "unit": _unit(a.unit), "required": a.required, "default": a.default,
-             "description": a.description} for arg, a in spec.args.items()],
-            "figures": [{"name": n, "unit": u} for n, u in spec.main_figures]})
+        args = [{"name": g["name"], "kind": g["kind"], "unit": _unit(g["unit"]),
+                 "required": g["required"], "default": g["default"],
+                 "choices": list(g["choices"]), "description": g["description"]}
+                for g in a["args"]]
+        # galvanostatic cycling: the fields of each phase are arguments too
+        phase = [{"name": g.name, "kind": g.kind, "unit": _unit(g.unit),
+                  "required": g.required, "choices": list(g.choices)}
+                 for g in getattr(spec, "PHASE_ARGS", ())]
+        actions.append({"capability": a["capability"], "action": a["name"],
+                        "summary": a["summary"], "moves_material": a["moves_material"],
+                        "records_data": a["records_data"], "args": args,
+                        **({"phase_fields": phase} if phase else {})})
+    analyses: list[dict[str, Any]] = []
+    described: list[dict[str, Any]] = analysis_catalogue()
+    for a in described:
+        name = str(a["name"])
+        analysis = ANALYSES[name]
+        if own_only and not _own(getattr(analysis.func, "__module__", "")):
+            continue
+        if analysis.name != name:  # an alias (capacity_retention is coulombic_efficiency)
+            analyses.append({"analysis": name, "alias_of": analysis.name, "summary":
+                             f"Same as {analysis.name}.", "args": []})
+            continue
+        analyses.append({"analysis": name, "summary": a["description"], "args": [
+            {"name": g["name"], "unit": _unit(g["unit"]), "required": g["required"],
+             "default": g["default"], "description": g["description"]} for g in a["args"]],
+            "figures": list(a["figures"])})
     return {"actions": actions, "analyses": analyses}
 
 
@@ -72,8 +81,8 @@ def _default(value: Any) -> str:
 
 
 def markdown() -> str:
-    """The catalogue as Markdown (the generated section of docs/recipes.md)."""
-    cat = catalogue()
+    """labctl's own catalogue as Markdown (the generated section of docs/recipes.md)."""
+    cat = catalogue(own_only=True)
     out = ["## Catalogue of actions and analyses", "",
            "Generated by `labctl actions --markdown` from the code; a test checks that this "
            "section equals the generated one. Units: what recipes write (any unit of the "

@@ -1,0 +1,23 @@
+"""Commands already answered: an MQTT command sent again (a client's retry after a lost
+reply, a broker's redelivery) gets the first reply again and is not carried out twice.
+Kept in the run index (labctl.store.index), so it survives a restart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from labctl.store import RunStore
+
+
+class CommandMemory:
+    """The replies given, by command id; the first reply wins."""
+
+    def __init__(self, store: RunStore):
+        self._store = store
+
+    def seen(self, command_id: str) -> dict[str, Any] | None:
+        """The reply given to this command id before, or None if it is new."""
+        return self._store.seen_command(command_id)
+
+    def remember(self, command_id: str, reply: dict[str, Any]) -> None:
+        self._store.remember_command(command_id, reply)

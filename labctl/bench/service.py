@@ -1,0 +1,501 @@
+"""The Bench service: the one in-process API through which the CLI, the MQTT agent and the
+TUI drive a bench (labctl.bench.protocol.BenchService is its shape). None of them talks to
+a driver.
+
+One run at a time; later submissions queue (labctl.bench.queue). Submitting validates
+first (a bad recipe raises and creates nothing) and creates the run record at once, so a
+queued run already has its folder, journal and index row. Start-up applies every device's
+safe state and deals with the runs a crash left unfinished (labctl.bench.recovery). After
+an e-stop the queue is held until `resume()`. Resuming an interrupted run:
+labctl.bench.resume; what is written about a run: labctl.bench.provenance.
+
+One process per bench: start() takes `<data-dir>/bench.lock` (labctl.bench_lock) before it
+opens a device, and raises BenchLocked, naming the holder, when another process has it;
+serial lines are opened exclusively too (labctl.transport), for two data dirs on one bench.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+from labctl.bench import provenance as runprov
+from labctl.bench import recovery
+from labctl.bench import resume as resuming
+from labctl.bench.dedup import CommandMemory
+from labctl.bench.errors import NoRunInProgress, NothingToResume
+from labctl.bench.events import EventHub
+from labctl.bench.queue import RunQueue, RunTicket
+from labctl.bench_lock import BenchLock
+from labctl.config import BenchConfig
+from labctl.device import Device
+from labctl.errors import LabctlError
+from labctl.executor import Executor, jsonable
+from labctl.instruments import Instruments
+from labctl.recipe.loading import RecipeSource
+from labctl.recipe.plan import Plan
+from labctl.recipe.validate import build_plan
+from labctl.run_machine import IllegalTransition, RunMachine, RunState
+from labctl.simulation import WorldKeeper, can_save, read_saved_world
+from labctl.store import RunRecord, RunStore, utc_iso
+from labctl.store import provenance as prov
+
+log = logging.getLogger("labctl.bench")
+
+
+class Bench:
+    """`async with Bench(cfg, data_dir="runs") as bench: run_id = await bench.submit(...)`"""
+
+    def __init__(
+        self,
+        cfg: BenchConfig,
+        *,
+        data_dir: str | Path = "runs",
+        time_scale: float | None = None,
+        instruments: Instruments | None = None,
+        store: RunStore | None = None,
+        requeue_unstarted: bool = False,
+    ):
+        self.cfg = cfg
+        #: queue again, at start-up, the runs a crash left queued (labctl.bench.recovery)
+        self.requeue_unstarted = requeue_unstarted
+        #: run ids closed as "interrupted" and queued again by the last start()
+        self.interrupted_at_start: list[str] = []
+        self.requeued_at_start: list[str] = []
+        self._events = EventHub(cfg.bench.id)
+        self.time_scale = time_scale
+        self._own_instruments = instruments is None
+        self.instruments = instruments or Instruments(cfg, time_scale=time_scale)
+        self.store = store or RunStore(data_dir)
+        self.commands = CommandMemory(self.store)
+        #: `<data-dir>/bench.lock`, held from start() to close() (labctl.bench_lock)
+        self._lock = BenchLock(self.store.data_dir)
+        self.runs = RunQueue()
+        self.device_status: dict[str, dict[str, Any]] = {}
+        self._worker: asyncio.Task[None] | None = None
+        self._started = False
+        self.startup_safe_state_errors: dict[str, str] = {}
+        #: the run whose saved simulated world the simulators were started from, and it
+        self._world_from: str | None = None
+        self._saved_world: dict[str, Any] | None = None
+        self.estop_safe_state_errors: dict[str, str] = {}
+
+    # -- what adapters read ----------------------------------------------------------------
+    @property
+    def bench_id(self) -> str:
+        return self._events.bench_id
+
+    @bench_id.setter
+    def bench_id(self, value: str) -> None:
+        self._events.bench_id = value
+
+    @property
+    def tickets(self) -> dict[str, RunTicket]:
+        return self.runs.tickets
+
+    @property
+    def queue(self) -> deque[RunTicket]:
+        return self.runs.waiting
+
+    @property
+    def current(self) -> RunTicket | None:
+        return self.runs.current
+
+    @property
+    def held(self) -> bool:
+        return self.runs.held
+
+    # -- life cycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect the instruments, apply every device's safe state, deal with the runs a
+        crash left unfinished, start the queue worker."""
+        if self._started:
+            return
+        # one process per bench: before any device is opened (a second process would stop
+        # the first's pumps with its start-up safe state) or any record touched (it would
+        # close the first's running run as interrupted)
+        self._lock.acquire()
+        try:
+            _preload_heavy_modules()
+            if self._own_instruments or not self.instruments.devices:
+                await self.instruments.start()
+        except BaseException:
+            self._lock.release()
+            raise
+        self.startup_safe_state_errors = await self.instruments.safe_state_all()
+        found = recovery.close_unfinished(self.store, self.bench_id,
+                                          requeue_unstarted=self.requeue_unstarted)
+        self.interrupted_at_start = found.interrupted
+        self.requeued_at_start = []
+        for run_id in found.unstarted:
+            try:
+                await self.resume_run(run_id, operator="labctl", reason="requeued")
+                self.requeued_at_start.append(run_id)
+            except Exception:  # one unreadable record must not keep the bench down
+                log.exception("run %s: could not queue it again", run_id)
+                with contextlib.suppress(Exception):
+                    self.store.index.upsert_run(run_id, status="interrupted")
+        self._worker = asyncio.create_task(self.runs.serve(self._execute, self._crashed),
+                                           name=f"bench-{self.bench_id}")
+        self._started = True
+        self._publish({"event": "bench_started", "bench_id": self.bench_id,
+                       "safe_state_errors": self.startup_safe_state_errors})
+
+    async def close(self) -> None:
+        """Abort the current run (safe state), drop the queue, close the instruments."""
+        for t in list(self.queue):
+            with contextlib.suppress(Exception):
+                await self.cancel(t.run_id)
+        cur = self.current
+        if cur is not None and cur.executor is not None and not cur.machine.final:
+            with contextlib.suppress(Exception):
+                await cur.executor.abort(reason="bench shutting down")
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(BaseException):
+                await self._worker
+            self._worker = None
+        if self._started:
+            with contextlib.suppress(Exception):
+                await self.instruments.safe_state_all()
+        if self._own_instruments:
+            await self.instruments.close()
+        self.store.close()
+        self._started = False
+        self._lock.release()
+
+    async def __aenter__(self) -> Bench:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- planning ------------------------------------------------------------------------
+    def plan(self, recipe: RecipeSource, parameters: Mapping[str, Any] | None = None,
+             *, base_dir: Path | None = None) -> Plan:
+        """Validate a recipe (a path, JSON text, a dict or a Recipe) against this bench; the
+        Plan, or labctl.recipe's RecipeError listing every fault."""
+        return build_plan(recipe, dict(parameters or {}), self.cfg, base_dir=base_dir)
+
+    # -- submitting ----------------------------------------------------------------------
+    async def submit(
+        self,
+        plan_or_recipe: Plan | RecipeSource,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        instigator: str | dict[str, Any] | None = None,
+        request: dict[str, Any] | None = None,
+        run_id: str | None = None,
+        source: str | None = None,
+    ) -> str:
+        """Validate (unless given a Plan), create the run record, queue it; the run id."""
+        params = dict(parameters or {})
+        if source is None and isinstance(plan_or_recipe, Path):
+            source = str(plan_or_recipe)
+        plan = (plan_or_recipe if isinstance(plan_or_recipe, Plan)
+                else self.plan(plan_or_recipe, params))
+        info = runprov.recipe_info(plan)
+        record = self.store.create(info["name"], run_id)
+        who = prov.instigator_info(instigator, request)
+        context = self._context(record.run_id, plan, params, who, source)
+        ticket = self._ticket(record, plan, params, who, request, context)
+        record.write_recipe(runprov.plan_document(plan, params, source))
+        record.journal.append("run_created", run_id=record.run_id, recipe=info,
+                              parameters=jsonable(params), instigator=who,
+                              bench_id=self.bench_id)
+        await ticket.machine.request("validate")
+        await ticket.machine.request("validated")
+        record.write_metadata(prov.build_metadata(context=context, events=record.events(),
+                                                  data_files=[]))
+        self.store.index.upsert_run(
+            record.run_id, recipe=info["name"], version=_str(info.get("version")),
+            sha256=info.get("sha256"), status="queued", bench_id=self.bench_id,
+            instigator=f"{who.get('kind')}:{who.get('id')}", request_id=_str(who.get("request_id")),
+            fidelity=context["fidelity"]["level"], created=context["times"]["created"],
+            path=str(record.folder),
+        )
+        self._enqueue(ticket)
+        return record.run_id
+
+    def _ticket(self, record: RunRecord, plan: Plan, params: dict[str, Any],
+                who: dict[str, Any], request: dict[str, Any] | None,
+                context: dict[str, Any]) -> RunTicket:
+        def journal_transition(info: dict[str, Any]) -> None:
+            ev = record.journal.append("transition", run_id=record.run_id, **info)
+            self._publish(ev)
+
+        ticket = RunTicket(run_id=record.run_id, plan=plan, record=record,
+                           machine=RunMachine(journal=journal_transition), context=context,
+                           parameters=params, instigator=who, request=request)
+        ticket.done = asyncio.get_running_loop().create_future()
+        return ticket
+
+    def _enqueue(self, ticket: RunTicket) -> None:
+        position = self.runs.add(ticket)
+        self._publish({"event": "queued", "run_id": ticket.run_id, "position": position})
+
+    def queue_position(self, run_id: str) -> int | None:
+        """0 = running now (or next), 1 = after that..."""
+        return self.runs.position(run_id)
+
+    def _context(self, run_id: str, plan: Plan, params: dict[str, Any], who: dict[str, Any],
+                 source: str | None) -> dict[str, Any]:
+        return runprov.run_context(self.cfg, self.instruments, run_id, plan, params, who,
+                                   source)
+
+    # -- running (called by the queue worker) ----------------------------------------------
+    async def _execute(self, ticket: RunTicket) -> None:
+        rec = ticket.record
+        keeper = None
+        if can_save(self.instruments.simulation):  # simulated in-process: keep its world
+            keeper = WorldKeeper(self.instruments.simulation, rec.folder, ticket.run_id)
+        ex = Executor(
+            ticket.plan, self.instruments.devices, clock=self.instruments.clock, record=rec,
+            machine=ticket.machine, safe_state_all=self.instruments.safe_state_all,
+            emit=self._publish, prior_results=ticket.prior_results,
+            time_basis="simulated" if self.cfg.bench.simulate else "wall",
+            on_boundary=keeper.boundary if keeper is not None else None,
+        )
+        ticket.executor = ex
+        self.store.index.upsert_run(ticket.run_id, status="running", started=utc_iso())
+        state = await ex.execute(skip=ticket.skip)
+        errors = list(ex.errors)
+        if state == RunState.ABORTED and not errors:
+            errors.append({"type": "Aborted", "message": ex.stop_reason or "aborted"})
+        if ex.safe_state_errors:
+            errors.append(runprov.safe_state_error(ex.safe_state_errors))
+        self._finish(ticket, state, errors)
+
+    async def _crashed(self, ticket: RunTicket, exc: Exception) -> None:
+        """A run whose execution raised (a bug): safe state, and it ends failed."""
+        with contextlib.suppress(Exception):
+            await self.instruments.safe_state_all()
+        with contextlib.suppress(Exception):
+            if ticket.machine.can("fail"):
+                await ticket.machine.request("fail", error=f"internal error: {exc}")
+        with contextlib.suppress(Exception):
+            self._finish(ticket, RunState.FAILED,
+                         [{"type": type(exc).__name__, "message": str(exc)}])
+
+    def _finish(self, ticket: RunTicket, state: RunState, errors: list[dict[str, Any]]) -> None:
+        """Close the record (labctl.bench.provenance.close_record) and tell every waiter."""
+        ex = ticket.executor
+        state, result = runprov.close_record(
+            ticket.record, bench_id=self.bench_id, state=state, plan=ticket.plan,
+            context=ticket.context, parameters=ticket.parameters,
+            instigator=ticket.instigator, errors=errors,
+            figures=list(ex.figures) if ex else [], index=self.store.index)
+        self._publish({"event": "run_finished", "run_id": ticket.run_id, "status": str(state),
+                       "result": result})
+        if ticket.done is not None and not ticket.done.done():
+            ticket.done.set_result(result)
+        self.runs.forget_old()
+
+    # -- control -------------------------------------------------------------------------
+    def _running(self, trigger: str) -> Executor:
+        cur = self.current
+        if cur is None or cur.executor is None:
+            raise NoRunInProgress(trigger)
+        return cur.executor
+
+    async def pause(self) -> RunState:
+        return await self._running("pause").pause()
+
+    async def resume(self) -> RunState:
+        """Resume the paused run; after an e-stop, release the held queue."""
+        if self.held and (self.current is None or self.current.machine.final):
+            self.runs.release()
+            self._publish({"event": "queue_released"})
+            return RunState.IDLE
+        return await self._running("resume").resume()
+
+    async def abort(self) -> RunState:
+        return await self._running("abort").abort(reason="abort requested by the operator")
+
+    async def estop(self) -> RunState:
+        """Every device safe at once; the current run ends aborted; the queue is held.
+        With no run going, a device that failed its safe state is published
+        (`safe_state_done` with its error) and kept in `estop_safe_state_errors`."""
+        self.runs.hold()
+        cur = self.current
+        if cur is not None and cur.executor is not None and not cur.machine.final:
+            return await cur.executor.estop()
+        self._publish({"event": "estop", "bench_id": self.bench_id})
+        self.estop_safe_state_errors = await self.instruments.safe_state_all()
+        self._publish({"event": "safe_state_done", "bench_id": self.bench_id,
+                       "reason": "estop", "errors": self.estop_safe_state_errors})
+        return RunState.IDLE
+
+    async def cancel(self, run_id: str) -> None:
+        """Withdraw a queued run (the running one is stopped with abort)."""
+        t = self.runs.withdraw(run_id)
+        if t is not None:
+            await t.machine.request("abort", reason="cancelled before it started")
+            await t.machine.request("stopped", reason="cancelled")
+            self._finish(t, RunState.ABORTED, [{"type": "Cancelled",
+                                                "message": "cancelled before it started"}])
+            self.store.index.upsert_run(run_id, status="cancelled")
+            return
+        if self.current is not None and self.current.run_id == run_id:
+            raise IllegalTransition("cancel", self.current.machine.state, ["abort"])
+        raise NothingToResume(f"run {run_id} is not queued")
+
+    async def wait(self, run_id: str) -> dict[str, Any]:
+        """The result document of a submitted run, once it has ended."""
+        t = self.tickets.get(run_id)
+        if t is None or t.done is None:
+            res = self.result(run_id)
+            if res is None:
+                raise NothingToResume(f"unknown run {run_id}")
+            return res
+        return await asyncio.shield(t.done)
+
+    # -- views ---------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Bench state, current run and step, progress, ETA, queue, devices' last status."""
+        cur = self.current
+        run: dict[str, Any] | None = None
+        state = "held" if self.held else "idle"
+        if cur is not None:
+            state = str(cur.machine.state)
+            run = {"run_id": cur.run_id, "recipe": runprov.recipe_info(cur.plan),
+                   "state": state, "instigator": cur.instigator}
+            if cur.executor is not None:
+                run["progress"] = cur.executor.progress()
+        return {
+            "bench_id": self.bench_id,
+            "state": state,
+            "simulated": bool(self.cfg.bench.simulate),
+            "run": run,
+            "queue": [{"run_id": t.run_id, "recipe": runprov.recipe_info(t.plan)["name"],
+                       "position": self.queue_position(t.run_id)} for t in self.queue],
+            "devices": dict(self.device_status),
+            "time": utc_iso(),
+        }
+
+    async def poll_devices(self) -> dict[str, dict[str, Any]]:
+        """Ask every device for its status (between commands of a run: links are locked
+        per exchange)."""
+        async def one(name: str, dev: Device) -> None:
+            try:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                async with asyncio.timeout(5.0):
+                    self.device_status[name] = (await dev.status()).to_dict()
+            except Exception as exc:  # one device's trouble must not hide the others
+                self.device_status[name] = {"state": "unknown", "fault": str(exc)}
+
+        await asyncio.gather(*(one(n, d) for n, d in self.instruments.devices.items()))
+        return self.device_status
+
+    def result(self, run_id: str) -> dict[str, Any] | None:
+        try:
+            return self.store.open(run_id).read_json("result.json")
+        except FileNotFoundError:
+            return None
+
+    def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+        """Every event of this bench from now on (journal lines of runs, queue changes)."""
+        return self._events.subscribe()
+
+    def _publish(self, ev: dict[str, Any]) -> None:
+        self._events.publish(ev)
+
+    def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self.store.list(limit=limit)
+
+    def seen_command(self, command_id: str) -> dict[str, Any] | None:
+        return self.commands.seen(command_id)
+
+    def remember_command(self, command_id: str, reply: dict[str, Any]) -> None:
+        self.commands.remember(command_id, reply)
+
+    # -- resuming an interrupted run (labctl.bench.resume) ---------------------------------
+    def check_resume(self, run_id: str, *, accept_in_doubt: Collection[str] = (),
+                     redo: Collection[str] = ()) -> resuming.ResumeCheck:
+        """Everything resume needs to know, touching no device and writing nothing.
+        Raises NothingToResume, InDoubtError or RecipeError."""
+        return resuming.check_resume(
+            self.store, run_id, self.plan, active=self.runs.active(),
+            simulate=bool(self.cfg.bench.simulate), accept_in_doubt=accept_in_doubt,
+            redo=redo)
+
+    def use_saved_world(self, run_id: str) -> dict[str, Any] | None:
+        """Start this (simulated, not yet started) bench's simulators from the world the run
+        saved, so its resume finds the vials as they were; the saved document, or None
+        when the bench is not simulated or the run saved none."""
+        if self._started:
+            raise LabctlError("the saved simulated world must be chosen before the bench "
+                              "starts")
+        if not self.cfg.bench.simulate:
+            return None
+        try:
+            rec = self.store.open(run_id)
+        except FileNotFoundError as exc:
+            raise NothingToResume(str(exc)) from None
+        saved = read_saved_world(rec.folder)
+        if saved is not None:
+            self.instruments.sim_state = saved.get("state")
+            self._world_from, self._saved_world = run_id, saved
+        return saved
+
+    async def resume_run(
+        self,
+        run_id: str,
+        *,
+        accept_in_doubt: Collection[str] = (),
+        redo: Collection[str] = (),
+        operator: str | None = None,
+        reason: str = "resume",
+    ) -> str:
+        """Queue an interrupted (or failed/aborted) run again: completed steps are kept,
+        idempotent in-doubt steps re-run, the others need accept or redo (InDoubtError).
+        Each decision is journaled before the run goes on. `reason` names the session in
+        provenance ("requeued": a never-started run queued again after a restart)."""
+        check = self.check_resume(run_id, accept_in_doubt=accept_in_doubt, redo=redo)
+        who = operator or "unknown"
+        rec, plan, doc = check.record, check.plan, check.document
+        world = None
+        if self.instruments.simulation is not None:  # simulated in this process
+            saved = self._saved_world if self._world_from == run_id else None
+            world = resuming.world_on_resume(rec, check.in_doubt, saved)
+        skip = resuming.journal_decisions(check, accept_in_doubt=accept_in_doubt, redo=redo,
+                                          operator=who, world=world)
+        meta = rec.read_json("metadata.json") or {}
+        submitted = doc.get("parameters_submitted") or {}
+        fresh = self._context(run_id, plan, submitted, meta.get("instigator") or {},
+                              doc.get("source"))
+        context = resuming.resumed_context(meta, fresh, reason=reason, operator=who, skip=skip,
+                                           time_scale=self.instruments.clock.time_scale,
+                                           world=world)
+        ticket = self._ticket(rec, plan, submitted, context.get("instigator") or {}, None,
+                              context)
+        ticket.skip = skip
+        ticket.resumed = True
+        ticket.prior_results = resuming.prior_results(check)
+        rec.journal.append("resumed", run_id=run_id, operator=who, skip=sorted(skip),
+                           in_doubt=check.in_doubt, reason=reason, sim_world=world)
+        await ticket.machine.request("validate")
+        await ticket.machine.request("validated")
+        self.store.index.upsert_run(run_id, status="queued")
+        self._enqueue(ticket)
+        return run_id
+
+
+def _str(v: object) -> str | None:
+    return None if v is None else str(v)
+
+
+def _preload_heavy_modules() -> None:
+    """Import what runs will need (numpy, scipy, the analyses, data files) before any
+    device is connected: an import in the middle of a run blocks the event loop for a
+    second, which at a high simulated time scale is long enough to trip a hotplate's
+    watchdog."""
+    import labctl.actions
+    import labctl.analysis
+    import labctl.bdf  # noqa: F401
