@@ -9,7 +9,7 @@ otherwise: this is what an AI server does.
     # against a running `labctl serve --broker mqtt://127.0.0.1:1883 --bench-id sim-bench-1`
     python examples/closed_loop.py --broker mqtt://127.0.0.1:1883 --bench-id sim-bench-1
     # or start a private mosquitto and agent on the simulated bench first
-    python examples/closed_loop.py --local
+    python examples/closed_loop.py --local --figure closed_loop.png   # + summary figure
 
 At the end it prints the best formulation, its conductivity, and how far it is from the
 simulator's true optimum, in conductivity and in composition. That comparison is the only
@@ -134,7 +134,23 @@ async def optimise(args: argparse.Namespace) -> list[Iteration]:
           f"{(top.sigma_s_m or 0.0) * 10:.3f} mS/cm ({top.sigma_s_m:.4f} S/m) after "
           f"{len(measured)} experiments (iteration {top.index})")
     report_distance(top, args)
+    if args.figure:
+        summary(history, args)
     return history
+
+
+def summary(history: list[Iteration], args: argparse.Namespace) -> dict[str, Any]:
+    """The campaign figure: conductivity against each varied parameter, best so far."""
+    from labctl.campaign import summary_figure
+
+    rows = [{args.salt_param: h.salt, args.ratio_param: h.ratio,
+             "sigma": h.sigma_s_m * 10 if h.sigma_s_m is not None else None}
+            for h in history]
+    drawn = summary_figure(rows, "sigma", [args.salt_param, args.ratio_param],
+                           Path(args.figure), merit_label="ionic conductivity / mS/cm",
+                           title=f"closed loop on {args.bench_id}")
+    print(f"campaign figure: {', '.join(drawn['files'])}")
+    return drawn
 
 
 def solvent_densities(config: str | Path) -> tuple[float, float]:
@@ -245,6 +261,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--initial", type=int, default=5, help="random points before the GP")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--run-timeout", type=float, default=300.0)
+    p.add_argument("--figure", metavar="PATH.png",
+                   help="write the campaign summary figure (PNG and SVG): conductivity "
+                   "against each varied parameter, and the best so far")
     p.add_argument("--max-failures", type=int, default=3,
                    help="stop after this many failed runs in a row")
     return p

@@ -94,7 +94,7 @@ def test_decoder_raises_only_payload_error(payload: bytes) -> None:
 
 def test_json_schemas_cover_every_payload() -> None:
     schemas = json_schemas()
-    assert set(schemas) == {"cmd", "reply", "status", "events", "result"}
+    assert set(schemas) == {"cmd", "reply", "status", "events", "result", "online", "agent"}
     cmd_names = {m["properties"]["command"]["const"]
                  for m in schemas["cmd"]["$defs"].values() if "command" in m.get("properties", {})}
     assert cmd_names == {"submit", "validate", "pause", "resume", "abort", "estop", "cancel",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 
+from labctl.display import quantity as display_quantity
 from labctl.units import fmt as _fmt
 
 _LITRE = re.compile(r"(?<![A-Za-z])([mµunk]?)l(?![A-Za-z])")
@@ -30,6 +31,8 @@ def fmt(value: float, unit: str, digits: int = 4) -> str:
     temperatures in °C, durations in s/min/h, otherwise compacted ('30 mL', '5 mg')."""
     if unit == "L/s":
         return f"{value * 6e4:.{digits}g} mL/min"
+    if unit in ("1/h", "A*h"):  # '0.5 C', '1 mAh', not '500 1/kh', '1 h·mA'
+        return display_quantity(value, unit, digits)
     if unit == "rpm":
         return f"{value:.{digits}g} rpm"
     if unit == "degC":

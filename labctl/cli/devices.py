@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
+from labctl.cli import display
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
     EXIT_FAILED,
@@ -78,22 +76,23 @@ def devices(
         print(json.dumps({"bench": cfg.bench.id, "config": str(config), "devices": rows}, indent=2))
     else:
         title = f"bench {cfg.bench.id} ({'simulated' if cfg.bench.simulate else 'hardware'})"
-        table = Table(title=title)
-        for col in ("device", "driver", "model", "serial", "firmware", "state", "readings"):
-            table.add_column(col)
+        table = display.table(title, "device", "state", "identity", "readings",
+                              ids=("device",))
+        lines = []
         for r in rows:
             ident = r["identity"] or {}
             status = r.get("status") or {}
-            readings = ", ".join(f"{k}={_short(v)}" for k, v in status.get("readings", {}).items())
+            readings = "\n".join(display.reading(k, v)
+                                 for k, v in status.get("readings", {}).items())
             state = (r["error"] and f"ERROR: {r['error']}") or status.get("state", "")
-            table.add_row(r["name"], r["driver"], ident.get("model", ""), ident.get("serial", ""),
-                          ident.get("firmware", ""), state, readings)
-        Console().print(table)
+            who = "\n".join(x for x in (
+                r["driver"], str(ident.get("model") or ""),
+                f"serial {ident['serial']}" if ident.get("serial") else "",
+                f"firmware {ident['firmware']}" if ident.get("firmware") else "") if x)
+            lines.append((r["name"], state, who, readings))
+        display.fit_ids(table, lines)
+        display.console().print(table)
     if any(r["in_use"] for r in rows):  # another process has the bench: exit 2, as run does
         raise SystemExit(EXIT_INVALID)
     if any(r["error"] for r in rows):
         raise SystemExit(EXIT_FAILED)
-
-
-def _short(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)

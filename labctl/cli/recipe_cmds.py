@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from labctl.cli import display
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
     EXIT_INVALID,
@@ -57,14 +56,22 @@ def _plan_or_exit(recipe: Path, config: Path, param: list[str] | None, as_json: 
 
 @app.command()
 def schema(
-    mqtt: Annotated[bool, typer.Option("--mqtt", help="The schemas of the MQTT payloads "
-                                       "(cmd, reply, status, events, result) instead.")] = False,
+    mqtt: Annotated[bool, typer.Option("--mqtt", help="The MQTT topics and the schemas of "
+                                       "their payloads instead.")] = False,
+    asyncapi: Annotated[bool, typer.Option("--asyncapi", help="The MQTT API as an AsyncAPI "
+                                           "3.0 document (docs/asyncapi.json).")] = False,
 ) -> None:
     """Print the JSON Schema (draft 2020-12) of recipes, with the action catalogue."""
+    if asyncapi:
+        from labctl.mqtt.asyncapi import asyncapi as build
+
+        print(json.dumps(build(), indent=2, ensure_ascii=False))
+        return
     if mqtt:
+        from labctl.mqtt.asyncapi import topics_table
         from labctl.mqtt.payloads import json_schemas
 
-        print(json.dumps(json_schemas(), indent=2))
+        print(json.dumps({"topics": topics_table(), **json_schemas()}, indent=2))
         return
     from labctl.recipe import json_schema
 
@@ -104,7 +111,8 @@ def validate(
 def _rows(steps: list[Any], depth: int = 0) -> list[tuple[str, str, str, str]]:
     rows = []
     for s in steps:
-        rows.append(("  " * depth + s.id, s.kind, f"{s.estimated_s:.1f}", s.description))
+        rows.append(("  " * depth + s.id, s.kind, display.quantity(s.estimated_s, "s", 3),
+                     s.description))
         rows += _rows(s.children, depth + 1)
     return rows
 
@@ -132,12 +140,10 @@ def plan(
         print(json.dumps({"ok": True, "plan": p.to_dict(), "files": written}, indent=2,
                          default=str))
         raise typer.Exit(EXIT_OK)
-    table = Table(title=f"{p.name} v{p.version} on {p.bench_id} — sha256 {p.sha256[:12]}…")
-    for col in ("step", "kind", "est. s", "what"):
-        table.add_column(col, overflow="fold")
-    for row in _rows(p.steps):
-        table.add_row(*row)
-    console = Console()
+    table = display.table(f"{p.name} v{p.version} on {p.bench_id}, sha256 {p.sha256[:12]}",
+                          "step", "kind", "est.", "what", ids=("step", "kind", "est."))
+    display.fit_ids(table, _rows(p.steps))
+    console = display.console()
     console.print(table)
     console.print(f"Total estimated time: {p.estimated_s:.0f} s ({p.estimated_s / 60:.1f} min)")
     for m in p.materials:
@@ -146,3 +152,21 @@ def plan(
     for path in written:
         console.print(f"wrote {path}")
     raise typer.Exit(EXIT_OK)
+
+
+@app.command()
+def actions(
+    markdown: Annotated[bool, typer.Option("--markdown", help="labctl's own, as the Markdown "
+                                           "section of docs/recipes.md.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """The catalogue of actions (per capability) and analyses, with their arguments and
+    units, as recipes use them."""
+    from labctl import catalogue_doc
+
+    if json_out:
+        print(json.dumps(catalogue_doc.catalogue(), indent=2, ensure_ascii=False, default=str))
+    elif markdown:
+        print(catalogue_doc.markdown(), end="")
+    else:
+        print(catalogue_doc.text(), end="")

@@ -4,11 +4,29 @@ their commands to `app` here; labctl.cli.app imports them all, so nothing import
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from labctl._version import __version__
+
+
+def _flags_without_type() -> None:
+    """Typer's rich help shows a flag as `--json <bool>`, as if it took a value; a flag (and
+    a counter like -v) takes none, so its type column stays empty."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        if self.is_flag or self.count:
+            return None
+        return shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_type()
 
 app = typer.Typer(
     name="labctl",

@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from labctl.bench_lock import BenchInUse
+from labctl.cli import display
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
     EXIT_ABORTED,
@@ -102,7 +103,7 @@ class LiveView:
         if kind == "record":
             skip = {"event", "type", "seq", "t", "ts", "run_id", "bench_id", "kind", "step",
                     "device"}
-            shown = ", ".join(f"{k}={_short(v)}" for k, v in ev.items()
+            shown = ", ".join(display.reading(k, v) for k, v in ev.items()
                               if k not in skip and v is not None)
             self.readings[f"{ev.get('device') or ev.get('step')} {ev.get('kind')}"] = shown
         elif kind in ("step_started", "step_finished", "step_failed", "transition"):
@@ -166,7 +167,20 @@ class LiveView:
 def _short(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
+    if isinstance(v, list) and len(v) > 3:
+        return f"{len(v)} values, last {_short(v[-1])}"
     return str(v)
+
+
+def _took(started: str | None, ended: str | None) -> str:
+    """Wall time of a step from its ISO start and end ('' when unknown)."""
+    from datetime import datetime
+
+    try:
+        dt = (datetime.fromisoformat(str(ended)) - datetime.fromisoformat(str(started)))
+    except ValueError:
+        return ""
+    return display.quantity(dt.total_seconds(), "s", 3)
 
 
 # ---------------------------------------------------------------- running
@@ -187,7 +201,7 @@ async def _drive(bench: Bench, start: Callable[[Bench], Awaitable[str]], *,
     err = Console(stderr=True)
     rec_dir = bench.store.open(run_id).folder
     if not as_json:
-        err.print(f"run [bold]{run_id}[/bold] — record in {rec_dir}")
+        err.print(f"run [bold]{run_id}[/bold] — record in {rec_dir}", soft_wrap=True)
     else:
         print(json.dumps({"event": "started", "run_id": run_id, "record": str(rec_dir)}),
               flush=True)
@@ -238,27 +252,25 @@ def _report(result: dict[str, Any], *, as_json: bool) -> int:
     if as_json:  # JSON Lines: the "started" line, then the result
         print(json.dumps(result, default=str), flush=True)
         return EXIT_BY_STATUS.get(status, EXIT_FAILED)
-    out = Console()
+    out = display.console()
     style = {"completed": "green", "failed": "red", "aborted": "yellow"}.get(status, "red")
-    out.print(f"[{style}]run {result.get('run_id')} {status}[/{style}]")
+    out.print(f"[{style}]run {result.get('run_id')} {status}[/{style}]", soft_wrap=True)
     figs = result.get("figures_of_merit") or []
     if figs:
-        table = Table(title="figures of merit")
-        for col in ("quantity", "value", "unit", "method"):
-            table.add_column(col)
+        table = display.table("figures of merit", "quantity", "value", "unit", "method")
         for f in figs:
             name = f.get("name") or f.get("quantity") or f.get("analysis") or "?"
             value = f.get("value")
             table.add_row(str(name), _short(value) if value is not None else "",
-                          str(f.get("unit") or ""), str(f.get("method") or f.get("analysis")
-                                                        or ""))
+                          display.unit_symbol(str(f.get("unit") or "")),
+                          str(f.get("method") or f.get("analysis") or ""))
         out.print(table)
     for e in result.get("errors") or []:
         out.print(f"[red]error:[/red] {e.get('message') or e}")
     if result.get("in_doubt"):
         out.print(f"in-doubt steps: {', '.join(result['in_doubt'])}")
     out.print(f"fidelity: {(result.get('fidelity') or {}).get('level')}")
-    out.print(f"record: {result.get('record')}")
+    out.print(f"record: {result.get('record')}", soft_wrap=True)
     return EXIT_BY_STATUS.get(status, EXIT_FAILED)
 
 
@@ -406,13 +418,16 @@ def runs_list(
     if json_out:
         print(json.dumps(rows, indent=2, default=str))
         return
-    table = Table(title=f"runs in {data_dir}")
-    for col in ("run id", "recipe", "status", "instigator", "created", "fidelity"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["run_id"], r["recipe"], r["status"], r.get("instigator") or "",
-                      r.get("created") or "", r.get("fidelity") or "")
-    Console().print(table)
+    out = display.console()
+    wide = out.width >= 120  # the run id already holds the time and the recipe
+    cols = ("run id", "status", "by") + (("fidelity", "recipe", "created") if wide else ())
+    table = display.table(f"runs in {data_dir}", *cols, ids=("run id", "status"))
+    display.fit_ids(table, [
+        (r["run_id"], r["status"], r.get("instigator") or "")
+        + ((r.get("fidelity") or "", r["recipe"], display.short_time(r.get("created")))
+           if wide else ())
+        for r in rows])
+    out.print(table)
 
 
 @runs_app.command("show")
@@ -432,12 +447,13 @@ def runs_show(
     if json_out:
         print(json.dumps(info, indent=2, default=str))
         return
-    out = Console()
+    out = display.console()
     meta = info.get("metadata") or {}
     result = info.get("result") or {}
     status = result.get("status") or (info.get("index") or {}).get("status")
-    out.print(f"[bold]{run_id}[/bold]  {meta.get('recipe', {}).get('name')}  [{status}]")
-    out.print(f"folder: {info['path']}")
+    out.print(f"[bold]{run_id}[/bold]", soft_wrap=True)
+    out.print(f"recipe {meta.get('recipe', {}).get('name')}  \\[{status}]")
+    out.print(f"folder: {info['path']}", soft_wrap=True)
     who = meta.get("instigator") or {}
     if who:
         out.print(f"instigator: {who.get('kind')}:{who.get('id')}"
@@ -446,12 +462,15 @@ def runs_show(
     if link:
         out.print(f"FINALES2 {link.get('server')}: request {link.get('request_id')} -> "
                   f"result {link.get('result_id')} ({link.get('status')})")
-    table = Table(title="steps")
-    for col in ("step", "device", "action", "status", "started", "ended"):
-        table.add_column(col)
-    for s in meta.get("steps", []):
-        table.add_row(s["id"], str(s.get("device") or ""), str(s.get("action") or s.get("kind")),
-                      str(s.get("status")), str(s.get("started") or ""), str(s.get("ended") or ""))
+    wide = out.width >= 100
+    table = display.table("steps", "step", "device", "action", "status", "took",
+                          *(("started",) if wide else ()),
+                          ids=("step", "device", "action", "status"))
+    display.fit_ids(table, [
+        (s["id"], str(s.get("device") or ""), str(s.get("action") or s.get("kind")),
+         str(s.get("status")), _took(s.get("started"), s.get("ended")))
+        + ((display.short_time(s.get("started")),) if wide else ())
+        for s in meta.get("steps", [])])
     out.print(table)
     if result:
         _report(result, as_json=False)

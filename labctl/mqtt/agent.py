@@ -46,6 +46,7 @@ from labctl.mqtt.connection import (
 from labctl.mqtt.outbox import Outbox
 from labctl.mqtt.payloads import (
     AbortCommand,
+    AgentPayload,
     CancelCommand,
     ErrorInfo,
     EstopCommand,
@@ -254,8 +255,8 @@ class Agent:
             except ControllerConflict:
                 self._stopping.set()
                 raise
-            await client.publish_checked(self.topics.agent, json.dumps(self.instance).encode(),
-                                         qos=1, retain=True)
+            body = AgentPayload.model_validate(self.instance).model_dump_json()
+            await client.publish_checked(self.topics.agent, body.encode(), qos=1, retain=True)
             for stale in (self.topics.cmd, self.topics.cmd_filter):
                 await client.subscribe(stale, qos=1)
             await client.publish_checked(

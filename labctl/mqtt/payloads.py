@@ -188,6 +188,23 @@ class ResultPayload(BaseModel):
     errors: list[Any] = Field(default_factory=list)
 
 
+class AgentPayload(BaseModel):
+    """Retained on `agent`: which agent instance controls the bench."""
+
+    model_config = ConfigDict(extra="allow")
+    instance: str = Field(description="Random id of this agent process.")
+    host: str
+    pid: int
+    since: str = Field(description="UTC ISO-8601 start time of the agent.")
+    bench_id: str
+    client_id: str = Field(description="The agent's MQTT client id.")
+
+
+OnlineState = Literal["online", "offline"]
+"""Retained on `online` as plain text (MQTT 5 user properties carry instance, host, pid,
+since and reason)."""
+
+
 class PayloadError(Exception):
     """An incoming payload that cannot be served; `command_id` is set when one was found."""
 
@@ -256,12 +273,34 @@ def decode_command(payload: bytes) -> Any:
                            command=cname) from None
 
 
+SCHEMA_VERSION = "1.0.0"
+"""Version of the payload schemas (semver: a new optional field is a minor step, anything
+an older client would misread a major one). Part of every schema's `$id`."""
+
+#: topic role -> the pydantic type of its payload
+PAYLOAD_TYPES: dict[str, Any] = {
+    "cmd": Command,
+    "reply": Reply,
+    "status": StatusPayload,
+    "events": EventPayload,
+    "result": ResultPayload,
+    "online": OnlineState,
+    "agent": AgentPayload,
+}
+
+
+def schema_id(role: str) -> str:
+    return f"urn:labctl:mqtt:{role}:{SCHEMA_VERSION}"
+
+
+def json_schema(role: str) -> dict[str, Any]:
+    """JSON Schema (draft 2020-12, as pydantic emits) of one payload, with `$id` and
+    version."""
+    body = TypeAdapter(PAYLOAD_TYPES[role]).json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": schema_id(role),
+            "x-version": SCHEMA_VERSION, **body}
+
+
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """JSON Schema (draft 2020-12, as pydantic emits) of every payload, by topic role."""
-    return {
-        "cmd": TypeAdapter(Command).json_schema(),
-        "reply": Reply.model_json_schema(),
-        "status": StatusPayload.model_json_schema(),
-        "events": EventPayload.model_json_schema(),
-        "result": ResultPayload.model_json_schema(),
-    }
+    """The schema of every payload, by topic role."""
+    return {role: json_schema(role) for role in PAYLOAD_TYPES}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 ROOT = "labctl"
 
@@ -131,3 +132,100 @@ class Topics:
             run_id = topic[len(head):-len("/result")]
             return run_id if valid_level(run_id) else None
         return None
+
+
+# ---------------------------------------------------------------- the published channel table
+
+BENCH = "bench"
+"""ACL role: the bench agent whose id is the `{bench_id}` level (its MQTT username)."""
+CLIENT = "client"
+"""ACL role: an AI client or operator; on a channel with a `{username}` level, only the
+client of that name."""
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One topic of the MQTT API, as `labctl schema --mqtt` and docs/asyncapi.json publish
+    it. `template` uses `Topics` itself (see `address`), so the published addresses are the
+    ones the agent and the SDK use; `publishers`/`subscribers` are the grants of the shipped
+    ACL (config/mosquitto/acl), which a test checks against that file."""
+
+    name: str
+    payload: str  # key of labctl.mqtt.payloads.json_schemas()
+    description: str
+    publishers: tuple[str, ...]
+    subscribers: tuple[str, ...]
+    qos: int = 1
+    retained: bool = False
+    content_type: str = "application/json"
+
+    def address(self) -> str:
+        """The topic template, `{bench_id}`/`{username}`/... for the variable levels, built
+        by the same `Topics` methods the agent uses."""
+        return _TEMPLATES[self.name](Topics("BENCH"))
+
+    def parameters(self) -> tuple[str, ...]:
+        return tuple(re.findall(r"\{(\w+)\}", self.address()))
+
+    def parse(self, topic: str) -> dict[str, str] | None:
+        """A concrete topic -> its variable levels, None when it is not on this channel."""
+        pattern = re.escape(self.address())
+        for name in self.parameters():
+            pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>[^/#+]+)")
+        m = re.fullmatch(pattern, topic)
+        return dict(m.groupdict()) if m else None
+
+
+def _templated(t: Topics) -> str:
+    return t.prefix.replace(f"/{t.bench_id}", "/{bench_id}", 1)
+
+
+_TEMPLATES: dict[str, Any] = {
+    "cmd": lambda t: _templated(t) + t.cmd_from("{username}")[len(t.prefix):],
+    "cmd_anonymous": lambda t: _templated(t) + t.cmd_from(None)[len(t.prefix):],
+    "reply": lambda t: _templated(t) + t.reply_inbox("{username}", "{reply_id}")[len(t.prefix):],
+    "reply_anonymous": lambda t: _templated(t) + t.reply("{command_id}")[len(t.prefix):],
+    "status": lambda t: _templated(t) + t.status[len(t.prefix):],
+    "events": lambda t: _templated(t) + t.events[len(t.prefix):],
+    "result": lambda t: _templated(t) + t.result("{run_id}")[len(t.prefix):],
+    "online": lambda t: _templated(t) + t.online[len(t.prefix):],
+    "agent": lambda t: _templated(t) + t.agent[len(t.prefix):],
+}
+
+CHANNELS: tuple[Channel, ...] = (
+    Channel("cmd", "cmd",
+            "Commands to the bench. The last level is the sender's broker username, which the "
+            "ACL lets only that user publish on; the agent takes the sender (and so the run's "
+            "owner and role) from it, never from the payload.",
+            publishers=(CLIENT,), subscribers=(BENCH,)),
+    Channel("cmd_anonymous", "cmd",
+            "Commands on dev brokers without credentials (sender `anonymous`). The shipped "
+            "ACL lets nobody publish or read here.",
+            publishers=(), subscribers=()),
+    Channel("reply", "reply",
+            "The reply to one command, in the sender's own namespace: "
+            "`reply/<username>/<command id>` by default, or the command's MQTT 5 response "
+            "topic when it lies inside that namespace. Only that user reads it.",
+            publishers=(BENCH,), subscribers=(CLIENT,)),
+    Channel("reply_anonymous", "reply",
+            "Replies to commands of the anonymous sender (dev brokers without credentials).",
+            publishers=(BENCH,), subscribers=()),
+    Channel("status", "status", "What the bench is doing now (retained, on change).",
+            publishers=(BENCH,), subscribers=(CLIENT,), retained=True),
+    Channel("events", "events", "Run events as they happen (not retained; `seq` shows gaps).",
+            publishers=(BENCH,), subscribers=(CLIENT,)),
+    Channel("result", "result",
+            "The outcome of one run (retained): published exactly once per accepted submit, "
+            "even across a crash of the agent.",
+            publishers=(BENCH,), subscribers=(CLIENT,), retained=True),
+    Channel("online", "online",
+            "`online` while the agent is connected; its last will and a clean stop say "
+            "`offline` (MQTT 5 user properties: instance, host, pid, since, reason "
+            "online|lost|stopped). Retained.",
+            publishers=(BENCH,), subscribers=(BENCH, CLIENT), retained=True,
+            content_type="text/plain"),
+    Channel("agent", "agent",
+            "Which agent instance controls the bench (retained); a starting agent reads it "
+            "and `online` to refuse a second agent on one bench.",
+            publishers=(BENCH,), subscribers=(BENCH, CLIENT), retained=True),
+)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pint
 
+from labctl.display import value_text
 from labctl.recipe.expressions import POISON, format_value
 from labctl.recipe.issues import Issue
 from labctl.recipe.models import Parameter
@@ -44,7 +45,7 @@ def _as_quantity(value: Any, unit: str) -> pint.Quantity:
     try:
         converted = float(q.to(unit).magnitude)
     except pint.DimensionalityError:
-        raise _Bad(f"wrong unit: {format_value(q)} is not convertible to {unit}") from None
+        raise _Bad(f"wrong unit: {value_text(q)} is not convertible to {unit}") from None
     except Exception as exc:
         raise _Bad(f"{value!r}: {exc}") from None
     if not math.isfinite(converted):
@@ -147,8 +148,8 @@ def check_declaration(name: str, decl: Parameter, path: str) -> list[Issue]:
             hi = b
     try:
         if lo is not None and hi is not None and lo > hi:
-            issues.append(Issue(f"{path}.min", f"min {format_value(lo)} is above max "
-                                               f"{format_value(hi)}"))
+            issues.append(Issue(f"{path}.min", f"min {value_text(lo)} is above max "
+                                               f"{value_text(hi)}"))
     except Exception:  # incomparable bounds were already reported
         pass
     return issues
@@ -186,9 +187,9 @@ def resolve_parameters(
             value = _convert(decl, raw)
             lo, hi = _bound(decl, "min"), _bound(decl, "max")
             if lo is not None and value < lo:
-                raise _Bad(f"{format_value(value)} is below the minimum {format_value(lo)}")
+                raise _Bad(f"{value_text(value)} is below the minimum {value_text(lo)}")
             if hi is not None and value > hi:
-                raise _Bad(f"{format_value(value)} is above the maximum {format_value(hi)}")
+                raise _Bad(f"{value_text(value)} is above the maximum {value_text(hi)}")
         except _Bad as exc:
             issues.append(Issue(where, f"parameter {name!r}: {exc}"))
             values[name] = POISON
