@@ -25,7 +25,7 @@ def _unit(unit: object) -> str:
 
 
 def _own(module: str) -> bool:
-    """Defined by labctl itself (not by a plugin such as examples/plugins/labctl-uvvis)."""
+    """Defined by labctl itself (not by an installed plugin package)."""
     return module.split(".", 1)[0] == "labctl"
 
 
