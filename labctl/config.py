@@ -152,6 +152,10 @@ class VesselConfig(_Strict):
     #: a thermostatted vessel (a warmed reservoir) is held at this temperature; others
     #: are at the ambient temperature
     temperature: str | None = None  # "40 degC"
+    #: a vial in a rack (a vial block, a sampler tray): the rack's name and the vial's
+    #: position in it. Runs are assigned free vials of a rack; samples are located by it.
+    rack: str | None = None
+    position: int | None = Field(default=None, ge=1)
 
     @field_validator("temperature")
     @classmethod
