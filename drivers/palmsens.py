@@ -8,7 +8,9 @@ the link while the script runs, decodes every data package and hands DataPoints 
 `on_finished: cell_off`, so an abort leaves the cell disconnected.
 
 Config params: `cell_constant` ("1.0 /cm"), `electrode_area` ("0.196 cm^2"),
-`reference_electrode`, `vessel` (where the cell sits; provenance). Limits: `max_potential`,
+`reference_electrode`, `vessel` (where the cell sits; provenance), `channels` (a multiplexed
+instrument: channel -> vessel of its cell; `measure(..., channel=n)` sends
+`set_pgstat_chan n` so the script measures that cell). Limits: `max_potential`,
 `max_current` (checked together with the identified instrument's ranges before any script
 is sent).
 """
@@ -33,6 +35,7 @@ from labctl.errors import (
     DeviceError,
     DeviceFault,
     DeviceTimeout,
+    LimitError,
     ProtocolError,
 )
 from labctl.techniques import CA, CP, CV, GCPL, LSV, OCV, PEIS, AnyTechnique, Technique
@@ -600,9 +603,19 @@ class EmStat(Potentiostat):
         model: Technique = TypeAdapter(AnyTechnique).validate_python(technique)
         return model
 
-    async def measure_ocp(self) -> float:
+    def _check_channel(self, channel: int) -> None:
+        """A channel other than 0 must be one of params.channels (checked before any byte)."""
+        raw = self.spec.params.get("channels")
+        known = {int(k) for k in raw} if isinstance(raw, dict) else set()
+        if channel != 0 and channel not in known:
+            raise LimitError(f"channel {channel} is not one of {self.name}'s channels "
+                             f"({', '.join(str(c) for c in sorted(known | {0}))})",
+                             device=self.name, parameter="channel", value=channel,
+                             limit=max(known | {0}))
+
+    async def measure_ocp(self, channel: int = 0) -> float:
         """A short open-circuit reading (for potentials given vs OCP)."""
-        plan = Plan(["var t", "var p", "set_pgstat_chan 0", "cell_off",
+        plan = Plan(["var t", "var p", f"set_pgstat_chan {int(channel)}", "cell_off",
                      "meas_loop_ocp p 100m 100m", *_body("t", "p"), "endloop"], 0.1, "ocv")
         values = [pt.potential_v async for pt in self._run(plan)]
         got = [v for v in values if v is not None and not math.isnan(v)]
@@ -610,9 +623,11 @@ class EmStat(Potentiostat):
             raise ProtocolError("no OCP reading", device=self.name)
         return got[-1]
 
-    async def measure(self, technique: Any) -> AsyncIterator[DataPoint]:
-        """Run a technique; yields DataPoints as the instrument streams them."""
+    async def measure(self, technique: Any, *, channel: int = 0) -> AsyncIterator[DataPoint]:
+        """Run a technique on the cell of `channel` (0: the only one of a single-channel
+        instrument); yields DataPoints as the instrument streams them."""
         tech = self.coerce(technique)
+        self._check_channel(channel)
         if self.running:
             raise DeviceBusy("a technique is already running", device=self.name)
         if self.model_id is None:
@@ -620,9 +635,11 @@ class EmStat(Potentiostat):
         self.check_limits(tech)  # relative potentials against the ranges first
         ocp = 0.0
         if getattr(tech, "vs", "ref") == "ocp" and not isinstance(tech, (OCV, CP, GCPL)):
-            ocp = await self.measure_ocp()
+            ocp = await self.measure_ocp(channel)
             self.check_limits(tech, ocp)
         plan = self.build_script(tech, ocp)
+        plan.lines = [f"set_pgstat_chan {int(channel)}" if ln == "set_pgstat_chan 0" else ln
+                      for ln in plan.lines]
         async for point in self._run(plan):
             yield point
 

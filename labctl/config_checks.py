@@ -133,6 +133,25 @@ def device_problems(cfg: BenchConfig, name: str, d: DeviceConfig) -> list[Proble
     for pname in VESSEL_PARAMS:
         if pname in p:
             out += _target_problems(cfg, f"{base}.params.{pname}", p[pname])
+    if "vessels" in p:  # a vial block: every vessel on the device
+        if not isinstance(p["vessels"], list) or not p["vessels"]:
+            out.append((f"{base}.params.vessels", "expected a list of vessel names"))
+        else:
+            for i, v in enumerate(p["vessels"]):
+                out += _target_problems(cfg, f"{base}.params.vessels[{i}]", v)
+    for pname in ("sampler", "channels"):  # position/channel -> the vessel it reaches
+        if pname not in p:
+            continue
+        table = p[pname]
+        if not isinstance(table, dict):
+            out.append((f"{base}.params.{pname}", f"expected a table {pname[:-1]} number = "
+                                                  "vessel"))
+            continue
+        for k, v in table.items():
+            key = f"{base}.params.{pname}.{k}"
+            if not str(k).isdigit():
+                out.append((key, f"{k!r} is not a {pname[:-1]} number (0, 1, ...)"))
+            out += _target_problems(cfg, key, v)
     if "head_material" in p and p["head_material"] not in cfg.materials:
         out.append((f"{base}.params.head_material",
                     f"unknown material {p['head_material']!r}"))

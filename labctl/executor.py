@@ -325,7 +325,10 @@ class StepContext:
         if not vessel:
             return None
         for name, device in self._ex.devices.items():
-            if device.spec.params.get("vessel") != vessel:
+            params = device.spec.params
+            block = params.get("vessels")  # a vial block: every vial on the plate
+            if params.get("vessel") != vessel and not (isinstance(block, list)
+                                                       and vessel in block):
                 continue
             if not ({"stirrer", "temperature_controller"} & set(device.capabilities)):
                 continue

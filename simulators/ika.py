@@ -17,7 +17,7 @@ Viscosity trend (IN_PV_5): the change of the motor's torque at constant speed, i
 value when the motor started (0 while it is off); the simulator reads the relative viscosity
 of the vessel's sol (`simulators.solgel`) at motor start and now.
 
-Options: `vessel`, `name_text` (IN_NAME answer), `type_text` (IN_TYPE, default the name),
+Options: `vessel`, `vessels`, `name_text` (IN_NAME answer), `type_text` (IN_TYPE, default the name),
 `heats` (default true; false: a stirrer whose plate is not what heats the vessel, e.g. one
 under a heated block: it stirs, and its medium probe reads the vessel's temperature),
 `safety_temperature` (°C, IN_SP_3; default 350), `ambient_c`, `faults`.
@@ -64,6 +64,12 @@ class IkaHotplateSimulator(Simulator):
         super().__init__(**kwargs)
         o = self.options
         self.vessel: str | None = o.get("vessel")
+        listed = o.get("vessels")
+        #: every world vessel on the plate (a vial block: all of them at one setpoint)
+        self.vessels: list[str] = ([str(v) for v in listed] if isinstance(listed, list)
+                                   and listed else [self.vessel] if self.vessel else [])
+        if self.vessel is None and self.vessels:
+            self.vessel = self.vessels[0]  # the probe's vial
         self.name_text: str = str(o.get("name_text", "RCT digital"))
         self.type_text: str = str(o.get("type_text", self.name_text))
         self.ambient_c = float(o.get("ambient_c", AMBIENT_C))
@@ -282,14 +288,18 @@ class IkaHotplateSimulator(Simulator):
     def _update_world(self) -> None:
         if self.world is None or not self.vessel:
             return
-        try:
-            if self.heats:
-                self.world.set_temperature(self.vessel, self.medium_c)
-            else:  # the probe reads the medium another device heats
+        if not self.heats:  # the probe reads the medium another device heats
+            try:
                 self.medium_c = self.world.vessel(self.vessel).temperature_c
-            self.world.set_stirring(self.vessel, self.speed_rpm)
-        except WorldFault:
-            pass
+            except WorldFault:
+                pass
+        for name in self.vessels:
+            try:
+                if self.heats:
+                    self.world.set_temperature(name, self.medium_c)
+                self.world.set_stirring(name, self.speed_rpm)
+            except WorldFault:
+                pass
 
     async def start(self) -> None:
         self.spawn(self._tick())

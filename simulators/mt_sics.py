@@ -18,7 +18,10 @@ Balance options: `vessel`, `model`, `serial`, `firmware`, `capacity_g`, `decimal
 `settle_s`, `stable_timeout_s`, `zero_offset_g`, `zero_range_pct` (of capacity, default
 100; real balances allow ±2 %), `faults`. Quantos adds `head_material`, `head_content`
 ("20 g"), `head_mounted`, `seed`, `door_s`, `sampler_s`, `min_target_mg`,
-`max_target_mg`, `dose_s_per_mg` (0.3: 30 s per 100 mg), `dose_timeout_s`.
+`max_target_mg`, `dose_s_per_mg` (0.3: 30 s per 100 mg), `dose_timeout_s`, `sampler`
+({"0": "cell_vial", "1": "a1", ...}: the vessel each autosampler position presents under
+the head and on the pan; without it the `vessel` option is always there; a position the
+map does not name presents nothing: the pan is empty and a dose fails with `I 4`).
 
 Faults: `error` = a reply line (str, e.g. "EL") answers the next command instead of
 executing it; for the Quantos an int n makes the next dose fail with `I n` half way.
@@ -413,6 +416,12 @@ class QuantosSimulator(MettlerBalanceSimulator):
         self.tolerance_pct = 1.0
         self.door = self.DOOR_CLOSED
         self.sampler = 0
+        raw_map = o.get("sampler")
+        #: autosampler position -> the vessel it presents (None: no autosampler)
+        self.sampler_map: dict[int, str] | None = (
+            {int(k): str(v) for k, v in raw_map.items()} if isinstance(raw_map, dict) else None)
+        self._home_vessel = self.vessel
+        self._present()
         self.dosed_g = 0.0  # of the last (or running) dose
         self.doses: list[dict[str, Any]] = []
         self._action: asyncio.Task[None] | None = None
@@ -493,7 +502,7 @@ class QuantosSimulator(MettlerBalanceSimulator):
             return 2
         if not self.head_mounted:
             return 1
-        if not self.head_material:
+        if not self.head_material or not self.vessel:
             return 4
         if self.door != self.DOOR_CLOSED:
             return 6
@@ -514,7 +523,16 @@ class QuantosSimulator(MettlerBalanceSimulator):
     async def _move_sampler(self, n: int, reply: Reply) -> None:
         await self.clock.sleep(self.sampler_s)
         self.sampler = n
+        self._present()
         self._say(reply, "QRA 60 8 A")
+
+    def _present(self) -> None:
+        """The vessel the sampler's position puts under the head and on the pan (the
+        balance reading changes with it: it is dynamic until it settles)."""
+        if self.sampler_map is not None:
+            self.vessel = self.sampler_map.get(self.sampler)
+        else:
+            self.vessel = self._home_vessel
 
     async def _dosing(self, reply: Reply) -> None:
         assert self.target_mg is not None and self.head_material is not None
@@ -579,6 +597,7 @@ class QuantosSimulator(MettlerBalanceSimulator):
         snap.update({
             "door": self.door,
             "sampler": self.sampler,
+            "presented": self.vessel,
             "target_mg": self.target_mg,
             "tolerance_pct": self.tolerance_pct,
             "head_content_g": self.head_content_g,
@@ -590,12 +609,17 @@ class QuantosSimulator(MettlerBalanceSimulator):
     def saved_state(self) -> dict[str, Any]:
         """The powder left in the dosing head (the world gets what it doses), and the
         balance's tare."""
-        return {**super().saved_state(), "head_content_g": self.head_content_g}
+        return {**super().saved_state(), "head_content_g": self.head_content_g,
+                "sampler": self.sampler}
 
     def restore_state(self, state: dict[str, Any]) -> None:
         super().restore_state(state)
         if "head_content_g" in state:
             self.head_content_g = float(state["head_content_g"])
+        if "sampler" in state:
+            self.sampler = int(state["sampler"])
+            self._present()
+            self._last_raw = self._raw()
 
     def is_safe(self) -> bool:
         return not (self._dose is not None and not self._dose.done())

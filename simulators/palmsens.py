@@ -10,6 +10,10 @@ Options (simulator options, or the device's config params):
   model            espico | es4_lr | es4_hr (default) | nexus1 — id prefix, ranges
   serial           serial number answered to `i`
   vessel           world vessel the cell sits in (its electrolyte sets the conductivity)
+  channels         {"0": "cell_vial", "1": "a1", ...}: a multiplexed instrument, one cell
+                   per channel, each in its vessel; `set_pgstat_chan n` selects which cell
+                   the script measures (a channel not listed: error 4002). Without it only
+                   channel 0 exists (the cell in `vessel`).
   salt, ec_material  material ids of the salt (LiPF6) and of EC in the world
   electrolyte      {molality, ec_fraction, temperature_c} when there is no vessel
   cell_constant    "1.0 /cm";  electrode_area "0.196 cm^2"
@@ -442,7 +446,14 @@ class EmStatSimulator(Simulator):
         self.rng = random.Random(o.get("seed"))
         params = cell_params(o)
         self._fixed = fixed_electrolyte(o)
-        self.cell = Cell(params, conductivity=self._conductivity)
+        raw = o.get("channels")
+        #: channel -> the vessel its cell sits in (channel 0: option `vessel`)
+        self.channel_vessels: dict[int, str | None] = {0: o.get("vessel")}
+        if isinstance(raw, dict):
+            self.channel_vessels.update({int(k): str(v) for k, v in raw.items()})
+        #: one cell per channel (built when first selected), each reading its own vessel
+        self.cells: dict[int, Cell] = {0: Cell(params, conductivity=self._conductivity)}
+        self.cell = self.cells[0]
         # instrument state
         self.cell_on = False
         self.mode = 0
@@ -469,19 +480,45 @@ class EmStatSimulator(Simulator):
 
     # -- electrolyte ---------------------------------------------------------------------
     def saved_state(self) -> dict[str, Any]:
-        """The cell's charge state (the electrolyte is in the world)."""
-        c = self.cell
-        return {"soc": c.soc, "capacity_c": c.capacity_c, "charge_in_c": c.charge_in_c,
-                "charge_out_c": c.charge_out_c}
+        """The cells' charge state (the electrolyte is in the world): channel 0's at the
+        top level, other channels' under "channels"."""
+        def charge(c: Cell) -> dict[str, float]:
+            return {"soc": c.soc, "capacity_c": c.capacity_c, "charge_in_c": c.charge_in_c,
+                    "charge_out_c": c.charge_out_c}
+
+        out: dict[str, Any] = charge(self.cells[0])
+        others = {str(ch): charge(c) for ch, c in self.cells.items() if ch != 0}
+        if others:
+            out["channels"] = others
+        return out
 
     def restore_state(self, state: dict[str, Any]) -> None:
-        for key in ("soc", "capacity_c", "charge_in_c", "charge_out_c"):
-            if key in state:
-                setattr(self.cell, key, float(state[key]))
+        def restore(c: Cell, st: dict[str, Any]) -> None:
+            for key in ("soc", "capacity_c", "charge_in_c", "charge_out_c"):
+                if key in st:
+                    setattr(c, key, float(st[key]))
 
-    def electrolyte(self) -> Electrolyte:
-        """What is in the cell's vessel now (or the fixed electrolyte of the options)."""
-        vessel = self.options.get("vessel")
+        restore(self.cells[0], state)
+        for ch, st in (state.get("channels") or {}).items():
+            if int(ch) in self.channel_vessels and isinstance(st, dict):
+                current = self.channel
+                self.select_channel(int(ch))
+                restore(self.cell, st)
+                self.select_channel(current)
+
+    def select_channel(self, channel: int) -> None:
+        """Switch the instrument to the cell on `channel` (KeyError: no such channel)."""
+        vessel = self.channel_vessels[channel]
+        if channel not in self.cells:
+            self.cells[channel] = Cell(cell_params(self.options),
+                                       conductivity=lambda: self._conductivity_in(vessel))
+        self.channel = channel
+        self.cell = self.cells[channel]
+
+    def electrolyte(self, vessel: Any = None) -> Electrolyte:
+        """What is in a cell's vessel now (default the channel-0 cell's; the fixed
+        electrolyte of the options when there is none)."""
+        vessel = self.options.get("vessel") if vessel is None else vessel
         if self.world is None or not vessel:
             return self._fixed
         try:
@@ -500,6 +537,10 @@ class EmStatSimulator(Simulator):
 
     def _conductivity(self) -> tuple[float, float]:
         el = self.electrolyte()
+        return el.conductivity_s_m, el.temperature_c
+
+    def _conductivity_in(self, vessel: str | None) -> tuple[float, float]:
+        el = self.electrolyte(vessel) if vessel else self._fixed
         return el.conductivity_s_m, el.temperature_c
 
     # -- bytes in --------------------------------------------------------------------------
@@ -688,9 +729,9 @@ class EmStatSimulator(Simulator):
             var.meta = ""
         elif op == "set_pgstat_chan":
             ch = self._value(run, stmt, 0)
-            if ch != 0:
+            if ch != int(ch) or int(ch) not in self.channel_vessels:
                 raise ScriptError("4002", stmt.line, stmt.cols[0])
-            self.channel = 0
+            self.select_channel(int(ch))
         elif op == "set_pgstat_mode":
             mode = self._value(run, stmt, 0)
             if mode not in PGSTAT_MODES:

@@ -20,7 +20,9 @@ Model = Callable[[dict[str, Any], dict[str, Any]], float]
 def _dose(options: dict[str, Any], a: dict[str, Any]) -> float:
     from simulators.mt_sics import dose_time_s
 
-    return dose_time_s(options, float(a["mass_g"]))
+    # a dispenser with an autosampler first moves it to present the target vessel
+    move = float(options.get("sampler_s", 2.0)) if a.get("sampler_position") is not None else 0
+    return move + dose_time_s(options, float(a["mass_g"]))
 
 
 def _peis(options: dict[str, Any], a: dict[str, Any]) -> float:

@@ -1,6 +1,12 @@
 """Actions of a powder dispenser (capability "dispenser"): dose a mass of solid into the
 vessel below it and record the mass that landed. A dispenser that reports its tare before
-dosing (`DosesAgainstTare`) lets a dose a crash interrupted be weighed on resume."""
+dosing (`DosesAgainstTare`) lets a dose a crash interrupted be weighed on resume.
+
+A dispenser with an autosampler (param `sampler = {"0" = "cell_vial", "1" = "a1", ...}`,
+a driver with `move_sampler(position)`) doses into the vessel the recipe names with `to`:
+the sampler presents that vessel first (the default is params.vessel), so a rack of vials
+is dosed by one head. Every dose moves the sampler, because another run may have left it
+elsewhere; the balance under the sampler weighs the vessel presented."""
 
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ from labctl.actions.base import (
 )
 from labctl.actions.display import fmt
 from labctl.capabilities.dispenser import Dispenser
-from labctl.errors import MaterialInDoubt
+from labctl.errors import DeviceFault, MaterialInDoubt
 
 log = logging.getLogger("labctl.actions")
 
@@ -35,6 +41,27 @@ class DosesAgainstTare(Protocol):
                        on_tared: Callable[[float], None] | None = None) -> float: ...
 
     async def landed_since(self, reference_g: float) -> float: ...
+
+
+@runtime_checkable
+class PresentsVessels(Protocol):
+    """A dispenser whose autosampler puts the vessel at a position under the head."""
+
+    async def move_sampler(self, position: int) -> None: ...
+
+
+def sampler_map(dev: DeviceView) -> dict[str, int] | None:
+    """vessel -> sampler position from params.sampler (None: no autosampler)."""
+    raw = dev.param("sampler")
+    if not isinstance(raw, dict):
+        return None
+    out: dict[str, int] = {}
+    for pos, vessel in raw.items():
+        try:
+            out.setdefault(str(vessel), int(pos))
+        except (TypeError, ValueError):
+            continue
+    return out
 
 
 def _doses_against_tare(device: object) -> bool:
@@ -52,11 +79,15 @@ class DispenserDispense(ActionSpec[Dispenser]):
     name = "dispense"
     moves_material = True
     retry_safe = True  # what a failed dose delivered is weighed; a retry doses the rest
-    summary = "Dose a mass of solid into the vessel below; records the actual mass."
+    summary = ("Dose a mass of solid into the vessel below (or the vessel `to` the "
+               "autosampler presents); records the actual mass.")
     args = (Q("mass", "g", "mass_g", positive=True),
             Arg("tolerance", "quantity", key="tolerance_pct", unit="percent", required=False,
                 default=2.0, minimum=0.0, exclusive_minimum=True),
-            Arg("material", "string", required=False))
+            Arg("material", "string", required=False),
+            Arg("to", "string", key="to", required=False,
+                description="the vessel to dose into, presented by the autosampler "
+                            "(params.sampler); default params.vessel"))
 
     def check(self, dev: DeviceView, a: Args) -> list[ArgIssue]:
         issues = dev.over("mass", a["mass_g"], dev.limit("max_mass", "g"), "g",
@@ -65,13 +96,27 @@ class DispenserDispense(ActionSpec[Dispenser]):
         if a.get("material") and head and a["material"] != head:
             issues.append(("material", f"{dev.name} doses {head}, not {a['material']}"))
         a["material"] = a.get("material") or head
-        a["vessel"] = dev.param("vessel")
+        a["vessel"] = a.get("to") or dev.param("vessel")
+        a["sampler_position"] = None
         if not a["vessel"]:
             issues.append(("mass", f"{dev.name} has no target vessel (params.vessel)"))
+            return issues
+        positions = sampler_map(dev)
+        if positions is not None:
+            if a["vessel"] not in positions:
+                issues.append(("to", f"{dev.name}'s sampler presents no vessel "
+                                     f"{a['vessel']!r} (params.sampler: "
+                                     f"{', '.join(positions) or 'none'})"))
+            else:
+                a["sampler_position"] = positions[a["vessel"]]
+        elif a.get("to") and a["to"] != dev.param("vessel"):
+            issues.append(("to", f"{dev.name} has no autosampler (params.sampler): it doses "
+                                 f"only into {dev.param('vessel')}"))
         return issues
 
     def estimate_s(self, dev: DeviceView, a: Args) -> float:
-        return 30.0 + 10.0 * a["mass_g"]
+        return 30.0 + 10.0 * a["mass_g"] + (2.0 if a.get("sampler_position") is not None
+                                            else 0.0)
 
     def effects(self, dev: DeviceView, a: Args) -> list[Effect]:
         if not a.get("vessel"):
@@ -94,6 +139,7 @@ class DispenserDispense(ActionSpec[Dispenser]):
         want_g = a["mass_g"] - before_g
         if before_g and want_g <= a["mass_g"] * a["tolerance_pct"] / 100.0:
             return {"requested_g": a["mass_g"], "actual_g": before_g}  # already there
+        await _present(device, a)
         references: list[float] = []
 
         def reference(reference_g: float) -> None:
@@ -157,6 +203,7 @@ class DispenserDispense(ActionSpec[Dispenser]):
         ref = next((f for f in reversed(facts) if f.get("kind") == "dose_reference"), None)
         if ref is None or not isinstance(device, DosesAgainstTare):
             return None
+        await _present(device, a)  # weigh the vessel the dose went to
         landed = float(await device.landed_since(float(ref["reference_g"])))
         ctx.record("addition", material=a.get("material"), vessel=a.get("vessel"),
                    requested=a["mass_g"], actual=landed, unit="g", interrupted=True,
@@ -164,6 +211,17 @@ class DispenserDispense(ActionSpec[Dispenser]):
                    note="dose interrupted (crash or abort): what landed, weighed on resume "
                         "against the tare taken before the dose")
         return {"requested_g": a["mass_g"], "actual_g": landed, "interrupted": True}
+
+
+async def _present(device: Dispenser, a: Args) -> None:
+    """Have the autosampler present the step's vessel (no-op without a sampler)."""
+    position = a.get("sampler_position")
+    if position is None:
+        return
+    if not isinstance(device, PresentsVessels):
+        raise DeviceFault(f"{device.name} cannot move an autosampler to present "
+                          f"{a.get('vessel')} (position {position})", device=device.name)
+    await device.move_sampler(int(position))
 
 
 ACTIONS = (DispenserDispense,)

@@ -1,10 +1,16 @@
 """Actions of a potentiostat (capability "potentiostat"): one action per technique of
 labctl.techniques (OCV, CA, CP, LSV, CV, PEIS, GCPL). The resolved args are the fields of
 the technique model; `run` builds it, streams the points to the step's data file and
-records the measurement with the cell's measured temperature."""
+records the measurement with the cell's measured temperature.
+
+A multiplexed potentiostat (param `channels = {"0" = "cell_vial", "1" = "a1", ...}`, a
+driver whose `measure` takes `channel`) reaches one cell per vessel: the optional `vessel`
+argument names the vessel whose cell to measure (default params.vessel), validation turns
+it into the channel, and the driver selects that channel in the script it sends."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, ClassVar
 
@@ -22,8 +28,12 @@ from labctl.actions.base import (
 )
 from labctl.actions.display import fmt
 from labctl.capabilities.potentiostat import Potentiostat
+from labctl.errors import DeviceFault
 from labctl.techniques import TECHNIQUES, GCPLPhase, Technique
 
+_VESSEL = Arg("vessel", "string", required=False,
+              description="the vessel whose cell to measure (a channel of params.channels); "
+                          "default params.vessel")
 _VS = Arg("vs", "enum", choices=("ref", "ocp"), required=False, default="ref",
           description="reference of the potentials: the reference electrode or open circuit")
 
@@ -75,12 +85,11 @@ class _Technique(ActionSpec[Potentiostat]):
                     field = str(e["loc"][0]) if e["loc"] else ""
                     issues.append((names.get(field, field), str(e["msg"])))
         a["reference_electrode"] = dev.param("reference_electrode")
-        a["vessel"] = dev.param("vessel")
-        return issues
+        return issues + _channel_of(dev, a)
 
     def effects(self, dev: DeviceView, a: Args) -> list[Effect]:
-        vessel = dev.param("vessel")
-        return [Effect("needs_liquid", destination=str(vessel))] if vessel else []
+        vessel = a.get("vessel") or dev.param("vessel")
+        return [Effect("needs_liquid", destination=str(vessel), arg="vessel")] if vessel else []
 
     def describe(self, dev: DeviceView, a: Args) -> str:
         shown = []
@@ -103,7 +112,7 @@ class _Technique(ActionSpec[Potentiostat]):
         writer = ctx.data_writer(technique)
         n = 0
         try:
-            async for point in device.measure(technique):
+            async for point in _measure(device, technique, a.get("channel")):
                 writer.write(point)
                 n += 1
         finally:
@@ -118,6 +127,50 @@ class _Technique(ActionSpec[Potentiostat]):
             ctx.record("temperature", **cell)
             out["cell_temperature"] = cell
         return out
+
+
+def _channel_of(dev: DeviceView, a: Args) -> list[ArgIssue]:
+    """Resolve the `vessel` argument to the channel whose cell sits in it (a["vessel"],
+    a["channel"]; channel None: a single-channel instrument's own cell)."""
+    default = dev.param("vessel")
+    a["vessel"] = a.get("vessel") or default
+    a["channel"] = None
+    raw = dev.param("channels")
+    if isinstance(raw, dict):
+        channels: dict[str, int] = {}
+        for ch, vessel in raw.items():
+            try:
+                channels.setdefault(str(vessel), int(ch))
+            except (TypeError, ValueError):
+                continue
+        if a["vessel"] in channels:
+            a["channel"] = channels[a["vessel"]]
+            return []
+        if a["vessel"] == default:
+            a["channel"] = 0
+            return []
+        return [("vessel", f"{dev.name} has no channel to a cell in {a['vessel']!r} "
+                           f"(params.channels: {', '.join(channels) or 'none'})")]
+    if a["vessel"] != default:
+        return [("vessel", f"{dev.name} has one cell, in {default!r}, not in "
+                           f"{a['vessel']!r} (no params.channels)")]
+    return []
+
+
+def _measure(device: Potentiostat, technique: Technique, channel: int | None) -> Any:
+    """The device's point stream on `channel` (None: its only cell)."""
+    if channel is None:
+        return device.measure(technique)
+    try:
+        takes = "channel" in inspect.signature(device.measure).parameters
+    except (TypeError, ValueError):
+        takes = False
+    if takes:
+        return device.measure(technique, channel=channel)  # type: ignore[call-arg]
+    if channel == 0:
+        return device.measure(technique)
+    raise DeviceFault(f"{device.name} cannot select channel {channel} (its driver measures "
+                      "one cell)", device=device.name)
 
 
 def _cell_temperature(before: dict[str, Any] | None,
@@ -324,8 +377,9 @@ class Gcpl(_Technique):
                         issues.append((f"phases[{i}]", str(e["msg"])))
         if not issues:
             issues += super().check(dev, a)
+        else:
+            issues += _channel_of(dev, a)
         a["reference_electrode"] = dev.param("reference_electrode")
-        a["vessel"] = dev.param("vessel")
         return issues
 
     def estimate_s(self, dev: DeviceView, a: Args) -> float:
@@ -349,3 +403,5 @@ class Gcpl(_Technique):
 
 
 ACTIONS = (Ocv, Ca, Cp, Lsv, Cv, Peis, Gcpl)
+for _action in ACTIONS:  # every technique can name the vessel whose cell it measures
+    _action.args = (*_action.args, _VESSEL)

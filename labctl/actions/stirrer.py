@@ -37,6 +37,14 @@ async def _stirrer_setpoint(device: Stirrer, given: float | None) -> float | Non
     return float(sp) if isinstance(sp, (int, float)) else None
 
 
+def _on(dev: DeviceView) -> str:
+    """What the stirrer works on, for descriptions: its vessel, or its vial block's."""
+    block = dev.param("vessels")
+    if isinstance(block, list) and block:
+        return f" (vial block: {', '.join(str(v) for v in block)})"
+    return f" ({dev.param('vessel')})" if dev.param("vessel") else ""
+
+
 class StirrerStir(ActionSpec[Stirrer]):
     capability = "stirrer"
     name = "stir"
@@ -55,8 +63,7 @@ class StirrerStir(ActionSpec[Stirrer]):
 
     def describe(self, dev: DeviceView, a: Args) -> str:
         t = f" at {a['temperature_c']:g} °C" if a.get("temperature_c") is not None else ""
-        on = f" ({dev.param('vessel')})" if dev.param("vessel") else ""
-        return (f"Stir on {dev.name}{on} at {a['speed_rpm']:g} rpm{t} for "
+        return (f"Stir on {dev.name}{_on(dev)} at {a['speed_rpm']:g} rpm{t} for "
                 f"{fmt(a['duration_s'], 's')}.")
 
     async def run(self, device: Stirrer, a: Args, ctx: ActionContext) -> Result:
@@ -165,7 +172,7 @@ class StirrerMonitor(ActionSpec[Stirrer]):
         return float(a["duration_s"]) + 1.0
 
     def describe(self, dev: DeviceView, a: Args) -> str:
-        on = f" ({dev.param('vessel')})" if dev.param("vessel") else ""
+        on = _on(dev)
         interval = a.get("interval_s") or a["duration_s"] / 30.0
         return (f"Stir on {dev.name}{on} at {a['speed_rpm']:g} rpm for "
                 f"{fmt(a['duration_s'], 's')}, logging temperature and viscosity trend every "
