@@ -1,0 +1,211 @@
+"""A campaign of 8 conductivity experiments on the simulated high-throughput bench
+(recipes/conductivity_screen.json, one formulation per block vial a1..a8): the sequential
+time, the bottleneck bound, and (with --measure) the measured makespan.
+
+From the plans alone (simulated seconds, the planner's estimates):
+- sequential: the sum of the 8 plans' estimated times (one run after the other);
+- bottleneck bound: the busiest device's total busy time over the campaign (no schedule
+  can beat it: that device does its steps one at a time). A routing device (the selector
+  valve) is counted as held from the step that sets its route to the last step that
+  flows through it, since no other run may turn it meanwhile. Steps that a multi-vessel
+  device (a vial block, params.vessels) runs at one setpoint for several runs at once are
+  counted once (the longest), as the block stirs all its vials together;
+- bound with head and tail: the bottleneck's busy time plus the shortest time any run
+  spends before its first use of that device and after its last (the bottleneck cannot
+  start before one run reaches it, and one run still has work after it).
+
+--measure submits the 8 runs to one simulated bench and measures the makespan (first
+start to last end, from the journals). On a bench that runs one run at a time this is the
+measured sequential time; once concurrent runs land (labctl.bench `max_concurrent`) the
+same function measures the concurrent makespan: see `measure_makespan`. Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labctl.config import BenchConfig, load_config
+from labctl.estimates import at_time_scale
+from labctl.recipe import Plan, build_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "conductivity_screen.json"
+
+#: 8 formulations (one per block vial): LiPF6 molality and EC volume fraction vary, the
+#: temperature is one for all (the block has one setpoint)
+FORMULATIONS: list[dict[str, Any]] = [
+    {"vial": f"a{i + 1}", "salt_molality": f"{m} mol/kg", "ec_fraction": ec,
+     "temperature": "25 degC"}
+    for i, (m, ec) in enumerate([(0.6, 0.3), (0.8, 0.4), (1.0, 0.5), (1.2, 0.6),
+                                 (1.4, 0.7), (0.8, 0.6), (1.0, 0.3), (1.2, 0.5)])
+]
+
+
+@dataclass
+class Figures:
+    sequential_s: float
+    busy_s: dict[str, float]
+    bottleneck: str
+    head_s: float
+    tail_s: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def bound_s(self) -> float:
+        return self.busy_s[self.bottleneck]
+
+    @property
+    def bound_with_ends_s(self) -> float:
+        return self.bound_s + self.head_s + self.tail_s
+
+
+def plans(cfg: BenchConfig, formulations: list[dict[str, Any]]) -> list[Plan]:
+    return [build_plan(RECIPE, dict(f), cfg) for f in formulations]
+
+
+def _routers(cfg: BenchConfig) -> set[str]:
+    return {name for name, d in cfg.devices.items()
+            if isinstance(d.params.get("port_map"), dict) and d.driver.startswith("vici")}
+
+
+def _uses_route(step: Any, router: str) -> bool:
+    return any(f"@{router}" in (e.get("source"), e.get("destination"))
+               for e in step.effects) or any(
+        v == f"@{router}" for v in step.args.values() if isinstance(v, str))
+
+
+def device_intervals(cfg: BenchConfig, plan: Plan) -> dict[str, list[tuple[float, float,
+                                                                         str | None]]]:
+    """Per device, the (start, end, shared key) offsets in this run (leaves one after the
+    other, as the executor runs a sequence) during which the run holds it. Analysis steps
+    hold the host, not a device ("analysis")."""
+    leaves = list(plan.leaves())
+    starts, t = [], 0.0
+    for s in leaves:
+        starts.append(t)
+        t += s.estimated_s
+    out: dict[str, list[tuple[float, float, str | None]]] = defaultdict(list)
+    for s, t0 in zip(leaves, starts, strict=True):
+        name = s.device or ("analysis" if s.kind == "analysis" else None)
+        if name is None:
+            continue
+        block = cfg.devices[name].params.get("vessels") if name in cfg.devices else None
+        key = None
+        if isinstance(block, list) and s.action in ("set", "stir"):
+            key = repr(sorted((k, v) for k, v in s.args.items() if isinstance(v, (int, float))))
+        out[name].append((t0, t0 + s.estimated_s, key))
+    for router in _routers(cfg):
+        first = next((i for i, s in enumerate(leaves) if s.device == router), None)
+        last = max((i for i, s in enumerate(leaves) if _uses_route(s, router)), default=None)
+        if first is not None and last is not None and last >= first:
+            out[router] = [(starts[first], starts[last] + leaves[last].estimated_s, None)]
+    return out
+
+
+def figures(cfg: BenchConfig, formulations: list[dict[str, Any]]) -> Figures:
+    ps = plans(cfg, formulations)
+    sequential = sum(p.estimated_s for p in ps)
+    busy: dict[str, float] = defaultdict(float)
+    shared: dict[tuple[str, str], float] = {}
+    per_run = [device_intervals(cfg, p) for p in ps]
+    for intervals in per_run:
+        for dev, spans in intervals.items():
+            for t0, t1, key in spans:
+                if key is None:
+                    busy[dev] += t1 - t0
+                else:  # one setpoint for the block: runs share it
+                    shared[(dev, key)] = max(shared.get((dev, key), 0.0), t1 - t0)
+    for (dev, _key), d in shared.items():
+        busy[dev] += d
+    devices = {d: v for d, v in busy.items() if d != "analysis"}
+    bottleneck = max(devices, key=lambda d: devices[d])
+    head = min(min(t0 for t0, _, _ in r[bottleneck]) for r in per_run if r.get(bottleneck))
+    tail = min(p.estimated_s - max(t1 for _, t1, _ in r[bottleneck])
+               for p, r in zip(ps, per_run, strict=True) if r.get(bottleneck))
+    notes = []
+    if busy.get("analysis"):
+        notes.append(f"analyses: {busy['analysis']:.0f} s in all, on the host (wall time "
+                     f"x time scale {cfg.bench.time_scale:g}); they hold no device")
+    return Figures(sequential, dict(busy), bottleneck, head, tail, notes)
+
+
+async def measure_makespan(cfg: BenchConfig, formulations: list[dict[str, Any]],
+                           time_scale: float, concurrency: int | None = None) -> dict[str, Any]:
+    """Submit every formulation to one simulated bench, wait for all, and return the
+    makespan in simulated seconds (first run's start to last run's end, from the journals'
+    wall timestamps x time scale) with each run's status. `concurrency` is passed to the
+    bench as `max_concurrent` where the bench takes it (concurrent runs, issue 14 A); on a
+    bench without it the runs go one after the other and this measures the sequential
+    queue."""
+    from labctl.bench import Bench
+
+    kwargs: dict[str, Any] = {}
+    if concurrency is not None and "max_concurrent" in inspect.signature(Bench).parameters:
+        kwargs["max_concurrent"] = concurrency
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = Bench(cfg, data_dir=Path(tmp), time_scale=time_scale, **kwargs)
+        await bench.start()
+        try:
+            ids = [await bench.submit(RECIPE, dict(f)) for f in formulations]
+            results = [await bench.wait(i) for i in ids]
+            first = last = None
+            for run_id in ids:
+                for ev in bench.store.open(run_id).events():
+                    if ev.get("event") in ("step_started", "step_finished"):
+                        ts = float(ev["ts"])
+                        first = ts if first is None else min(first, ts)
+                        last = ts if last is None else max(last, ts)
+        finally:
+            await bench.close()
+    makespan = ((last or 0.0) - (first or 0.0)) * time_scale
+    return {"makespan_s": makespan, "concurrent": bool(kwargs),
+            "statuses": [r.get("status") for r in results],
+            "conductivity_mS_cm": [next((f["value"] for f in r.get("figures_of_merit", [])
+                                         if f.get("name") == "ionic_conductivity_mS_cm"),
+                                        None) for r in results]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--time-scale", type=float, default=None,
+                    help="default: the bench config's (config/sim.toml)")
+    ap.add_argument("--measure", action="store_true",
+                    help="also run the campaign on the simulated bench and measure it")
+    ap.add_argument("--concurrency", type=int, default=8)
+    ns = ap.parse_args()
+    cfg = load_config(ROOT / "config" / "sim.toml")
+    scale = ns.time_scale or float(cfg.bench.time_scale or 1)
+    cfg = at_time_scale(cfg, scale)
+    f = figures(cfg, FORMULATIONS)
+    print(f"campaign: {len(FORMULATIONS)} x {RECIPE.name}, time scale {scale:g}")
+    print(f"{'device':16s} | busy s")
+    for dev, s in sorted(f.busy_s.items(), key=lambda kv: -kv[1]):
+        print(f"{dev:16s} | {s:8.0f}")
+    print(f"sequential (sum of plans)       {f.sequential_s:8.0f} s")
+    print(f"bottleneck bound ({f.bottleneck})  {f.bound_s:8.0f} s  "
+          f"(sequential / bound = {f.sequential_s / f.bound_s:.2f})")
+    print(f"bound with head {f.head_s:.0f} s and tail {f.tail_s:.0f} s  "
+          f"{f.bound_with_ends_s:8.0f} s")
+    for n in f.notes:
+        print(f"note: {n}")
+    if ns.measure:
+        m = asyncio.run(measure_makespan(cfg, FORMULATIONS, scale, ns.concurrency))
+        how = "concurrent" if m["concurrent"] else "one run at a time (no concurrency yet)"
+        print(f"measured makespan ({how})   {m['makespan_s']:8.0f} s  "
+              f"= {m['makespan_s'] / f.bound_s:.2f} x bound, "
+              f"{f.sequential_s / m['makespan_s']:.2f} x faster than sequential plan")
+        print(f"statuses {m['statuses']}")
+        print("conductivity mS/cm " + ", ".join(
+            f"{c:.2f}" if c is not None else "-" for c in m["conductivity_mS_cm"]))
+
+
+if __name__ == "__main__":
+    main()
