@@ -318,3 +318,29 @@ def test_conductivity_screen_runs_on_the_simulated_bench(tmp_path: Path) -> None
     assert not any(vessels[v]["contents_g"] for v in BLOCK if v != "a5")
     assert not vessels["cell_vial"]["contents_g"]
     assert math.isfinite(sigma["value"])
+
+
+def test_dispense_action_presents_each_steps_vessel(tmp_path: Path) -> None:
+    """Through `labctl run`: a dose `to` a2, then a dose with no `to`, land in a2 and then
+    in cell_vial (the action moves the sampler back to position 0, not leaving it where
+    the last dose was), each recorded as an addition to its vessel."""
+    recipe = tmp_path / "two_doses.json"
+    recipe.write_text(json.dumps({
+        "schema": "labctl.recipe/1", "name": "two_doses", "version": "1",
+        "description": "one dose into a block vial, one into cell_vial", "steps": [
+            {"id": "to_a2", "device": "dispenser", "action": "dispense",
+             "args": {"mass": "0.1 g", "to": "a2"}},
+            {"id": "home", "device": "dispenser", "action": "dispense",
+             "args": {"mass": "0.05 g"}}]}))
+    done = subprocess.run(
+        [sys.executable, "-m", "labctl", "run", str(recipe), "-c", str(CONFIG),
+         "--time-scale", "1000", "--data-dir", str(tmp_path / "runs"), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = Path(json.loads(done.stdout.strip().splitlines()[-1])["record"])
+    vessels = json.loads((record / "sim_world.json").read_text())["state"]["world"]["vessels"]
+    assert vessels["a2"]["contents_g"]["LiPF6"] == pytest.approx(0.1, rel=0.03)
+    assert vessels["cell_vial"]["contents_g"]["LiPF6"] == pytest.approx(0.05, rel=0.03)
+    facts = [json.loads(line) for line in (record / "events.jsonl").read_text().splitlines()]
+    added = {f["step"]: f["vessel"] for f in facts if f.get("kind") == "addition"}
+    assert added == {"to_a2": "a2", "home": "cell_vial"}
