@@ -88,8 +88,10 @@ class _Technique(ActionSpec[Potentiostat]):
         return issues + _channel_of(dev, a)
 
     def effects(self, dev: DeviceView, a: Args) -> list[Effect]:
-        vessel = a.get("vessel") or dev.param("vessel")
-        return [Effect("needs_liquid", destination=str(vessel), arg="vessel")] if vessel else []
+        default = dev.param("vessel")
+        vessel = a.get("vessel") or default
+        named = "vessel" if vessel != default else ""  # blame the arg the recipe gave
+        return [Effect("needs_liquid", destination=str(vessel), arg=named)] if vessel else []
 
     def describe(self, dev: DeviceView, a: Args) -> str:
         shown = []
