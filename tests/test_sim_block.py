@@ -344,3 +344,19 @@ def test_dispense_action_presents_each_steps_vessel(tmp_path: Path) -> None:
     facts = [json.loads(line) for line in (record / "events.jsonl").read_text().splitlines()]
     added = {f["step"]: f["vessel"] for f in facts if f.get("kind") == "addition"}
     assert added == {"to_a2": "a2", "home": "cell_vial"}
+
+
+def test_a_dose_to_a_sampler_vessel_is_planned_with_the_sampler_move() -> None:
+    """The planner's dose estimate is the simulator's: its dose time, plus the sampler's
+    move when the dose presents a vessel (and the serial exchanges of any step)."""
+    from labctl.estimates import STEP_EXCHANGES_WALL_S
+    from simulators.mt_sics import dose_time_s
+
+    cfg = load_config(CONFIG)
+    recipe = {"schema": "labctl.recipe/1", "name": "t", "version": "1",
+              "description": "dose into a block vial", "steps": [
+                  {"id": "salt", "device": "dispenser", "action": "dispense",
+                   "args": {"mass": "0.5 g", "to": "a7"}}]}
+    step = build_plan(recipe, {}, cfg).steps[0]
+    exchanges = STEP_EXCHANGES_WALL_S * cfg.bench.time_scale
+    assert step.estimated_s == pytest.approx(dose_time_s({}, 0.5) + 2.0 + exchanges)
