@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
+import sys
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from labctl.config import BenchConfig, load_config
-from labctl.estimates import at_time_scale
+from labctl.estimates import ANALYSIS_IMPORTS, at_time_scale, clock_per_wall_s
 from labctl.recipe import Plan, build_plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,6 +134,12 @@ def figures(cfg: BenchConfig, formulations: list[dict[str, Any]]) -> Figures:
     if busy.get("analysis"):
         notes.append(f"analyses: {busy['analysis']:.0f} s in all, on the host (wall time "
                      f"x time scale {cfg.bench.time_scale:g}); they hold no device")
+        lib = ANALYSIS_IMPORTS.get("ionic_conductivity")
+        if lib is not None and lib[0] not in sys.modules:
+            notes.append(f"each plan counts the import of {lib[0]} ({lib[1]:g} wall s = "
+                         f"{lib[1] * clock_per_wall_s(cfg):.0f} s); one bench process pays it "
+                         f"once, so a measured sequential queue is ~"
+                         f"{(len(ps) - 1) * lib[1] * clock_per_wall_s(cfg):.0f} s shorter")
     return Figures(sequential, dict(busy), bottleneck, head, tail, notes)
 
 
