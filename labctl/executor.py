@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from labctl.clock import Clock, wall_budget
 from labctl.device import Device, safe_state_of
@@ -51,6 +51,18 @@ STEP_FLOOR_EXCHANGES = 5
 EmitFn = Callable[[dict[str, Any]], None]
 SafeStateFn = Callable[[], Awaitable[dict[str, str]]]
 ActionResolver = Callable[[Device, str], Any]
+
+
+class StepGate(Protocol):
+    """Holds what a leaf step touches while other runs share the bench: `enter` waits
+    until the step may run and returns the claims newly held, `exit` returns those
+    released after the step, `close` releases the rest at the run's end."""
+
+    async def enter(self, step: PlannedStep) -> list[Any]: ...
+
+    async def exit(self, step: PlannedStep) -> list[Any]: ...
+
+    async def close(self) -> list[Any]: ...
 
 
 class StepFailed(LabctlError):
@@ -365,8 +377,12 @@ class Executor:
         prior_results: Mapping[str, dict[str, Any]] | None = None,
         time_basis: str | None = None,
         on_boundary: Callable[[str, str], None] | None = None,
+        gate: StepGate | None = None,
     ):
         self.plan = plan
+        #: around each leaf: waits for and holds the devices and vessels it touches when
+        #: several runs share the bench (labctl.bench.resources.RunGate); None: no waiting
+        self._claims = gate
         #: called with (event, step id) before a leaf step's start or end is journaled: a
         #: simulated bench saves its world there (labctl.simulation.WorldKeeper)
         self._on_boundary = on_boundary
@@ -602,6 +618,7 @@ class Executor:
                 await self._stopped()
             raise
         finally:
+            await self._release_all()
             self._finished.set()
 
     async def _stopped(self) -> None:
@@ -834,6 +851,7 @@ class Executor:
         # StepContext.earlier sees this step's earlier attempts, not a resume's recovery (a
         # redo the operator decided on is done in full)
         self._step_facts.pop(sid, None)
+        await self._hold(step)
         for attempt in range(1, attempts + 1):
             act = _Active(step=step, device=device, task=asyncio.current_task())
             self._active[sid] = act
@@ -882,6 +900,7 @@ class Executor:
                 failure = StepFailed(sid, exc, device=device_name, action=step.action)
                 if cont:
                     self.errors.append({**failure.to_dict(), "continued": True})
+                    await self._release(step)
                     self._leaf_done(step)
                     await self._maybe_paused()
                     return
@@ -894,9 +913,36 @@ class Executor:
                 self._log("step_finished", durable=False, step=sid, kind=kind,
                           device=device_name, action=step.action, result=result,
                           clock_unix_s=self.data_time())
+                await self._release(step)
                 self._leaf_done(step)
                 await self._maybe_paused()
                 return
+
+    async def _hold(self, step: PlannedStep) -> None:
+        """Wait for (and journal) what this step touches; a paused run does not start the
+        step once it gets its claims."""
+        if self._claims is None:
+            return
+        held = await self._claims.enter(step)
+        self._log_claims("hold", held, step.id)
+        await self._boundary()
+
+    async def _release(self, step: PlannedStep) -> None:
+        if self._claims is not None:
+            self._log_claims("release", await self._claims.exit(step), step.id)
+
+    async def _release_all(self) -> None:
+        """The run ended: whatever it still holds is released (after its safe state)."""
+        if self._claims is None:
+            return
+        with contextlib.suppress(Exception):  # the run's end must not be lost to this
+            self._log_claims("release", await self._claims.close(), None)
+
+    def _log_claims(self, event: str, claims: Collection[Any], step_id: str | None) -> None:
+        now = self.data_time()
+        for c in claims:
+            self._log(event, durable=False, step=step_id, resource=c.resource, mode=c.mode,
+                      key=c.key, clock_unix_s=now)
 
     def _retry_safe(self, step: PlannedStep, device: Device | None) -> bool:
         """May this leaf be attempted again automatically? Not when it moves material
