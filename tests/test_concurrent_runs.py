@@ -157,4 +157,5 @@ async def test_estop_during_concurrent_runs_leaves_every_device_safe(bench: Benc
     # the run waiting for the hotplate did not start after the e-stop: the queue is held
     status = bench.status()
     assert status["state"] == "held" and status["running"] == []
-    assert c in [q["run_id"] for q in status["queue"]] or (await bench.wait(c))["status"] == "aborted"
+    queued = [q["run_id"] for q in status["queue"]]
+    assert c in queued or (await bench.wait(c))["status"] == "aborted"
