@@ -408,6 +408,9 @@ class Executor:
         self._estop = False
         self._estop_task: asyncio.Task[Any] | None = None
         self._finished = asyncio.Event()
+        #: set once the run has started (or failed to): an abort or e-stop that arrives
+        #: while the start transition is in flight waits for it instead of cancelling it
+        self._started = asyncio.Event()
         self._skip: set[str] = set()
         self._leaves = iter_leaves(plan.steps)
         self.total_estimate_s = float(plan.estimated_s
@@ -543,6 +546,8 @@ class Executor:
     async def abort(self, *, reason: str = "abort requested") -> RunState:
         """Cancel the running steps, then safe state for every device; returns once the
         run has stopped."""
+        if self.started_wall is not None:
+            await self._started.wait()
         await self.machine.request("abort", reason=reason)
         self._stop_reason = reason
         if self.started_wall is None:  # never started: nothing to cancel
@@ -560,6 +565,8 @@ class Executor:
         self._stop_reason = reason
         self._log("estop", reason=reason)
         self._estop_task = asyncio.ensure_future(self._apply_safe_state("estop"))
+        if self.started_wall is not None:
+            await self._started.wait()
         if self.machine.can("abort"):
             await self.machine.request("abort", reason=reason)
         if self.started_wall is None:
@@ -588,8 +595,11 @@ class Executor:
                     and isinstance(self.results.get(sid), dict)):
                 self._add_figures(leaf, self.results[sid])
         try:
-            await self.machine.request("start")
-            self._main = asyncio.ensure_future(self._run_plan())
+            try:
+                await self.machine.request("start")
+                self._main = asyncio.ensure_future(self._run_plan())
+            finally:
+                self._started.set()  # an abort that came meanwhile goes on now
             try:
                 await self._main
             except asyncio.CancelledError:
