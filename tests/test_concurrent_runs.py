@@ -159,3 +159,29 @@ async def test_estop_during_concurrent_runs_leaves_every_device_safe(bench: Benc
     assert status["state"] == "held" and status["running"] == []
     queued = [q["run_id"] for q in status["queue"]]
     assert c in queued or (await bench.wait(c))["status"] == "aborted"
+
+
+async def test_fault_of_one_run_safes_only_its_devices(bench: Bench) -> None:
+    """A plunger overload fails one run; the other run's heated block keeps heating and
+    that run completes."""
+    sims = bench.instruments.simulation.simulators  # type: ignore[union-attr]
+    heat = await bench.submit(recipe("heat", [hold("h1", 20), hold("h2", 1)]))
+    await eventually(lambda: not sims["block_heater"].is_safe(), "block heating")
+    sims["pump_ec"].faults.stall = True
+    bad = await bench.submit(recipe("stall", [
+        init("init", "pump_ec"),
+        {"id": "route", "device": "sel_valve", "action": "move",
+         "args": {"position": "cell_vial"}},
+        {"id": "add", "device": "pump_ec", "action": "transfer",
+         "args": {"volume": "2 mL", "from": "res_ec", "to": "cell_vial", "flow": "1 mL/min"}},
+    ]))
+    failed = await bench.wait(bad)
+    assert failed["status"] == "failed", failed
+    assert "pump_ec" in str(failed["errors"])
+    assert sims["pump_ec"].is_safe()
+    assert not sims["block_heater"].is_safe(), "the other run's block was switched off"
+    events = bench.store.open(bad).events()
+    safed = [e for e in events if e.get("event") == "safe_state"]
+    assert safed, "the failed run applied a safe state"
+    assert (await bench.wait(heat))["status"] == "completed"
+    assert_exclusive(bench, [heat, bad])
