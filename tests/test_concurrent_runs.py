@@ -99,6 +99,13 @@ async def test_two_runs_interleave_and_a_third_waits_for_its_device(bench: Bench
     status = bench.status()
     assert {r["run_id"] for r in status["running"]} >= {a, b}
     assert status["run"]["run_id"] == status["running"][0]["run_id"]
+
+    def c_waits() -> list[dict[str, Any]]:
+        run = next((r for r in bench.status()["running"] if r["run_id"] == c), {})
+        return list((run.get("waiting") or {}).get("for") or [])
+
+    await eventually(lambda: bool(c_waits()), "c waiting for its device")
+    assert {"resource": "device:hotplate", "held_by": a} in c_waits()
     results = await asyncio.gather(*(bench.wait(r) for r in (a, b, c)))
     assert [r["status"] for r in results] == ["completed"] * 3, results
     ha, hb, hc = holds(bench, a), holds(bench, b), holds(bench, c)

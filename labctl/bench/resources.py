@@ -286,6 +286,8 @@ class ResourceBoard:
     def __init__(self) -> None:
         self._runs: dict[str, _RunState] = {}
         self._changed: Any = None  # asyncio.Condition, made in the running loop
+        #: run id -> the step it waits to start (for status: who waits for what)
+        self.waiting: dict[str, str] = {}
 
     def _cond(self) -> Any:
         import asyncio
@@ -366,8 +368,30 @@ class ResourceBoard:
             return []
         cond = self._cond()
         async with cond:
-            await cond.wait_for(lambda: self.can_enter(run_id, step_id))
+            if not self.can_enter(run_id, step_id):
+                self.waiting[run_id] = step_id
+                try:
+                    await cond.wait_for(lambda: self.can_enter(run_id, step_id))
+                finally:
+                    self.waiting.pop(run_id, None)
             return self.take(run_id, step_id)
+
+    def blockers(self, run_id: str) -> list[dict[str, Any]]:
+        """What the run's waiting step waits for: [{resource, held_by}] (empty: it does not
+        wait, or it waits for the grant rule rather than a held resource)."""
+        step_id = self.waiting.get(run_id)
+        if step_id is None or run_id not in self._runs:
+            return []
+        spans, step_only = self._wanted(run_id, step_id)
+        out = []
+        for rid, other in self._runs.items():
+            if rid == run_id:
+                continue
+            for want in spans + step_only:
+                for held in other.holds():
+                    if want.conflicts(held):
+                        out.append({"resource": want.resource, "held_by": rid})
+        return out
 
     def _release_step(self, run_id: str, step_id: str) -> list[Claim]:
         st = self._runs.get(run_id)

@@ -443,6 +443,9 @@ class Bench:
                    "state": str(t.machine.state), "instigator": t.instigator,
                    "priority": t.priority,
                    "holds": [c.to_dict() for c in self.board.holds(t.run_id)]}
+            if t.run_id in self.board.waiting:  # started, its next step waits its turn
+                one["waiting"] = {"step": self.board.waiting[t.run_id],
+                                  "for": self.board.blockers(t.run_id)}
             if t.executor is not None:
                 one["progress"] = t.executor.progress()
             running.append(one)
