@@ -176,3 +176,21 @@ def test_devices_safed_on_a_fault_are_only_the_runs_own(cfg):
     devs = board.devices_only_held_by("A")
     assert "pump_ec" in devs and "hotplate" in devs
     assert "block_heater" not in devs and "pump_teos" not in devs
+
+
+def test_a_run_that_heats_then_stirs_a_block_shares_it_with_the_same_setpoints():
+    cfg = _block_cfg()
+
+    def run(t: float) -> object:
+        return claims_of(_plan(_leaf("heat", "set", temperature_c=t),
+                               _leaf("mix", "stir", speed_rpm=600, duration_s=600)), cfg)
+
+    a, b, hot = run(25), run(25), run(40)
+    span = a.spans["device:block"]
+    assert (span.mode, span.key) == ("shared", "speed_rpm=600;temperature_c=25")
+    assert conflict(a.spans.values(), b.spans.values()) is None
+    assert conflict(a.spans.values(), hot.spans.values()) is not None
+    # a run that changes the block's set-point itself owns the block
+    both = claims_of(_plan(_leaf("h1", "set", temperature_c=25),
+                           _leaf("h2", "set", temperature_c=40)), cfg)
+    assert both.spans["device:block"].mode == "exclusive"

@@ -38,7 +38,9 @@ SETPOINT_ARGS = ("temperature_c", "speed_rpm")
 @dataclass(frozen=True)
 class Claim:
     """One resource (`device:NAME` or `vessel:NAME`) wanted in a mode; a shared claim may
-    carry a key (a set-point): shared claims conflict when their keys differ."""
+    carry a key (a set-point, "speed_rpm=600;temperature_c=25"): shared claims conflict when
+    a field both keys set has different values (a block at 25 °C may be stirred at 600 rpm
+    by one run and kept at 25 °C by another; 25 °C and 40 °C cannot share it)."""
 
     resource: str
     mode: Mode = "exclusive"
@@ -49,10 +51,27 @@ class Claim:
             return False
         if self.mode == "exclusive" or other.mode == "exclusive":
             return True
-        return self.key != other.key
+        if self.key is None or other.key is None:
+            return self.key != other.key
+        mine, theirs = key_fields(self.key), key_fields(other.key)
+        return any(mine[f] != theirs[f] for f in mine.keys() & theirs.keys())
 
     def to_dict(self) -> dict[str, Any]:
         return {"resource": self.resource, "mode": self.mode, "key": self.key}
+
+
+def key_fields(key: str) -> dict[str, str]:
+    """"speed_rpm=600;temperature_c=25" -> {"speed_rpm": "600", "temperature_c": "25"}."""
+    out = {}
+    for part in key.split(";"):
+        name, sep, value = part.partition("=")
+        if sep:
+            out[name] = value
+    return out
+
+
+def _key_text(fields: Mapping[str, str]) -> str:
+    return ";".join(f"{k}={fields[k]}" for k in sorted(fields)) or "none"
 
 
 def conflict(a: Iterable[Claim], b: Iterable[Claim]) -> Claim | None:
@@ -120,12 +139,9 @@ def multi_vessel(cfg: Any, device: str) -> bool:
 
 def setpoint_key(step: PlannedStep) -> str:
     """A canonical set-point: "speed_rpm=600;temperature_c=25" (unset fields left out)."""
-    parts = []
-    for k in SETPOINT_ARGS:
-        v = step.args.get(k)
-        if v is not None:
-            parts.append(f"{k}={float(v):g}")
-    return ";".join(parts) or "none"
+    fields = {k: f"{float(v):g}" for k in SETPOINT_ARGS
+              if (v := step.args.get(k)) is not None}
+    return _key_text(fields)
 
 
 class _Routes:
@@ -217,10 +233,15 @@ def _step_claims(step: PlannedStep, cfg: Any, routes: _Routes) -> list[Claim]:
 
 
 def _merge(a: Claim, b: Claim) -> Claim:
-    """Two uses of one resource by one run: shared with one key stays shared; anything
-    else is exclusive (a run that changes a shared block's set-point owns the block)."""
-    if a.mode == "shared" and b.mode == "shared" and a.key == b.key:
-        return a
+    """Two uses of one resource by one run: shared uses whose set-points agree stay shared,
+    keyed by all the fields they set; anything else is exclusive (a run that changes a
+    shared block's set-point owns the block)."""
+    if a.mode == "shared" and b.mode == "shared":
+        if a.key is None and b.key is None:
+            return a
+        if a.key is not None and b.key is not None and not a.conflicts(b):
+            return Claim(a.resource, "shared", _key_text({**key_fields(a.key),
+                                                          **key_fields(b.key)}))
     return Claim(a.resource, "exclusive")
 
 
