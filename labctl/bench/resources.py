@@ -16,11 +16,12 @@ never a device). Per leaf step:
 
 A resource a run uses in two or more leaves is a *span*, held from its first to its last
 use. The grant rule that makes this deadlock-free is in `ResourceBoard` (and docs/
-architecture.md, "Concurrent runs").
+reliability.md, "con/runs", with the argument).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -306,13 +307,12 @@ class ResourceBoard:
 
     def __init__(self) -> None:
         self._runs: dict[str, _RunState] = {}
-        self._changed: Any = None  # asyncio.Condition, made in the running loop
+        #: made in the running loop at first use (a board may be built outside one)
+        self._changed: asyncio.Condition | None = None
         #: run id -> the step it waits to start (for status: who waits for what)
         self.waiting: dict[str, str] = {}
 
-    def _cond(self) -> Any:
-        import asyncio
-
+    def _cond(self) -> asyncio.Condition:
         if self._changed is None:
             self._changed = asyncio.Condition()
         return self._changed
