@@ -52,6 +52,12 @@ class RunTicket:
     def ended(self) -> bool:
         return self.done is not None and self.done.done()
 
+    @property
+    def alone(self) -> bool:
+        """Must run with no other run beside it: a resumed run puts back set-points and
+        recovers interrupted steps on devices before its steps (and their claims) begin."""
+        return self.resumed and bool(self.skip)
+
 
 RunFn = Callable[[RunTicket], Awaitable[None]]
 CrashFn = Callable[[RunTicket, Exception], Awaitable[None]]
@@ -136,7 +142,9 @@ class RunQueue:
         try:
             while True:
                 while (not self.waiting or self.held
-                       or len(self.running) >= self.max_concurrent):
+                       or len(self.running) >= self.max_concurrent
+                       or any(t.alone for t in self.running)
+                       or (self.running and self.waiting[0].alone)):
                     self._wake.clear()
                     await self._wake.wait()
                 ticket = self.waiting.popleft()
