@@ -408,12 +408,14 @@ class BenchClient:
         *,
         request: Mapping[str, Any] | str | None = None,
         command_id: str | None = None,
+        priority: int = 0,
     ) -> Run:
-        """Queue a run. `recipe_or_ref`: an inline recipe (dict), a recipe file on this
-        machine (Path, sent inline as data), or the name of a recipe in the bench's folder."""
+        """Queue a run (higher `priority` first). `recipe_or_ref`: an inline recipe
+        (dict), a recipe file on this machine (Path, sent inline as data), or the name of a
+        recipe in the bench's folder."""
         cmd = SubmitCommand(command="submit", id=command_id or self.new_id(),
                             parameters=dict(parameters or {}), request=_request(request),
-                            **_source(recipe_or_ref))
+                            priority=priority, **_source(recipe_or_ref))
         reply = await self.send(cmd)
         run = Run(self, reply["run_id"], reply.get("queue_position"), cmd.id, reply)
         self._result_future(run.run_id)
@@ -438,14 +440,17 @@ class BenchClient:
         return []
 
     async def control(self, command: Control, run_id: str | None = None) -> None:
-        """pause, resume, abort, estop the bench; cancel `run_id` (a queued run)."""
+        """pause, resume, abort `run_id` (None: every running run); estop the bench;
+        cancel `run_id` (a queued run)."""
         if command == "cancel":
             if run_id is None:
                 raise BenchError("bad_payload", "cancel needs a run id", path="run_id")
             await self.cancel(run_id)
             return
-        await {"pause": self.pause, "resume": self.resume, "abort": self.abort,
-               "estop": self.estop}[command]()
+        if command == "estop":
+            await self.estop()
+            return
+        await {"pause": self.pause, "resume": self.resume, "abort": self.abort}[command](run_id)
 
     async def runs(self, limit: int = 50) -> list[dict[str, Any]]:
         return await self.list(limit)
@@ -458,14 +463,15 @@ class BenchClient:
         reply = await self.send(ListCommand(command="list", id=self.new_id(), limit=limit))
         return list(reply.get("runs") or [])
 
-    async def pause(self) -> dict[str, Any]:
-        return await self.send(PauseCommand(command="pause", id=self.new_id()))
+    async def pause(self, run_id: str | None = None) -> dict[str, Any]:
+        return await self.send(PauseCommand(command="pause", id=self.new_id(), run_id=run_id))
 
-    async def resume(self) -> dict[str, Any]:
-        return await self.send(ResumeCommand(command="resume", id=self.new_id()))
+    async def resume(self, run_id: str | None = None) -> dict[str, Any]:
+        return await self.send(ResumeCommand(command="resume", id=self.new_id(),
+                                             run_id=run_id))
 
-    async def abort(self) -> dict[str, Any]:
-        return await self.send(AbortCommand(command="abort", id=self.new_id()))
+    async def abort(self, run_id: str | None = None) -> dict[str, Any]:
+        return await self.send(AbortCommand(command="abort", id=self.new_id(), run_id=run_id))
 
     async def estop(self) -> dict[str, Any]:
         return await self.send(EstopCommand(command="estop", id=self.new_id()))

@@ -182,6 +182,9 @@ class BenchSection(_Strict):
     simulate: bool = False
     time_scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     recipes_dir: str = "recipes"
+    #: how many runs may run at once (their steps still wait for the devices and vessels
+    #: they touch: labctl.bench.resources); 1 runs one after the other
+    concurrency: int = Field(default=1, ge=1, le=64)
 
 
 # ---------------------------------------------------------------- ambient/run conditions

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from labctl.clock import Clock, wall_budget
 from labctl.device import Device, safe_state_of
@@ -51,6 +51,18 @@ STEP_FLOOR_EXCHANGES = 5
 EmitFn = Callable[[dict[str, Any]], None]
 SafeStateFn = Callable[[], Awaitable[dict[str, str]]]
 ActionResolver = Callable[[Device, str], Any]
+
+
+class StepGate(Protocol):
+    """Holds what a leaf step touches while other runs share the bench: `enter` waits
+    until the step may run and returns the claims newly held, `exit` returns those
+    released after the step, `close` releases the rest at the run's end."""
+
+    async def enter(self, step: PlannedStep) -> list[Any]: ...
+
+    async def exit(self, step: PlannedStep) -> list[Any]: ...
+
+    async def close(self) -> list[Any]: ...
 
 
 class StepFailed(LabctlError):
@@ -368,8 +380,12 @@ class Executor:
         prior_results: Mapping[str, dict[str, Any]] | None = None,
         time_basis: str | None = None,
         on_boundary: Callable[[str, str], None] | None = None,
+        gate: StepGate | None = None,
     ):
         self.plan = plan
+        #: around each leaf: waits for and holds the devices and vessels it touches when
+        #: several runs share the bench (labctl.bench.resources.RunGate); None: no waiting
+        self._claims = gate
         #: called with (event, step id) before a leaf step's start or end is journaled: a
         #: simulated bench saves its world there (labctl.simulation.WorldKeeper)
         self._on_boundary = on_boundary
@@ -395,6 +411,9 @@ class Executor:
         self._estop = False
         self._estop_task: asyncio.Task[Any] | None = None
         self._finished = asyncio.Event()
+        #: set once the run has started (or failed to): an abort or e-stop that arrives
+        #: while the start transition is in flight waits for it instead of cancelling it
+        self._started = asyncio.Event()
         self._skip: set[str] = set()
         self._leaves = iter_leaves(plan.steps)
         self.total_estimate_s = float(plan.estimated_s
@@ -530,6 +549,8 @@ class Executor:
     async def abort(self, *, reason: str = "abort requested") -> RunState:
         """Cancel the running steps, then safe state for every device; returns once the
         run has stopped."""
+        if self.started_wall is not None:
+            await self._started.wait()
         await self.machine.request("abort", reason=reason)
         self._stop_reason = reason
         if self.started_wall is None:  # never started: nothing to cancel
@@ -547,6 +568,8 @@ class Executor:
         self._stop_reason = reason
         self._log("estop", reason=reason)
         self._estop_task = asyncio.ensure_future(self._apply_safe_state("estop"))
+        if self.started_wall is not None:
+            await self._started.wait()
         if self.machine.can("abort"):
             await self.machine.request("abort", reason=reason)
         if self.started_wall is None:
@@ -575,8 +598,11 @@ class Executor:
                     and isinstance(self.results.get(sid), dict)):
                 self._add_figures(leaf, self.results[sid])
         try:
-            await self.machine.request("start")
-            self._main = asyncio.ensure_future(self._run_plan())
+            try:
+                await self.machine.request("start")
+                self._main = asyncio.ensure_future(self._run_plan())
+            finally:
+                self._started.set()  # an abort that came meanwhile goes on now
             try:
                 await self._main
             except asyncio.CancelledError:
@@ -605,6 +631,7 @@ class Executor:
                 await self._stopped()
             raise
         finally:
+            await self._release_all()
             self._finished.set()
 
     async def _stopped(self) -> None:
@@ -837,6 +864,7 @@ class Executor:
         # StepContext.earlier sees this step's earlier attempts, not a resume's recovery (a
         # redo the operator decided on is done in full)
         self._step_facts.pop(sid, None)
+        await self._hold(step)
         for attempt in range(1, attempts + 1):
             act = _Active(step=step, device=device, task=asyncio.current_task())
             self._active[sid] = act
@@ -885,6 +913,7 @@ class Executor:
                 failure = StepFailed(sid, exc, device=device_name, action=step.action)
                 if cont:
                     self.errors.append({**failure.to_dict(), "continued": True})
+                    await self._release(step)
                     self._leaf_done(step)
                     await self._maybe_paused()
                     return
@@ -897,9 +926,36 @@ class Executor:
                 self._log("step_finished", durable=False, step=sid, kind=kind,
                           device=device_name, action=step.action, result=result,
                           clock_unix_s=self.data_time())
+                await self._release(step)
                 self._leaf_done(step)
                 await self._maybe_paused()
                 return
+
+    async def _hold(self, step: PlannedStep) -> None:
+        """Wait for (and journal) what this step touches; a paused run does not start the
+        step once it gets its claims."""
+        if self._claims is None:
+            return
+        held = await self._claims.enter(step)
+        self._log_claims("hold", held, step.id)
+        await self._boundary()
+
+    async def _release(self, step: PlannedStep) -> None:
+        if self._claims is not None:
+            self._log_claims("release", await self._claims.exit(step), step.id)
+
+    async def _release_all(self) -> None:
+        """The run ended: whatever it still holds is released (after its safe state)."""
+        if self._claims is None:
+            return
+        with contextlib.suppress(Exception):  # the run's end must not be lost to this
+            self._log_claims("release", await self._claims.close(), None)
+
+    def _log_claims(self, event: str, claims: Collection[Any], step_id: str | None) -> None:
+        now = self.data_time()
+        for c in claims:
+            self._log(event, durable=False, step=step_id, resource=c.resource, mode=c.mode,
+                      key=c.key, clock_unix_s=now)
 
     def _retry_safe(self, step: PlannedStep, device: Device | None) -> bool:
         """May this leaf be attempted again automatically? Not when it moves material

@@ -41,8 +41,9 @@ class BenchService(Protocol):
     """submit, plan, control, status, events, runs: everything a front end asks."""
 
     async def submit(self, recipe: RecipeInput, parameters: Mapping[str, Any] | None = None,
-                     /, *, request: RequestInput = None) -> Submitted:
-        """Validate and queue a run (BenchError `invalid_recipe` with every issue)."""
+                     /, *, request: RequestInput = None, priority: int = 0) -> Submitted:
+        """Validate and queue a run, higher `priority` first (BenchError `invalid_recipe`
+        with every issue)."""
         ...
 
     async def plan(self, recipe: RecipeInput, parameters: Mapping[str, Any] | None = None,
@@ -51,7 +52,8 @@ class BenchService(Protocol):
         ...
 
     async def control(self, command: Control, run_id: str | None = None, /) -> None:
-        """pause, resume, abort, estop the bench; cancel `run_id` (a queued run)."""
+        """pause, resume, abort `run_id` (a running run; None: every running run); estop
+        the bench (every run, every device); cancel `run_id` (a queued run)."""
         ...
 
     async def status(self) -> dict[str, Any]:

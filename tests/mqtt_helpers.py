@@ -39,11 +39,13 @@ async def serve_bench(broker_url: str, data_dir: Path, *, bench_id: str = "sim-b
                       username: str | None = None, password: str | None = None,
                       time_scale: float = TIME_SCALE, operators: tuple[str, ...] = (),
                       client_id: str | None = None,
-                      takeover_wait_s: float = 3.0) -> AsyncIterator[Served]:
+                      takeover_wait_s: float = 3.0,
+                      concurrency: int = 1) -> AsyncIterator[Served]:
     """config/sim.toml's bench (simulators on ptys) with its recipe folder pointed at the
     test recipes, and an agent serving it; stopped cleanly on exit."""
     cfg = load_config(ROOT / "config" / "sim.toml")
     cfg.bench.recipes_dir = str(TEST_RECIPES)
+    cfg.bench.concurrency = concurrency
     settings = BrokerSettings.from_url(broker_url, username=username, password=password)
     extra: dict[str, Any] = {"client_id": client_id}
     if operators:

@@ -111,7 +111,7 @@ class LocalService:
             raise BenchError.invalid(exc.issues) from None
 
     async def submit(self, recipe: RecipeInput, parameters: Mapping[str, Any] | None = None,
-                     /, *, request: RequestInput = None,
+                     /, *, request: RequestInput = None, priority: int = 0,
                      instigator: str | dict[str, Any] | None = None) -> Submitted:
         # validate before anything is created; in a thread, so that the event loop (e-stop,
         # status, the run in flight) does not wait for a large recipe's validation
@@ -120,7 +120,8 @@ class LocalService:
         req = {"id": request} if isinstance(request, str) else (
             dict(request) if request is not None else None)
         run_id = await self._call(lambda: self.bench.submit(
-            plan, dict(parameters or {}), instigator=instigator, request=req, source=source))
+            plan, dict(parameters or {}), instigator=instigator, request=req, source=source,
+            priority=priority))
         pos = self.bench.queue_position(run_id)
         return Submitted(run_id=run_id, queue_position=0 if pos is None else pos)
 
@@ -141,10 +142,12 @@ class LocalService:
                 raise BenchError("bad_payload", "cancel needs a run id", path="run_id")
             await self._call(lambda: bench.cancel(run_id))
             return
-        act: dict[str, Callable[[], Awaitable[object]]] = {
-            "pause": bench.pause, "resume": bench.resume, "abort": bench.abort,
-            "estop": bench.estop}
-        await self._call(act[command])
+        if command == "estop":
+            await self._call(bench.estop)
+            return
+        act: dict[str, Callable[[str | None], Awaitable[object]]] = {
+            "pause": bench.pause, "resume": bench.resume, "abort": bench.abort}
+        await self._call(lambda: act[command](run_id))
 
     async def _call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
         try:
@@ -159,6 +162,15 @@ class LocalService:
         """status() without waiting: StatusPayload fields (without bench_id and time)."""
         st = self.bench.status()
         run = st.get("run") or {}
+        running = []
+        for r in st.get("running") or []:
+            prog = r.get("progress") or {}
+            running.append({
+                "run_id": r.get("run_id"), "recipe": (r.get("recipe") or {}).get("name"),
+                "state": r.get("state"), "priority": r.get("priority"),
+                "steps": [s.get("id") for s in prog.get("steps") or []],
+                "progress": prog.get("fraction"), "eta_s": prog.get("eta_s"),
+                "owner": owner_of(r.get("instigator"))})
         progress = run.get("progress") or {}
         steps = progress.get("steps") or []
         return {
@@ -169,6 +181,7 @@ class LocalService:
             "progress": progress.get("fraction"),
             "eta_s": progress.get("eta_s"),
             "queue": [q["run_id"] for q in st.get("queue") or []],
+            "running": running,
             "devices": st.get("devices") or {},
             "simulated": st.get("simulated"),
             "recipe": (run.get("recipe") or {}).get("name"),

@@ -1,9 +1,12 @@
-"""The run queue: one run at a time, in submission order, held after an e-stop until
-released. Knows tickets, not devices: the service hands it the coroutine that runs one."""
+"""The run queue: up to `max_concurrent` runs at once (1: one after the other), the
+waiting ones by priority (higher first, then in submission order), held after an e-stop
+until released. Knows tickets, not devices: the service hands it the coroutine that runs
+one; which steps of running runs may go at once is labctl.bench.resources' business."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -40,10 +43,20 @@ class RunTicket:
     done: asyncio.Future[dict[str, Any]] | None = None
     submitted_wall: float = field(default_factory=time.monotonic)
     resumed: bool = False
+    #: higher runs first; equal priorities in submission order
+    priority: int = 0
+    #: what its steps touch (labctl.bench.resources.RunClaims), computed at submit
+    claims: Any = None
 
     @property
     def ended(self) -> bool:
         return self.done is not None and self.done.done()
+
+    @property
+    def alone(self) -> bool:
+        """Must run with no other run beside it: a resumed run puts back set-points and
+        recovers interrupted steps on devices before its steps (and their claims) begin."""
+        return self.resumed and bool(self.skip)
 
 
 RunFn = Callable[[RunTicket], Awaitable[None]]
@@ -53,29 +66,55 @@ CrashFn = Callable[[RunTicket, Exception], Awaitable[None]]
 class RunQueue:
     """Tickets by run id, the waiting ones in order, the one running, and the hold."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_concurrent: int = 1) -> None:
         self.tickets: dict[str, RunTicket] = {}
         self.waiting: deque[RunTicket] = deque()
-        self.current: RunTicket | None = None
+        #: the runs started and not yet ended, in the order they started
+        self.running: list[RunTicket] = []
+        self.max_concurrent = max(1, int(max_concurrent))
         #: after an e-stop: waiting runs stay queued until released
         self.held = False
         self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def current(self) -> RunTicket | None:
+        """The first running run (what clients of a one-run bench call the current run)."""
+        return self.running[0] if self.running else None
 
     def add(self, ticket: RunTicket) -> int:
-        """Queue a ticket; its position (0 = next to run when nothing runs)."""
+        """Queue a ticket behind every waiting run of its priority or higher; its position
+        (0 = running now or next)."""
         self.tickets[ticket.run_id] = ticket
-        self.waiting.append(ticket)
+        at = len(self.waiting)
+        for i, t in enumerate(self.waiting):
+            if t.priority < ticket.priority:
+                at = i
+                break
+        self.waiting.insert(at, ticket)
         self._wake.set()
-        return len(self.waiting) - (0 if self.current else 1)
+        pos = self.position(ticket.run_id)
+        return 0 if pos is None else pos
 
     def position(self, run_id: str) -> int | None:
-        """0 = running now (or next), 1 = after that..."""
-        if self.current is not None and self.current.run_id == run_id:
+        """0 = running now (or next to start), 1 = after that..."""
+        if any(t.run_id == run_id for t in self.running):
             return 0
+        free = max(0, self.max_concurrent - len(self.running))
         for i, t in enumerate(self.waiting):
             if t.run_id == run_id:
-                return i + (1 if self.current is not None else 0)
+                # the first `free` waiting runs start at once (0); one slot ahead otherwise
+                return max(0, i - free + 1) if free else i + 1
         return None
+
+    def reprioritise(self, run_id: str, priority: int) -> RunTicket | None:
+        """Move a waiting run to its place for a new priority (None: not waiting)."""
+        t = self.withdraw(run_id)
+        if t is None:
+            return None
+        t.priority = int(priority)
+        self.add(t)
+        return t
 
     def withdraw(self, run_id: str) -> RunTicket | None:
         """Take a waiting run out of the queue (None when it is not waiting)."""
@@ -97,23 +136,43 @@ class RunQueue:
         self._wake.set()
 
     async def serve(self, run: RunFn, crashed: CrashFn) -> None:
-        """Run the waiting tickets one by one, forever; a run that raises is handed to
-        `crashed` (a bug must not stop the bench)."""
-        while True:
-            while not self.waiting or self.held:
-                self._wake.clear()
-                await self._wake.wait()
-            ticket = self.waiting.popleft()
-            self.current = ticket
-            try:
-                await run(ticket)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bug must not kill the bench: fail the run
-                log.exception("run %s crashed", ticket.run_id)
-                await crashed(ticket, exc)
-            finally:
-                self.current = None
+        """Start waiting tickets while fewer than `max_concurrent` run, forever; a run that
+        raises is handed to `crashed` (a bug must not stop the bench). Cancelled: the
+        running runs are cancelled and awaited."""
+        try:
+            while True:
+                while (not self.waiting or self.held
+                       or len(self.running) >= self.max_concurrent
+                       or any(t.alone for t in self.running)
+                       or (self.running and self.waiting[0].alone)):
+                    self._wake.clear()
+                    await self._wake.wait()
+                ticket = self.waiting.popleft()
+                self.running.append(ticket)
+                task = asyncio.create_task(self._one(ticket, run, crashed),
+                                           name=f"run-{ticket.run_id}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                await asyncio.sleep(0)  # let it start before the next is considered
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            for task in list(self._tasks):
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _one(self, ticket: RunTicket, run: RunFn, crashed: CrashFn) -> None:
+        try:
+            await run(ticket)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not kill the bench: fail the run
+            log.exception("run %s crashed", ticket.run_id)
+            await crashed(ticket, exc)
+        finally:
+            with contextlib.suppress(ValueError):
+                self.running.remove(ticket)
+            self._wake.set()
 
     def forget_old(self) -> None:
         """Keep the last KEEP_FINISHED_TICKETS ended runs in memory (plans, executors); older

@@ -31,9 +31,10 @@ from labctl.bench.dedup import CommandMemory
 from labctl.bench.errors import NoRunInProgress, NothingToResume
 from labctl.bench.events import EventHub
 from labctl.bench.queue import RunQueue, RunTicket
+from labctl.bench.resources import ResourceBoard, RunGate, claims_of
 from labctl.bench_lock import BenchLock
 from labctl.config import BenchConfig
-from labctl.device import Device
+from labctl.device import Device, safe_state_of
 from labctl.errors import LabctlError
 from labctl.executor import Executor, jsonable
 from labctl.instruments import Instruments
@@ -60,6 +61,7 @@ class Bench:
         instruments: Instruments | None = None,
         store: RunStore | None = None,
         requeue_unstarted: bool = False,
+        max_concurrent: int | None = None,
     ):
         self.cfg = cfg
         #: queue again, at start-up, the runs a crash left queued (labctl.bench.recovery)
@@ -75,7 +77,10 @@ class Bench:
         self.commands = CommandMemory(self.store)
         #: `<data-dir>/bench.lock`, held from start() to close() (labctl.bench_lock)
         self._lock = BenchLock(self.store.data_dir)
-        self.runs = RunQueue()
+        #: several runs at once (config `[bench] concurrency`): their steps wait for the
+        #: devices and vessels they touch on this board (labctl.bench.resources)
+        self.runs = RunQueue(max_concurrent or cfg.bench.concurrency)
+        self.board = ResourceBoard()
         self.device_status: dict[str, dict[str, Any]] = {}
         self._worker: asyncio.Task[None] | None = None
         self._started = False
@@ -151,10 +156,10 @@ class Bench:
         for t in list(self.queue):
             with contextlib.suppress(Exception):
                 await self.cancel(t.run_id)
-        cur = self.current
-        if cur is not None and cur.executor is not None and not cur.machine.final:
-            with contextlib.suppress(Exception):
-                await cur.executor.abort(reason="bench shutting down")
+        for cur in list(self.runs.running):
+            if cur.executor is not None and not cur.machine.final:
+                with contextlib.suppress(Exception):
+                    await cur.executor.abort(reason="bench shutting down")
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(BaseException):
@@ -197,8 +202,10 @@ class Bench:
         request: dict[str, Any] | None = None,
         run_id: str | None = None,
         source: str | None = None,
+        priority: int = 0,
     ) -> str:
-        """Validate (unless given a Plan), create the run record, queue it; the run id."""
+        """Validate (unless given a Plan), create the run record, queue it (higher
+        `priority` first); the run id."""
         params = dict(parameters or {})
         if source is None and isinstance(plan_or_recipe, Path):
             source = str(plan_or_recipe)
@@ -209,6 +216,7 @@ class Bench:
         who = prov.instigator_info(instigator, request)
         context = self._context(record.run_id, plan, params, who, source)
         ticket = self._ticket(record, plan, params, who, request, context)
+        ticket.priority = int(priority)
         record.write_recipe(runprov.plan_document(plan, params, source))
         record.journal.append("run_created", run_id=record.run_id, recipe=info,
                               parameters=jsonable(params), instigator=who,
@@ -238,6 +246,7 @@ class Bench:
                            machine=RunMachine(journal=journal_transition), context=context,
                            parameters=params, instigator=who, request=request)
         ticket.done = asyncio.get_running_loop().create_future()
+        ticket.claims = claims_of(plan, self.cfg)
         return ticket
 
     def _enqueue(self, ticket: RunTicket) -> None:
@@ -255,13 +264,24 @@ class Bench:
 
     # -- running (called by the queue worker) ----------------------------------------------
     async def _execute(self, ticket: RunTicket) -> None:
+        if self.held:  # an e-stop came between its start and now: back to the queue
+            self.runs.waiting.appendleft(ticket)
+            return
         rec = ticket.record
         keeper = None
         if can_save(self.instruments.simulation):  # simulated in-process: keep its world
             keeper = WorldKeeper(self.instruments.simulation, rec.folder, ticket.run_id)
+        gate = None
+        safe_state = self.instruments.safe_state_all
+        if self.runs.max_concurrent > 1:  # others may run at once: wait for what steps touch
+            self.board.register(ticket.run_id, ticket.claims, done=ticket.skip)
+            gate = RunGate(self.board, ticket.run_id)
+
+            async def safe_state() -> dict[str, str]:  # a fault safes this run's devices
+                return await self._safe_state_of_run(ticket.run_id)
         ex = Executor(
             ticket.plan, self.instruments.devices, clock=self.instruments.clock, record=rec,
-            machine=ticket.machine, safe_state_all=self.instruments.safe_state_all,
+            machine=ticket.machine, safe_state_all=safe_state, gate=gate,
             emit=self._publish, prior_results=ticket.prior_results,
             time_basis="simulated" if self.cfg.bench.simulate else "wall",
             on_boundary=keeper.boundary if keeper is not None else None,
@@ -276,10 +296,28 @@ class Bench:
             errors.append(runprov.safe_state_error(ex.safe_state_errors))
         self._finish(ticket, state, errors)
 
+    async def _safe_state_of_run(self, run_id: str) -> dict[str, str]:
+        """Safe state for the devices this run holds and no other run holds (the others'
+        runs go on); the errors by device."""
+        names = self.board.devices_only_held_by(run_id)
+        devices = self.instruments.devices
+        errors: dict[str, str] = {}
+
+        async def one(name: str) -> None:
+            if name in devices:
+                error = await safe_state_of(devices[name])
+                if error is not None:
+                    errors[name] = error
+
+        await asyncio.gather(*(one(n) for n in names))
+        return errors
+
     async def _crashed(self, ticket: RunTicket, exc: Exception) -> None:
         """A run whose execution raised (a bug): safe state, and it ends failed."""
         with contextlib.suppress(Exception):
             await self.instruments.safe_state_all()
+        with contextlib.suppress(Exception):
+            await self.board.finish(ticket.run_id)
         with contextlib.suppress(Exception):
             if ticket.machine.can("fail"):
                 await ticket.machine.request("fail", error=f"internal error: {exc}")
@@ -302,39 +340,74 @@ class Bench:
         self.runs.forget_old()
 
     # -- control -------------------------------------------------------------------------
-    def _running(self, trigger: str) -> Executor:
-        cur = self.current
-        if cur is None or cur.executor is None:
-            raise NoRunInProgress(trigger)
-        return cur.executor
+    def _running(self, trigger: str, run_id: str | None = None) -> list[Executor]:
+        """The executors of the running runs (`run_id`: that one only)."""
+        out = [t.executor for t in self.runs.running
+               if t.executor is not None and not t.machine.final
+               and (run_id is None or t.run_id == run_id)]
+        if not out:
+            raise NoRunInProgress(trigger if run_id is None else f"{trigger} {run_id}")
+        return out
 
-    async def pause(self) -> RunState:
-        return await self._running("pause").pause()
+    async def _each(self, trigger: str, run_id: str | None, act: Any) -> RunState:
+        """Do `act(executor)` on one running run or on all of them; the first's state.
+        A run that cannot (paused already...) is skipped when acting on all."""
+        exs = self._running(trigger, run_id)
+        if len(exs) == 1:
+            return await act(exs[0])  # type: ignore[no-any-return]
+        states = await asyncio.gather(*(act(e) for e in exs), return_exceptions=True)
+        for st in states:
+            if not isinstance(st, BaseException):
+                return st  # type: ignore[no-any-return]
+        raise states[0]  # type: ignore[misc]
 
-    async def resume(self) -> RunState:
-        """Resume the paused run; after an e-stop, release the held queue."""
-        if self.held and (self.current is None or self.current.machine.final):
+    async def pause(self, run_id: str | None = None) -> RunState:
+        """Pause one running run, or every one (None)."""
+        return await self._each("pause", run_id, lambda e: e.pause())
+
+    async def resume(self, run_id: str | None = None) -> RunState:
+        """Resume a paused run (None: every paused one); after an e-stop, release the held
+        queue."""
+        live = [t for t in self.runs.running if not t.machine.final]
+        if self.held and not live:
             self.runs.release()
             self._publish({"event": "queue_released"})
             return RunState.IDLE
-        return await self._running("resume").resume()
+        return await self._each("resume", run_id, lambda e: e.resume())
 
-    async def abort(self) -> RunState:
-        return await self._running("abort").abort(reason="abort requested by the operator")
+    async def abort(self, run_id: str | None = None) -> RunState:
+        """Abort one running run (its devices safe), or every one (None)."""
+        return await self._each("abort", run_id,
+                                lambda e: e.abort(reason="abort requested by the operator"))
 
     async def estop(self) -> RunState:
         """Every device safe at once; the current run ends aborted; the queue is held.
         With no run going, a device that failed its safe state is published
         (`safe_state_done` with its error) and kept in `estop_safe_state_errors`."""
         self.runs.hold()
-        cur = self.current
-        if cur is not None and cur.executor is not None and not cur.machine.final:
-            return await cur.executor.estop()
+        live = [t.executor for t in self.runs.running
+                if t.executor is not None and not t.machine.final]
+        if len(live) == 1 and self.runs.max_concurrent == 1:
+            return await live[0].estop()
+        if live:  # every device at once, while every run is stopped
+            every = asyncio.ensure_future(self.instruments.safe_state_all())
+            states = await asyncio.gather(*(e.estop() for e in live), return_exceptions=True)
+            self.estop_safe_state_errors = await every
+            return next((s for s in states if isinstance(s, RunState)), RunState.ABORTED)
         self._publish({"event": "estop", "bench_id": self.bench_id})
         self.estop_safe_state_errors = await self.instruments.safe_state_all()
         self._publish({"event": "safe_state_done", "bench_id": self.bench_id,
                        "reason": "estop", "errors": self.estop_safe_state_errors})
         return RunState.IDLE
+
+    def set_priority(self, run_id: str, priority: int) -> int | None:
+        """A queued run's new priority; its new queue position."""
+        if self.runs.reprioritise(run_id, priority) is None:
+            raise NothingToResume(f"run {run_id} is not queued")
+        pos = self.queue_position(run_id)
+        self._publish({"event": "queued", "run_id": run_id, "position": pos,
+                       "priority": int(priority)})
+        return pos
 
     async def cancel(self, run_id: str) -> None:
         """Withdraw a queued run (the running one is stopped with abort)."""
@@ -346,8 +419,9 @@ class Bench:
                                                 "message": "cancelled before it started"}])
             self.store.index.upsert_run(run_id, status="cancelled")
             return
-        if self.current is not None and self.current.run_id == run_id:
-            raise IllegalTransition("cancel", self.current.machine.state, ["abort"])
+        for t in self.runs.running:
+            if t.run_id == run_id:
+                raise IllegalTransition("cancel", t.machine.state, ["abort"])
         raise NothingToResume(f"run {run_id} is not queued")
 
     async def wait(self, run_id: str) -> dict[str, Any]:
@@ -363,22 +437,30 @@ class Bench:
     # -- views ---------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Bench state, current run and step, progress, ETA, queue, devices' last status."""
-        cur = self.current
-        run: dict[str, Any] | None = None
-        state = "held" if self.held else "idle"
-        if cur is not None:
-            state = str(cur.machine.state)
-            run = {"run_id": cur.run_id, "recipe": runprov.recipe_info(cur.plan),
-                   "state": state, "instigator": cur.instigator}
-            if cur.executor is not None:
-                run["progress"] = cur.executor.progress()
+        running: list[dict[str, Any]] = []
+        for t in list(self.runs.running):
+            one = {"run_id": t.run_id, "recipe": runprov.recipe_info(t.plan),
+                   "state": str(t.machine.state), "instigator": t.instigator,
+                   "priority": t.priority,
+                   "holds": [c.to_dict() for c in self.board.holds(t.run_id)]}
+            if t.run_id in self.board.waiting:  # started, its next step waits its turn
+                one["waiting"] = {"step": self.board.waiting[t.run_id],
+                                  "for": self.board.blockers(t.run_id)}
+            if t.executor is not None:
+                one["progress"] = t.executor.progress()
+            running.append(one)
+        run = running[0] if running else None
+        state = str(run["state"]) if run is not None else ("held" if self.held else "idle")
         return {
             "bench_id": self.bench_id,
             "state": state,
             "simulated": bool(self.cfg.bench.simulate),
             "run": run,
+            "running": running,
+            "concurrency": self.runs.max_concurrent,
             "queue": [{"run_id": t.run_id, "recipe": runprov.recipe_info(t.plan)["name"],
-                       "position": self.queue_position(t.run_id)} for t in self.queue],
+                       "position": self.queue_position(t.run_id), "priority": t.priority}
+                      for t in self.queue],
             "devices": dict(self.device_status),
             "time": utc_iso(),
         }

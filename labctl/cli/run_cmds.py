@@ -304,6 +304,13 @@ def run(
     time_scale: TimeScaleOpt = None,
     operator: OperatorOpt = None,
     json_out: JsonOpt = False,
+    params_csv: Annotated[Path | None, typer.Option(
+        "--params-csv", help="A campaign: one run per row of this CSV file (a column per "
+        "parameter; units in the header, `temperature [degC]`, or in the cells), run as "
+        "concurrently as the bench allows.")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        "--concurrency", min=1, max=64,
+        help="Runs at once (overrides the config's [bench] concurrency).")] = None,
 ) -> None:
     """Validate, then run a recipe with a live display."""
     import asyncio  # not at the top: ~25 ms of `labctl --help` (bench/startup.py)
@@ -312,6 +319,11 @@ def run(
 
     params = parse_params(param)
     cfg = load_bench_config(config, as_json=json_out)
+    if concurrency is not None:
+        cfg.bench.concurrency = concurrency
+    if params_csv is not None:
+        _campaign(recipe, params_csv, params, cfg, data_dir=data_dir, time_scale=time_scale,
+                  who=f"operator:{_operator(operator)}", as_json=json_out)
     try:
         plan = build_plan(recipe, params, cfg)
     except RecipeError as exc:
@@ -337,6 +349,34 @@ def run(
         fail(str(exc), EXIT_FAILED if not isinstance(exc, ConfigError) else EXIT_INVALID,
              as_json=json_out)
     raise typer.Exit(_report(result, as_json=json_out))
+
+
+def _campaign(recipe: Path, csv_path: Path, params: dict[str, str], cfg: Any, *,
+              data_dir: Path, time_scale: float | None, who: str, as_json: bool) -> None:
+    """`run --params-csv`: every row validated first (exit 2), then all run
+    (labctl.cli.params_csv); exits like a run: 0 all completed, 1 any failed, 3 aborted."""
+    import asyncio
+
+    from labctl.bench import Bench
+    from labctl.cli import params_csv as pc
+
+    try:
+        rows = pc.read_rows(csv_path)
+        plans = pc.plan_rows(recipe, rows, cfg, params)
+    except pc.CsvError as exc:
+        fail(str(exc), EXIT_INVALID, as_json=as_json)
+    bench = Bench(cfg, data_dir=data_dir, time_scale=time_scale)
+    try:
+        run_ids, results = asyncio.run(pc.drive(bench, plans, rows, params, who=who,
+                                                source=str(recipe), as_json=as_json))
+    except BenchInUse as exc:
+        fail(str(exc), EXIT_INVALID, as_json=as_json)
+    except (ConfigError, LabctlError) as exc:
+        fail(str(exc), EXIT_FAILED if not isinstance(exc, ConfigError) else EXIT_INVALID,
+             as_json=as_json)
+    if not as_json:
+        display.console().print(pc.summary(rows, run_ids, results))
+    raise typer.Exit(pc.exit_code(results))
 
 
 @app.command(help=RESUME_HELP)

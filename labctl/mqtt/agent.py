@@ -549,11 +549,16 @@ class Agent:
         if self._role(sender) == "operator" or not isinstance(
                 command, CancelCommand | AbortCommand | PauseCommand | ResumeCommand):
             return
-        if isinstance(command, CancelCommand):
-            targets = [command.run_id]
+        targets: list[str]
+        if isinstance(command, CancelCommand) or getattr(command, "run_id", None):
+            targets = [str(command.run_id)]
         else:
+            running = [str(r.get("run_id")) for r in self.port.snapshot().get("running") or []
+                       if r.get("run_id")]
             current = self.port.run_owner(None)
-            if current is not None:
+            if running:  # every running run is acted on: the sender must own each
+                targets = running
+            elif current is not None:
                 targets = [current[0]]
             elif isinstance(command, ResumeCommand):
                 # releasing the queue held after an e-stop starts every queued run
@@ -596,7 +601,7 @@ class Agent:
                     _recipe(command), command.parameters,
                     request=(command.request.model_dump(exclude_none=True)
                              if command.request else None),
-                    instigator=instigator,
+                    instigator=instigator, priority=command.priority,
                 )
                 self._status_dirty = True
                 self._wake.set()
@@ -613,7 +618,9 @@ class Agent:
                 return Reply(id=command.id, ok=True, command=name, issues=[])
             if isinstance(command, CancelCommand):
                 await self.port.control("cancel", command.run_id)
-            elif isinstance(command, PauseCommand | ResumeCommand | AbortCommand | EstopCommand):
+            elif isinstance(command, PauseCommand | ResumeCommand | AbortCommand):
+                await self.port.control(command.command, command.run_id)
+            elif isinstance(command, EstopCommand):
                 await self.port.control(command.command)
             elif isinstance(command, StatusCommand):
                 status = json.loads(self._status_payload())

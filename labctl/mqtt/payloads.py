@@ -63,6 +63,9 @@ class SubmitCommand(_RecipeSource):
 
     command: Literal["submit"]
     request: RequestInfo | None = None
+    priority: int = Field(default=0, ge=-1000, le=1000,
+                          description="Higher runs first; equal priorities in submission "
+                                      "order.")
 
 
 class ValidateCommand(_RecipeSource):
@@ -71,15 +74,21 @@ class ValidateCommand(_RecipeSource):
     command: Literal["validate"]
 
 
-class PauseCommand(_CommandBase):
+class _RunControl(_CommandBase):
+    run_id: str | None = Field(default=None, pattern=_ID_PATTERN,
+                               description="The running run to act on; omitted: every "
+                                           "running run.")
+
+
+class PauseCommand(_RunControl):
     command: Literal["pause"]
 
 
-class ResumeCommand(_CommandBase):
+class ResumeCommand(_RunControl):
     command: Literal["resume"]
 
 
-class AbortCommand(_CommandBase):
+class AbortCommand(_RunControl):
     command: Literal["abort"]
 
 
@@ -151,6 +160,10 @@ class StatusPayload(BaseModel):
     step: str | None = None
     progress: float | None = Field(default=None, description="0..1 of the current run.")
     queue: list[str] = Field(default_factory=list, description="Queued run ids, next first.")
+    running: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Every running run (run_id, recipe, state, steps, progress, owner); "
+                    "run_id/step/progress above are the first of them.")
     devices: dict[str, Any] = Field(default_factory=dict)
 
 

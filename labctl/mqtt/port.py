@@ -19,7 +19,7 @@ class AgentPort(BenchService, Protocol):
     """The bench as the agent sees it. Methods raise BenchError for refusals."""
 
     async def submit(self, recipe: RecipeInput, parameters: Mapping[str, Any] | None = None,
-                     /, *, request: RequestInput = None,
+                     /, *, request: RequestInput = None, priority: int = 0,
                      instigator: str | dict[str, Any] | None = None) -> Submitted:
         """BenchService.submit, naming who submitted it (the MQTT sender) for provenance."""
         ...

@@ -27,6 +27,7 @@ from labctl.tui.screens import (
     BenchPickerScreen,
     ConfirmScreen,
     ParameterFormScreen,
+    QueueCancelScreen,
     RecipePickerScreen,
     RunRecordScreen,
 )
@@ -49,6 +50,7 @@ class LabctlApp(App[None]):
         Binding("r", "resume", "Resume"),
         Binding("a", "abort", "Abort"),
         Binding("e", "estop", "E-STOP"),
+        Binding("c", "cancel_queued", "Cancel queued"),
         Binding("l", "record", "Record"),
         Binding("q", "quit_app", "Quit"),
     ]
@@ -206,12 +208,16 @@ class LabctlApp(App[None]):
         if state in RUN_STATES_RESUMABLE or (self.view.state == "held" and not (
                 run is not None and run.active)):
             out.add("resume")  # after an e-stop, resume releases the held queue
+        if any(q.queued for q in self.view.queue):
+            out.add("cancel_queued")
         return frozenset(out)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Pause, resume and abort are offered (footer, key) only when the run state
         allows them; everything else always."""
         if action in RUN_COMMANDS:
+            return action in self._offered()
+        if action == "cancel_queued":  # offered while runs wait in the queue
             return action in self._offered()
         return True
 
@@ -267,6 +273,22 @@ class LabctlApp(App[None]):
         self.push_screen(ConfirmScreen(
             f"Abort run {run.run_id} ({run.recipe})?\nThe running step is cancelled and every "
             "device goes to its safe state.", yes="Abort run", no="Keep running"), answered)
+
+    def action_cancel_queued(self) -> None:
+        """Pick one of the queued runs and cancel it (nothing of it has run)."""
+        if not self._usable():
+            return
+        rows = [q for q in self.view.queue if q.queued]
+        if not rows:
+            self.notify("no run is queued", severity="warning")
+            return
+
+        def chosen(run_id: str | None) -> None:
+            if run_id and self.backend is not None:
+                backend = self.backend
+                self._command(f"cancel {run_id}", lambda: backend.cancel(run_id))
+
+        self.push_screen(QueueCancelScreen(rows), chosen)
 
     def action_start(self) -> None:
         if not self._usable():

@@ -392,8 +392,12 @@ class LocalBackend(BenchBackend):
             if new != old and v.run.state not in ("completed", "aborted", "failed"):
                 v.run.state, v.run.fraction, v.run.elapsed_s, v.run.eta_s = new
                 v.touch("run")
-        queue = [QueueRow(q["run_id"], str(q.get("recipe") or ""), q.get("position"))
-                 for q in st.get("queue") or []]
+        queue = [QueueRow(str(r["run_id"]), str((r.get("recipe") or {}).get("name") or ""),
+                          0, int(r.get("priority") or 0), str(r.get("state") or "running"))
+                 for r in (st.get("running") or [])[1:]]
+        queue += [QueueRow(q["run_id"], str(q.get("recipe") or ""), q.get("position"),
+                           int(q.get("priority") or 0))
+                  for q in st.get("queue") or []]
         if queue != v.queue:
             v.queue = queue
             v.touch("queue")
@@ -621,8 +625,11 @@ class RemoteBackend(BenchBackend):
                     run.steps.append(StepRow(id=str(sid), state="running"))
                     run.steps_total = len(run.steps)
             v.touch("run")
-        v.queue = [QueueRow(str(q), "", i + (1 if run_id else 0))
-                   for i, q in enumerate(st.get("queue") or [])]
+        v.queue = [QueueRow(str(r.get("run_id")), str(r.get("recipe") or ""), 0,
+                            int(r.get("priority") or 0), str(r.get("state") or "running"))
+                   for r in (st.get("running") or [])[1:]]
+        v.queue += [QueueRow(str(q), "", i + (1 if run_id else 0))
+                    for i, q in enumerate(st.get("queue") or [])]
         v.touch("queue")
         devices = st.get("devices") or {}
         for name, d in devices.items():

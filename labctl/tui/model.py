@@ -86,9 +86,17 @@ class RunView:
 
 @dataclass
 class QueueRow:
+    """A queued run, or (state other than "queued") one running beside the run shown."""
+
     run_id: str
     recipe: str = ""
     position: int | None = None
+    priority: int = 0
+    state: str = "queued"
+
+    @property
+    def queued(self) -> bool:
+        return self.state == "queued"
 
 
 @dataclass

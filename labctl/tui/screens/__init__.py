@@ -1,11 +1,12 @@
 """Dialogs and screens over the main screen: confirm, recipe picker, parameter form, run
-record, bench picker."""
+record, bench picker, queued run to cancel."""
 
 from labctl.tui.screens.bench_picker import BenchPickerScreen
 from labctl.tui.screens.confirm import ConfirmScreen
 from labctl.tui.screens.param_form import ParameterFormScreen
+from labctl.tui.screens.queue_cancel import QueueCancelScreen
 from labctl.tui.screens.recipe_picker import RecipePickerScreen
 from labctl.tui.screens.run_record import RunRecordScreen
 
-__all__ = ["BenchPickerScreen", "ConfirmScreen", "ParameterFormScreen", "RecipePickerScreen",
-           "RunRecordScreen"]
+__all__ = ["BenchPickerScreen", "ConfirmScreen", "ParameterFormScreen", "QueueCancelScreen",
+           "RecipePickerScreen", "RunRecordScreen"]

@@ -9,7 +9,8 @@ from labctl.tui.model import BenchView
 
 
 class QueuePanel(Static):
-    """One line per queued run: position, run id, recipe."""
+    """One line per queued run: position, run id, recipe (and its priority when not 0);
+    runs running beside the one the run panel shows come first, marked ▶."""
 
     def show(self, view: BenchView) -> None:
         if not view.queue:
@@ -19,6 +20,11 @@ class QueuePanel(Static):
         for i, q in enumerate(view.queue):
             if i:
                 t.append("\n")
+            if not q.queued:  # running beside the run shown
+                t.append(f" ▶ {q.recipe or '?'}  {q.run_id}  [{q.state}]")
+                continue
             pos = "?" if q.position is None else str(q.position)
             t.append(f"{pos:>2}. {q.recipe or '?'}  {q.run_id}")
+            if q.priority:
+                t.append(f"  priority {q.priority}", style="dim")
         self.update(t)
