@@ -31,6 +31,7 @@ from labctl.bench.dedup import CommandMemory
 from labctl.bench.errors import NoRunInProgress, NothingToResume
 from labctl.bench.events import EventHub
 from labctl.bench.queue import RunQueue, RunTicket
+from labctl.bench.stock import BenchStock, check_plans
 from labctl.bench_lock import BenchLock
 from labctl.config import BenchConfig
 from labctl.device import Device
@@ -73,6 +74,8 @@ class Bench:
         self.instruments = instruments or Instruments(cfg, time_scale=time_scale)
         self.store = store or RunStore(data_dir)
         self.commands = CommandMemory(self.store)
+        #: persisted reservoir and dispenser levels, debited from runs' journals
+        self.stock = BenchStock(cfg, self.store.data_dir)
         #: `<data-dir>/bench.lock`, held from start() to close() (labctl.bench_lock)
         self._lock = BenchLock(self.store.data_dir)
         self.runs = RunQueue()
@@ -131,6 +134,8 @@ class Bench:
         found = recovery.close_unfinished(self.store, self.bench_id,
                                           requeue_unstarted=self.requeue_unstarted)
         self.interrupted_at_start = found.interrupted
+        for run_id in found.interrupted:  # a kill may have cut a debit short
+            self._sync_stock(run_id)
         self.requeued_at_start = []
         for run_id in found.unstarted:
             try:
@@ -166,6 +171,7 @@ class Bench:
         if self._own_instruments:
             await self.instruments.close()
         self.store.close()
+        self.stock.close()
         self._started = False
         self._lock.release()
 
@@ -204,10 +210,12 @@ class Bench:
             source = str(plan_or_recipe)
         plan = (plan_or_recipe if isinstance(plan_or_recipe, Plan)
                 else self.plan(plan_or_recipe, params))
+        check_plans(self.stock, [plan], self.runs.active())  # before anything is created
         info = runprov.recipe_info(plan)
         record = self.store.create(info["name"], run_id)
         who = prov.instigator_info(instigator, request)
         context = self._context(record.run_id, plan, params, who, source)
+        context["inventory"] = self.stock.provenance(self.stock.register(record.run_id, plan))
         ticket = self._ticket(record, plan, params, who, request, context)
         record.write_recipe(runprov.plan_document(plan, params, source))
         record.journal.append("run_created", run_id=record.run_id, recipe=info,
@@ -290,6 +298,7 @@ class Bench:
     def _finish(self, ticket: RunTicket, state: RunState, errors: list[dict[str, Any]]) -> None:
         """Close the record (labctl.bench.provenance.close_record) and tell every waiter."""
         ex = ticket.executor
+        self._sync_stock(ticket.run_id)
         state, result = runprov.close_record(
             ticket.record, bench_id=self.bench_id, state=state, plan=ticket.plan,
             context=ticket.context, parameters=ticket.parameters,
@@ -408,7 +417,17 @@ class Bench:
         return self._events.subscribe()
 
     def _publish(self, ev: dict[str, Any]) -> None:
+        t = self.tickets.get(str(ev.get("run_id")))
+        if t is not None:
+            self.stock.observe(ev, t.record.events)
         self._events.publish(ev)
+
+    def _sync_stock(self, run_id: str) -> None:
+        """Apply the debits a run's journal justifies (each once; labctl.bench.stock)."""
+        try:
+            self.stock.sync(run_id, self.store.open(run_id).events())
+        except Exception:  # the journal keeps them for the next reconciliation
+            log.exception("run %s: inventory reconciliation failed", run_id)
 
     def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         return self.store.list(limit=limit)
@@ -470,6 +489,7 @@ class Bench:
             world = resuming.world_on_resume(rec, check.in_doubt, saved)
         skip = resuming.journal_decisions(check, accept_in_doubt=accept_in_doubt, redo=redo,
                                           operator=who, world=world)
+        self._sync_stock(run_id)  # what the killed session took, and accepted steps
         meta = rec.read_json("metadata.json") or {}
         submitted = doc.get("parameters_submitted") or {}
         fresh = self._context(run_id, plan, submitted, meta.get("instigator") or {},

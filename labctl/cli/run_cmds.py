@@ -333,6 +333,12 @@ def run(
         result, _ = asyncio.run(_drive(bench, start, as_json=json_out))
     except BenchInUse as exc:  # another process has this data dir or a device's line
         fail(str(exc), EXIT_INVALID, as_json=json_out)
+    except RecipeError as exc:  # refused at submit: the persisted inventory cannot serve it
+        if json_out:
+            print(json.dumps(exc.to_dict(), indent=2))
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(EXIT_INVALID) from None
     except (ConfigError, LabctlError) as exc:
         fail(str(exc), EXIT_FAILED if not isinstance(exc, ConfigError) else EXIT_INVALID,
              as_json=json_out)
