@@ -132,12 +132,8 @@ class BenchStock:
     def refill(self, holding: str, amount: str, *, lot: str | None, who: str) -> Level:
         self.known(holding)
         value, unit = parse_amount(amount, holding)
-        lv = self.store.refill(holding, value, lot=lot, who=who,
-                               capacity=self.capacity_l(holding))
-        if lv.unit != unit:
-            raise InventoryError(f"{holding}: holds {lv.material} counted in "
-                                 f"{'mL' if lv.unit == 'L' else 'g'}, not {amount}")
-        return lv
+        return self.store.refill(holding, value, lot=lot, who=who,
+                                 capacity=self.capacity_l(holding), unit=unit)
 
     def set(self, holding: str, material: str, amount: str, *, lot: str | None,
             who: str) -> Level:

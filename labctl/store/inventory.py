@@ -199,12 +199,13 @@ class InventoryStore:
     # -- operator changes -----------------------------------------------------------------
     def refill(self, holding: str, amount: float, *, lot: str | None, who: str,
                material: str | None = None, capacity: float | None = None,
-               replace: bool = False) -> Level:
+               replace: bool = False, unit: str | None = None) -> Level:
         """Add `amount` (L or g, in the holding's unit) of its material; a new lot and its
         date are recorded. `replace`: the amount is the new level (`set`)."""
         if not amount >= 0 or amount == float("inf"):
             raise InventoryError(f"{holding}: amount must be a finite amount ≥ 0")
         now = utc_iso()
+        want_unit = unit
 
         def do(db: sqlite3.Connection) -> Level:
             rows = db.execute("SELECT * FROM levels WHERE holding = ?", (holding,)).fetchall()
@@ -222,9 +223,14 @@ class InventoryStore:
             if row is None and not replace:
                 raise InventoryError(f"{holding}: holds no {mat}; use `set` for a new "
                                      "material")
-            unit = row["unit"] if row is not None else None
-            if unit is None:
+            have_unit = row["unit"] if row is not None else None
+            if have_unit is None:
                 raise InventoryError(f"{holding}: unknown unit for {mat}")
+            if want_unit is not None and want_unit != have_unit:
+                raise InventoryError(f"{holding}: holds {mat} counted in "
+                                     f"{'mL' if have_unit == 'L' else 'g'}, not in "
+                                     f"{'mL' if want_unit == 'L' else 'g'}")
+            unit = have_unit
             before = float(row["amount"]) if row is not None else 0.0
             new = amount if replace else before + amount
             others = sum(float(r["amount"]) for r in rows if r["material"] != mat
@@ -258,7 +264,7 @@ class InventoryStore:
 
         self._write(ensure)
         return self.refill(holding, amount, lot=lot, who=who, material=material,
-                           capacity=capacity, replace=True)
+                           capacity=capacity, replace=True, unit=unit)
 
     # -- runs -----------------------------------------------------------------------------
     def plan_run(self, run_id: str, uses: Mapping[str, Iterable[tuple[str, str, float, str]]]
