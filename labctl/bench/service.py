@@ -31,6 +31,7 @@ from labctl.bench.dedup import CommandMemory
 from labctl.bench.errors import NoRunInProgress, NothingToResume
 from labctl.bench.events import EventHub
 from labctl.bench.queue import RunQueue, RunTicket
+from labctl.bench.samples import BenchSamples, plan_claims
 from labctl.bench.stock import BenchStock, check_plans
 from labctl.bench_lock import BenchLock
 from labctl.config import BenchConfig
@@ -76,6 +77,8 @@ class Bench:
         self.commands = CommandMemory(self.store)
         #: persisted reservoir and dispenser levels, debited from runs' journals
         self.stock = BenchStock(cfg, self.store.data_dir)
+        #: samples runs make and take (vial and sample parameters)
+        self.samples = BenchSamples(cfg, self.store.data_dir)
         #: `<data-dir>/bench.lock`, held from start() to close() (labctl.bench_lock)
         self._lock = BenchLock(self.store.data_dir)
         self.runs = RunQueue()
@@ -172,6 +175,7 @@ class Bench:
             await self.instruments.close()
         self.store.close()
         self.stock.close()
+        self.samples.close()
         self._started = False
         self._lock.release()
 
@@ -208,14 +212,21 @@ class Bench:
         params = dict(parameters or {})
         if source is None and isinstance(plan_or_recipe, Path):
             source = str(plan_or_recipe)
-        plan = (plan_or_recipe if isinstance(plan_or_recipe, Plan)
-                else self.plan(plan_or_recipe, params))
+        if isinstance(plan_or_recipe, Plan):
+            plan = plan_or_recipe
+            vessels, inputs = plan_claims(plan, params)
+        else:  # sample ids to their vessels, free vials assigned (labctl.bench.samples)
+            bound, inputs, vessels = self.samples.bind(plan_or_recipe, params,
+                                                       self.runs.active())
+            plan = self.plan(plan_or_recipe, bound)
         check_plans(self.stock, [plan], self.runs.active())  # before anything is created
         info = runprov.recipe_info(plan)
         record = self.store.create(info["name"], run_id)
         who = prov.instigator_info(instigator, request)
         context = self._context(record.run_id, plan, params, who, source)
         context["inventory"] = self.stock.provenance(self.stock.register(record.run_id, plan))
+        self.samples.claim(record.run_id, vessels, inputs)
+        context["samples"] = self.samples.provenance(inputs)
         ticket = self._ticket(record, plan, params, who, request, context)
         record.write_recipe(runprov.plan_document(plan, params, source))
         record.journal.append("run_created", run_id=record.run_id, recipe=info,
@@ -299,6 +310,7 @@ class Bench:
         """Close the record (labctl.bench.provenance.close_record) and tell every waiter."""
         ex = ticket.executor
         self._sync_stock(ticket.run_id)
+        self._sync_samples(ticket, final=True)
         state, result = runprov.close_record(
             ticket.record, bench_id=self.bench_id, state=state, plan=ticket.plan,
             context=ticket.context, parameters=ticket.parameters,
@@ -420,7 +432,21 @@ class Bench:
         t = self.tickets.get(str(ev.get("run_id")))
         if t is not None:
             self.stock.observe(ev, t.record.events)
+            if ev.get("event") == "step_finished" and getattr(
+                    t.plan.step(str(ev.get("step"))), "moves_material", False):
+                self._sync_samples(t)
         self._events.publish(ev)
+
+    def _sync_samples(self, ticket: RunTicket, *, final: bool = False) -> None:
+        """Samples the run made or used, from its journal (labctl.bench.samples)."""
+        try:
+            made = self.samples.sync(ticket.run_id, ticket.record.events(), ticket.plan,
+                                     final=final)
+            if final:
+                ticket.context.setdefault("samples", {"inputs": {}})["made"] = made
+                self.samples.release(ticket.run_id)
+        except Exception:  # the journal keeps what the run did for the next sync
+            log.exception("run %s: sample bookkeeping failed", ticket.run_id)
 
     def _sync_stock(self, run_id: str) -> None:
         """Apply the debits a run's journal justifies (each once; labctl.bench.stock)."""

@@ -9,6 +9,7 @@ from labctl.cli import (
     inventory_cmds,
     recipe_cmds,
     run_cmds,
+    samples_cmds,
     serve_cmd,
     sim,
     tui_cmd,
@@ -16,8 +17,8 @@ from labctl.cli import (
 from labctl.cli.root import app
 
 #: the modules whose commands `app` holds (imported for that)
-COMMAND_MODULES = (devices, finales_cmd, inventory_cmds, recipe_cmds, run_cmds, serve_cmd, sim,
-                   tui_cmd)
+COMMAND_MODULES = (devices, finales_cmd, inventory_cmds, recipe_cmds, run_cmds, samples_cmds,
+                   serve_cmd, sim, tui_cmd)
 
 
 def main() -> None:

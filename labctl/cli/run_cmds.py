@@ -312,8 +312,11 @@ def run(
 
     params = parse_params(param)
     cfg = load_bench_config(config, as_json=json_out)
+    from labctl.bench.samples import bind_offline
+
     try:
-        plan = build_plan(recipe, params, cfg)
+        # sample ids to their vessels, omitted vials to free ones (labctl.bench.samples)
+        plan = build_plan(recipe, bind_offline(cfg, data_dir, recipe, params), cfg)
     except RecipeError as exc:
         if json_out:
             print(json.dumps(exc.to_dict(), indent=2))

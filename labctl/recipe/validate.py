@@ -65,6 +65,7 @@ from labctl.recipe.models import (
 )
 from labctl.recipe.parameters import resolve_parameters, typed_parameters
 from labctl.recipe.plan import MaterialUse, Plan, PlannedStep
+from labctl.recipe.vessel_params import check_vessel_parameters, rack_vials
 from labctl.units import quantity
 
 #: (levels, reserved) of a persisted inventory (labctl.store.inventory) to validate from
@@ -890,8 +891,11 @@ def _compile(source: RecipeSource, params: dict[str, Any], cfg: BenchConfig,
         raise RecipeError(issues)
     root = doc.base_dir
     comp = Compiler(cfg, root, stock)
+    params = {**rack_vials(recipe.parameters, params, cfg), **params}
     values, shown, p_issues = resolve_parameters(recipe.parameters, params)
     for i in p_issues:
+        comp.issue(i.path, i.message)
+    for i in check_vessel_parameters(recipe.parameters, values, cfg):
         comp.issue(i.path, i.message)
     comp.check_materials(recipe.materials, "materials")
     chain: tuple[Path, ...] = ()

@@ -1,0 +1,115 @@
+"""Samples (labctl.store.samples, labctl.bench.samples) through the real `labctl` CLI on a
+simulated bench with a rack of two vials (tests/configs/sample_bench.toml): a run assigned
+a free vial makes a sample of it; a later run names that sample by id, adds to it, and its
+record names the sample and its chain of origin; a full rack, an unknown sample or a vial
+of the wrong rack is refused before anything moves."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "tests" / "configs" / "sample_bench.toml"
+MAKE = ROOT / "tests" / "recipes" / "sample_make.json"
+USE = ROOT / "tests" / "recipes" / "sample_use.json"
+LABCTL = [sys.executable, "-m", "labctl"]
+pytestmark = pytest.mark.timeout(180)
+
+
+def labctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*LABCTL, *args, "--config", str(CONFIG)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def run(recipe: Path, data: Path, *params: str) -> subprocess.CompletedProcess[str]:
+    args = ["run", str(recipe), "--data-dir", str(data), "--json", "--time-scale", "1000"]
+    for p in params:
+        args += ["--param", p]
+    return labctl(*args)
+
+
+def result(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert out.returncode == 0, out.stdout + out.stderr
+    doc: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return doc
+
+
+def samples(data: Path, *args: str) -> Any:
+    out = subprocess.run([*LABCTL, "samples", *args, "--data-dir", str(data), "--json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout)
+
+
+def test_a_sample_made_by_one_run_is_used_by_id_in_the_next_and_its_chain_recorded(
+        tmp_path: Path) -> None:
+    data = tmp_path / "runs"
+    first = result(run(MAKE, data, "dmc_volume=2 mL"))
+    meta1 = json.loads((data / first["run_id"] / "metadata.json").read_text())
+    [made] = meta1["samples"]["made"]
+    assert made == "S-sample-bench-000001"
+    s = samples(data, "show", made)
+    assert (s["vessel"], s["rack"], s["position"]) == ("t1", "tray", 1)  # the first free vial
+    assert s["parent_run"] == first["run_id"] and s["status"] == "live"
+    assert s["composition_g"] == {"DMC": pytest.approx(2 * 1.07)}  # 2 mL at 1.07 g/mL
+
+    second = result(run(USE, data, f"sample={made}", "ec_volume=1 mL"))
+    meta2 = json.loads((data / second["run_id"] / "metadata.json").read_text())
+    used = meta2["samples"]["inputs"]["sample"]
+    assert used["sample_id"] == made
+    assert [c["parent_run"] for c in used["chain"]] == [first["run_id"]]
+    assert meta2["samples"]["made"] == []  # it added to the sample, it made none
+    assert meta2["parameters"]["sample"] == made  # the record keeps the id as submitted
+    # the EC went where the sample is
+    journal = [json.loads(x) for x in
+               (data / second["run_id"] / "events.jsonl").read_text().splitlines()]
+    [add] = [e for e in journal if e["event"] == "record" and e.get("kind") == "addition"]
+    assert add["vessel"] == "t1"
+    s = samples(data, "show", made)
+    assert s["composition_g"] == {"DMC": pytest.approx(2.14), "EC": pytest.approx(1.32)}
+    assert [(h["kind"], h["run_id"]) for h in s["history"]] == [
+        ("created", first["run_id"]), ("added", second["run_id"])]
+    assert [c["sample_id"] for c in s["chain"]] == [made]
+    listed = samples(data, "list")
+    assert [x["id"] for x in listed] == [made]
+    text = subprocess.run([*LABCTL, "samples", "show", made, "--data-dir", str(data)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    assert "chain of origin" in text and first["run_id"] in text
+
+
+def test_free_vials_are_assigned_in_rack_order_and_a_full_rack_is_refused(
+        tmp_path: Path) -> None:
+    data = tmp_path / "runs"
+    result(run(MAKE, data))
+    result(run(MAKE, data))
+    assert sorted(s["vessel"] for s in samples(data, "list")) == ["t1", "t2"]
+    n_runs = len([p for p in data.iterdir() if p.is_dir()])
+    out = run(MAKE, data)
+    assert out.returncode == 2, out.stdout + out.stderr
+    msg = out.stdout + out.stderr
+    assert "no free vial in rack 'tray'" in msg and "t1: S-sample-bench-000001" in msg, msg
+    assert len([p for p in data.iterdir() if p.is_dir()]) == n_runs
+    # naming a vial that holds a sample is refused too, naming the sample
+    out = run(MAKE, data, "vial=t2")
+    assert out.returncode == 2 and "vial t2 holds sample S-sample-bench-000002" in (
+        out.stdout + out.stderr)
+
+
+def test_bad_vessel_parameters_are_refused_naming_the_parameter(tmp_path: Path) -> None:
+    data = tmp_path / "runs"
+    out = run(USE, data, "sample=S-sample-bench-000042")
+    assert out.returncode == 2
+    assert "no sample 'S-sample-bench-000042' on this bench" in out.stdout + out.stderr
+    out = labctl("validate", str(MAKE), "--param", "vial=vial", "--json")
+    assert out.returncode == 2
+    [err] = json.loads(out.stdout)["errors"]
+    assert err["path"] == "parameters.vial" and "not 'tray'" in err["message"], err
+    out = labctl("validate", str(MAKE), "--param", "vial=res_dmc", "--json")
+    assert "is not a vial of this bench in rack 'tray' (vials: t1, t2)" in out.stdout
+    assert not data.exists() or not [p for p in data.iterdir() if p.is_dir()]
