@@ -113,6 +113,25 @@ class BenchSamples:
             raise RecipeError(issues)
         return out, inputs, vessels
 
+    def check_free(self, plan: Plan, active: Iterable[str]) -> None:
+        """A planned run's vial parameters name vials still free (two submits planned at
+        once must not both get one vial): RecipeError naming the parameter."""
+        claimed = {v: rid for rid in active for v in self.claims.get(rid, ())}
+        live = self.store.live_at()
+        issues = []
+        for name, t in plan.parameters_typed.items():
+            v = t.get("value")
+            if t.get("type") != "vial" or not isinstance(v, str):
+                continue
+            if v in live:
+                issues.append(Issue(f"parameters.{name}", f"parameter {name!r}: vial {v} "
+                                                          f"holds sample {live[v]}"))
+            elif v in claimed:
+                issues.append(Issue(f"parameters.{name}", f"parameter {name!r}: vial {v} "
+                                                          f"is claimed by run {claimed[v]}"))
+        if issues:
+            raise RecipeError(issues)
+
     def claim(self, run_id: str, vessels: set[str], inputs: dict[str, str]) -> None:
         self.claims[run_id] = set(vessels)
         self.inputs[run_id] = dict(inputs)

@@ -219,7 +219,8 @@ class Bench:
             bound, inputs, vessels = self.samples.bind(plan_or_recipe, params,
                                                        self.runs.active())
             plan = self.plan(plan_or_recipe, bound)
-        check_plans(self.stock, [plan], self.runs.active())  # before anything is created
+        self.samples.check_free(plan, self.runs.active())  # before anything is created
+        check_plans(self.stock, [plan], self.runs.active())
         info = runprov.recipe_info(plan)
         record = self.store.create(info["name"], run_id)
         who = prov.instigator_info(instigator, request)
