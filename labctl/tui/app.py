@@ -26,6 +26,7 @@ from labctl.tui.model import BenchView
 from labctl.tui.screens import (
     BenchPickerScreen,
     ConfirmScreen,
+    InventoryScreen,
     ParameterFormScreen,
     RecipePickerScreen,
     RunRecordScreen,
@@ -50,6 +51,7 @@ class LabctlApp(App[None]):
         Binding("a", "abort", "Abort"),
         Binding("e", "estop", "E-STOP"),
         Binding("l", "record", "Record"),
+        Binding("i", "inventory", "Inventory"),
         Binding("q", "quit_app", "Quit"),
     ]
 
@@ -285,6 +287,11 @@ class LabctlApp(App[None]):
 
         folder = str(backend.recipes_dir)
         self.push_screen(RecipePickerScreen(folder, backend.recipes()), chosen)
+
+    def action_inventory(self) -> None:
+        if self._usable():
+            assert self.backend is not None
+            self.push_screen(InventoryScreen(self.backend))
 
     def action_record(self) -> None:
         if self._usable():

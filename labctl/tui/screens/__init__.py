@@ -1,11 +1,12 @@
 """Dialogs and screens over the main screen: confirm, recipe picker, parameter form, run
-record, bench picker."""
+record, bench picker, inventory."""
 
 from labctl.tui.screens.bench_picker import BenchPickerScreen
 from labctl.tui.screens.confirm import ConfirmScreen
+from labctl.tui.screens.inventory import InventoryScreen
 from labctl.tui.screens.param_form import ParameterFormScreen
 from labctl.tui.screens.recipe_picker import RecipePickerScreen
 from labctl.tui.screens.run_record import RunRecordScreen
 
-__all__ = ["BenchPickerScreen", "ConfirmScreen", "ParameterFormScreen", "RecipePickerScreen",
-           "RunRecordScreen"]
+__all__ = ["BenchPickerScreen", "ConfirmScreen", "InventoryScreen", "ParameterFormScreen",
+           "RecipePickerScreen", "RunRecordScreen"]
