@@ -54,6 +54,7 @@ def test_a_sample_made_by_one_run_is_used_by_id_in_the_next_and_its_chain_record
     meta1 = json.loads((data / first["run_id"] / "metadata.json").read_text())
     [made] = meta1["samples"]["made"]
     assert made == "S-sample-bench-000001"
+    assert first["samples"] == {"used": {}, "made": [made]}  # result.json names it too
     s = samples(data, "show", made)
     assert (s["vessel"], s["rack"], s["position"]) == ("t1", "tray", 1)  # the first free vial
     assert s["parent_run"] == first["run_id"] and s["status"] == "live"
@@ -63,6 +64,7 @@ def test_a_sample_made_by_one_run_is_used_by_id_in_the_next_and_its_chain_record
     meta2 = json.loads((data / second["run_id"] / "metadata.json").read_text())
     used = meta2["samples"]["inputs"]["sample"]
     assert used["sample_id"] == made
+    assert second["samples"] == {"used": {"sample": made}, "made": []}
     assert [c["parent_run"] for c in used["chain"]] == [first["run_id"]]
     assert meta2["samples"]["made"] == []  # it added to the sample, it made none
     assert meta2["parameters"]["sample"] == made  # the record keeps the id as submitted

@@ -19,6 +19,7 @@ from typing import Any
 
 from labctl.bench.errors import NothingToResume
 from labctl.bench.service import Bench
+from labctl.bench.stock import check_plans
 from labctl.problems import BenchError, Issue
 from labctl.protocol import Control, RecipeInput, RequestInput, Submitted
 from labctl.recipe.issues import RecipeError
@@ -109,7 +110,10 @@ class LocalService:
             # sample ids to their vessels, omitted vials to free ones (labctl.bench.samples)
             bound, _inputs, _vessels = self.bench.samples.bind(
                 source, dict(parameters or {}), self.bench.runs.active(), base_dir)
-            return self.bench.plan(source, bound, base_dir=base_dir)
+            plan = self.bench.plan(source, bound, base_dir=base_dir)
+            # and against the persisted inventory, less what queued runs will take
+            check_plans(self.bench.stock, [plan], self.bench.runs.active())
+            return plan
         except RecipeError as exc:
             raise BenchError.invalid(exc.issues) from None
 

@@ -139,6 +139,8 @@ class Bench:
         self.interrupted_at_start = found.interrupted
         for run_id in found.interrupted:  # a kill may have cut a debit short
             self._sync_stock(run_id)
+            with contextlib.suppress(Exception):  # and the samples it was making
+                self.samples.sync(run_id, self.store.open(run_id).events())
         self.requeued_at_start = []
         for run_id in found.unstarted:
             try:
