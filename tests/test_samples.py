@@ -85,6 +85,48 @@ def test_a_sample_made_by_one_run_is_used_by_id_in_the_next_and_its_chain_record
     assert "chain of origin" in text and first["run_id"] in text
 
 
+async def test_an_electrolyte_made_in_one_run_is_measured_by_sample_id_in_the_next(
+        tmp_path: Path) -> None:
+    """config/sim.toml, one bench process (its simulated world lives on between runs, as a
+    real vial does): formulate_electrolyte leaves its electrolyte in cell_vial, a sample of
+    LiPF6, EC and DMC as dosed; a measuring run names it by id, validation sees the vial
+    full (a PEIS needs liquid in it), its PEIS is a "measured" event of the sample and its
+    record names the sample and its origin."""
+    from labctl.bench import Bench
+    from labctl.config import load_config
+
+    data = tmp_path / "runs"
+    b = Bench(load_config(ROOT / "config" / "sim.toml"), data_dir=data, time_scale=1000)
+    await b.start()
+    try:
+        rid = await b.submit(ROOT / "recipes" / "formulate_electrolyte.json",
+                             {"mixing_time": "1 min"})
+        made = await b.wait(rid)
+        assert made["status"] == "completed", made
+        [sid] = made["samples"]["made"]
+        s = b.samples.store.get(sid)
+        assert s["vessel"] == "cell_vial"
+        assert set(s["composition_g"]) == {"LiPF6", "EC", "DMC"}
+        meta = json.loads((data / rid / "metadata.json").read_text())
+        dosed = sum(a["actual"] for a in meta["additions"] if a["material"] == "LiPF6")
+        assert s["composition_g"]["LiPF6"] == pytest.approx(dosed)  # as measured
+        rid2 = await b.submit(ROOT / "tests" / "recipes" / "sample_measure.json",
+                              {"sample": sid})
+        measured = await b.wait(rid2)
+        assert measured["status"] == "completed", measured
+        assert measured["samples"] == {"used": {"sample": sid}, "made": []}
+        [fig] = [f for f in measured["figures_of_merit"] if f["name"] == "ionic_conductivity"]
+        assert fig["value"] > 0
+        s = b.samples.store.get(sid)
+        assert [(h["kind"], h["run_id"]) for h in s["history"]] == [
+            ("created", rid), ("measured", rid2)]
+        assert s["history"][1]["technique"] == "peis"
+        meta = json.loads((data / rid2 / "metadata.json").read_text())
+        assert meta["samples"]["inputs"]["sample"]["chain"][0]["parent_run"] == rid
+    finally:
+        await b.close()
+
+
 def test_free_vials_are_assigned_in_rack_order_and_a_full_rack_is_refused(
         tmp_path: Path) -> None:
     data = tmp_path / "runs"

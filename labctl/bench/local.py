@@ -110,9 +110,12 @@ class LocalService:
             # sample ids to their vessels, omitted vials to free ones (labctl.bench.samples)
             bound, _inputs, _vessels = self.bench.samples.bind(
                 source, dict(parameters or {}), self.bench.runs.active(), base_dir)
-            plan = self.bench.plan(source, bound, base_dir=base_dir)
-            # and against the persisted inventory, less what queued runs will take
-            check_plans(self.bench.stock, [plan], self.bench.runs.active())
+            # from the persisted inventory, less what queued runs will take, and the
+            # vials holding samples as they are
+            plan = self.bench.plan(source, bound, base_dir=base_dir,
+                                   stock=self.bench.stock_view())
+            check_plans(self.bench.stock, [plan], self.bench.runs.active(),
+                        self.bench.samples.vial_levels())
             return plan
         except RecipeError as exc:
             raise BenchError.invalid(exc.issues) from None

@@ -19,7 +19,7 @@ from typing import Any
 
 from labctl.actions import Effect
 from labctl.config import BenchConfig
-from labctl.recipe.inventory import EPS, Inventory
+from labctl.recipe.inventory import EPS, Inventory, Levels
 from labctl.recipe.issues import Issue, RecipeError
 from labctl.recipe.loading import RecipeSource, load_source
 from labctl.recipe.plan import Plan
@@ -192,6 +192,24 @@ class BenchSamples:
                                     {"why": "the run leaves the vial empty"}))
         return self.store.record_run(run_id, made=made, added=added, events=history)
 
+    def vial_levels(self) -> Levels:
+        """What vials holding a live sample hold, as validation counts it: liquids (by
+        their density) in L, the rest in g."""
+        out: Levels = {}
+        for s in self.store.list_samples(status=LIVE, limit=10_000):
+            mats: dict[str, tuple[float, str]] = {}
+            for mid, g in s["composition_g"].items():
+                m = self.cfg.materials.get(mid)
+                density = None
+                if m is not None and m.density and m.phase != "solid":
+                    try:
+                        density = to(m.density, "g/L")
+                    except Exception:
+                        density = None
+                mats[mid] = (g / density, "L") if density else (g, "g")
+            out[s["vessel"]] = mats
+        return out
+
     def release(self, run_id: str) -> None:
         self.claims.pop(run_id, None)
 
@@ -244,11 +262,18 @@ def plan_claims(plan: Plan, submitted: Mapping[str, Any]) -> tuple[set[str], dic
 
 
 def bind_offline(cfg: BenchConfig, data_dir: str | Path, recipe: RecipeSource,
-                 params: Mapping[str, Any]) -> dict[str, Any]:
+                 params: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[Levels, Levels]]:
     """`BenchSamples.bind` for a command that plans before its bench starts (`labctl run`):
-    the parameters with sample ids and omitted vials bound to vessels."""
+    the parameters with sample ids and omitted vials bound to vessels, and the stock to
+    plan from (persisted levels, vials holding samples)."""
+    from labctl.bench.stock import BenchStock
+
     samples = BenchSamples(cfg, data_dir)
+    stock = BenchStock(cfg, data_dir)
     try:
-        return samples.bind(recipe, params)[0]
+        levels, reserved = stock.for_plan()
+        return samples.bind(recipe, params)[0], ({**levels, **samples.vial_levels()},
+                                                 reserved)
     finally:
         samples.close()
+        stock.close()

@@ -41,7 +41,7 @@ from labctl.executor import Executor, jsonable
 from labctl.instruments import Instruments
 from labctl.recipe.loading import RecipeSource
 from labctl.recipe.plan import Plan
-from labctl.recipe.validate import build_plan
+from labctl.recipe.validate import Stock, build_plan
 from labctl.run_machine import IllegalTransition, RunMachine, RunState
 from labctl.simulation import WorldKeeper, can_save, read_saved_world
 from labctl.store import RunRecord, RunStore, utc_iso
@@ -190,14 +190,21 @@ class Bench:
 
     # -- planning ------------------------------------------------------------------------
     def plan(self, recipe: RecipeSource, parameters: Mapping[str, Any] | None = None,
-             *, base_dir: Path | None = None) -> Plan:
+             *, base_dir: Path | None = None, stock: Stock | None = None) -> Plan:
         """Validate a recipe (a path, JSON text, a dict or a Recipe) against this bench; the
         Plan, or labctl.recipe's RecipeError listing every fault. Planned at the scale this
         bench really runs (a --time-scale override), so estimates count wall time there."""
         from labctl.estimates import at_time_scale
 
         return build_plan(recipe, dict(parameters or {}),
-                          at_time_scale(self.cfg, self.time_scale), base_dir=base_dir)
+                          at_time_scale(self.cfg, self.time_scale), base_dir=base_dir,
+                          stock=stock)
+
+    def stock_view(self) -> Stock:
+        """What a new run is planned from: the persisted levels less what active runs will
+        still take, and the vials holding live samples as they hold them."""
+        levels, reserved = self.stock.for_plan(self.runs.active())
+        return {**levels, **self.samples.vial_levels()}, reserved
 
     # -- submitting ----------------------------------------------------------------------
     async def submit(
@@ -220,9 +227,9 @@ class Bench:
         else:  # sample ids to their vessels, free vials assigned (labctl.bench.samples)
             bound, inputs, vessels = self.samples.bind(plan_or_recipe, params,
                                                        self.runs.active())
-            plan = self.plan(plan_or_recipe, bound)
+            plan = self.plan(plan_or_recipe, bound, stock=self.stock_view())
         self.samples.check_free(plan, self.runs.active())  # before anything is created
-        check_plans(self.stock, [plan], self.runs.active())
+        check_plans(self.stock, [plan], self.runs.active(), self.samples.vial_levels())
         info = runprov.recipe_info(plan)
         record = self.store.create(info["name"], run_id)
         who = prov.instigator_info(instigator, request)

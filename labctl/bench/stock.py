@@ -214,7 +214,8 @@ def debits_from_journal(run_id: str, events: list[dict[str, Any]],
     return out
 
 
-def check_plans(stock: BenchStock, plans: list[Plan], active: Iterable[str] = ()) -> None:
+def check_plans(stock: BenchStock, plans: list[Plan], active: Iterable[str] = (),
+                vials: Levels | None = None) -> None:
     """Refuse (RecipeError) one run or a whole campaign of them that the persisted levels,
     less what the active runs will still take, cannot serve: the plans' material effects
     are replayed one after the other from the same stock, so the sum counts. Each issue
@@ -222,6 +223,7 @@ def check_plans(stock: BenchStock, plans: list[Plan], active: Iterable[str] = ()
     from labctl.recipe.issues import Issue, RecipeError
 
     levels, reserved = stock.for_plan(active)
+    levels = {**levels, **(vials or {})}
     inv = Inventory(stock.cfg, levels, reserved)
     issues: list[Issue] = []
     for i, plan in enumerate(plans):
@@ -236,9 +238,9 @@ def check_plans(stock: BenchStock, plans: list[Plan], active: Iterable[str] = ()
                                               "inventory)"))
         inv.routes.clear()
         inv.initialized.clear()
-        for h in inv.holdings.values():  # each run starts with its vials as configured
+        for h in inv.holdings.values():  # each run starts with its vials as they are
             if h.kind not in ("reservoir", "head"):
-                fresh = Inventory(stock.cfg).holdings.get(h.name)
+                fresh = Inventory(stock.cfg, vials).holdings.get(h.name)
                 if fresh is not None:
                     h.liquids_l, h.solids_g = dict(fresh.liquids_l), dict(fresh.solids_g)
     if issues:

@@ -316,7 +316,8 @@ def run(
 
     try:
         # sample ids to their vessels, omitted vials to free ones (labctl.bench.samples)
-        plan = build_plan(recipe, bind_offline(cfg, data_dir, recipe, params), cfg)
+        bound, stock = bind_offline(cfg, data_dir, recipe, params)
+        plan = build_plan(recipe, bound, cfg, stock=stock)
     except RecipeError as exc:
         if json_out:
             print(json.dumps(exc.to_dict(), indent=2))

@@ -55,7 +55,8 @@ Levels = dict[str, dict[str, tuple[float, str]]]
 
 class Inventory:
     """`levels`, when given, replace what the config says reservoirs and dispenser heads
-    hold (the bench's persisted inventory); vials still start as the config says."""
+    hold (the bench's persisted inventory) and what vials holding a live sample hold; the
+    other vials start as the config says."""
 
     def __init__(self, cfg: BenchConfig, levels: Levels | None = None,
                  reserved: Levels | None = None):
@@ -96,7 +97,7 @@ class Inventory:
     def _use_levels(self, levels: Levels) -> None:
         for name, mats in levels.items():
             h = self.holdings.get(name) or self.holdings.get(f"#{name}")
-            if h is None or h.kind not in ("reservoir", "head"):
+            if h is None:
                 continue
             h.liquids_l.clear()
             h.solids_g.clear()
