@@ -262,12 +262,23 @@ def plan_claims(plan: Plan, submitted: Mapping[str, Any]) -> tuple[set[str], dic
 
 
 def bind_offline(cfg: BenchConfig, data_dir: str | Path, recipe: RecipeSource,
-                 params: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[Levels, Levels]]:
+                 params: Mapping[str, Any]
+                 ) -> tuple[dict[str, Any], tuple[Levels | None, Levels | None]]:
     """`BenchSamples.bind` for a command that plans before its bench starts (`labctl run`):
     the parameters with sample ids and omitted vials bound to vessels, and the stock to
     plan from (persisted levels, vials holding samples)."""
     from labctl.bench.stock import BenchStock
 
+    if not Path(data_dir).exists():  # a new bench: the config's levels, no samples yet (and
+        # a refused run must leave no data dir behind)
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as empty:
+            fresh = BenchSamples(cfg, empty)
+            try:
+                return fresh.bind(recipe, params)[0], (None, None)
+            finally:
+                fresh.close()
     samples = BenchSamples(cfg, data_dir)
     stock = BenchStock(cfg, data_dir)
     try:
