@@ -157,3 +157,29 @@ def test_bad_vessel_parameters_are_refused_naming_the_parameter(tmp_path: Path) 
     out = labctl("validate", str(MAKE), "--param", "vial=res_dmc", "--json")
     assert "is not a vial of this bench in rack 'tray' (vials: t1, t2)" in out.stdout
     assert not data.exists() or not [p for p in data.iterdir() if p.is_dir()]
+
+
+async def test_a_run_that_would_overfill_a_vial_holding_a_sample_is_refused(
+        tmp_path: Path) -> None:
+    """Validation starts a vial holding a live sample from what the sample holds: adding
+    more than its room is refused at submit, naming the vial, before anything moves."""
+    from labctl.bench import Bench
+    from labctl.config import load_config
+    from labctl.recipe import RecipeError
+
+    cfg = load_config(CONFIG)
+    cfg.vessels["t1"].capacity = "6 mL"
+    b = Bench(cfg, data_dir=tmp_path / "runs", time_scale=1000)
+    await b.start()
+    try:
+        rid = await b.submit(MAKE, {"vial": "t1", "dmc_volume": "5 mL"})
+        assert (await b.wait(rid))["status"] == "completed"
+        [sid] = [s["id"] for s in b.samples.store.list_samples()]
+        with pytest.raises(RecipeError) as err:
+            await b.submit(USE, {"sample": sid, "ec_volume": "2 mL"})
+        assert "t1 would overflow: 7 mL in a 6 mL vessel" in str(err.value), str(err.value)
+        assert len(b.list_runs()) == 1  # nothing was created for the refused run
+        rid = await b.submit(USE, {"sample": sid, "ec_volume": "1 mL"})  # this one fits
+        assert (await b.wait(rid))["status"] == "completed"
+    finally:
+        await b.close()
