@@ -29,7 +29,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,10 +48,12 @@ from labctl.mqtt.payloads import (
     AbortCommand,
     CancelCommand,
     EstopCommand,
+    InventoryCommand,
     ListCommand,
     PauseCommand,
     RequestInfo,
     ResumeCommand,
+    SamplesCommand,
     StatusCommand,
     SubmitCommand,
     ValidateCommand,
@@ -462,6 +464,23 @@ class BenchClient:
     async def list(self, limit: int = 50) -> list[dict[str, Any]]:
         reply = await self.send(ListCommand(command="list", id=self.new_id(), limit=limit))
         return list(reply.get("runs") or [])
+
+    async def inventory(self, action: str = "show", *, vessel: str | None = None,
+                        material: str | None = None, amount: str | None = None,
+                        lot: str | None = None) -> dict[str, Any]:
+        """The bench's inventory levels (after a refill or set: operators only)."""
+        reply = await self.send(InventoryCommand(
+            command="inventory", id=self.new_id(), action=action,  # type: ignore[arg-type]
+            vessel=vessel, material=material, amount=amount, lot=lot))
+        return dict(reply.get("inventory") or {})
+
+    async def samples(self, action: str = "list", sample_id: str | None = None
+                      ) -> Sequence[dict[str, Any]]:
+        """The bench's samples, or [one sample] with its chain of origin (show)."""
+        reply = await self.send(SamplesCommand(command="samples", id=self.new_id(),
+                                               action=action,  # type: ignore[arg-type]
+                                               sample_id=sample_id))
+        return tuple(reply.get("samples") or ())
 
     async def pause(self, run_id: str | None = None) -> dict[str, Any]:
         return await self.send(PauseCommand(command="pause", id=self.new_id(), run_id=run_id))

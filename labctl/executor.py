@@ -64,6 +64,10 @@ class StepGate(Protocol):
 
     async def close(self) -> list[Any]: ...
 
+    def sharing(self, step: PlannedStep) -> list[str]:
+        """Other runs holding this step's device now (a vial block several runs stir)."""
+        ...
+
 
 class StepFailed(LabctlError):
     """A step failed for good (retries spent, on_error = abort): names the step, the device
@@ -264,6 +268,10 @@ class StepContext:
 
     def data_path(self, suffix: str = ".bdf.csv") -> Any:
         return self._ex.record.data_path(self.step_id, suffix)
+
+    def shared_with(self) -> list[str]:
+        gate = self._ex._claims
+        return gate.sharing(self._step) if gate is not None else []
 
     def data_writer(self, technique: Any) -> Any:
         """A BDF writer (labctl.bdf) for this step's data file, flushed at least once a

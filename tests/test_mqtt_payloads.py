@@ -98,7 +98,7 @@ def test_json_schemas_cover_every_payload() -> None:
     cmd_names = {m["properties"]["command"]["const"]
                  for m in schemas["cmd"]["$defs"].values() if "command" in m.get("properties", {})}
     assert cmd_names == {"submit", "validate", "pause", "resume", "abort", "estop", "cancel",
-                         "status", "list"}
+                         "status", "list", "inventory", "samples"}
     json.dumps(schemas)
 
 

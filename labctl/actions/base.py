@@ -73,6 +73,11 @@ class ActionContext(Protocol):
         """The vessel `@device` leads to now: {"vessel", "route", ["route_error"]}."""
         ...
 
+    def shared_with(self) -> list[str]:
+        """Other runs holding this step's device now: a vial block stirred for several
+        runs is stopped by the last of them, not under the others' samples."""
+        ...
+
     async def cell_temperature(self, vessel: str | None) -> dict[str, Any] | None:
         """A vessel's measured temperature and its source, None when nothing reads it."""
         ...

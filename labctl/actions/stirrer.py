@@ -75,9 +75,14 @@ class StirrerStir(ActionSpec[Stirrer]):
         temps = TemperatureLog(device, ctx)
         await temps.sample()
         held = await hold(ctx, a["duration_s"], temps.watch(watch_status(device)))
-        await device.set_speed(0)
-        if t is not None:
-            await device.set_temperature(None)
+        sharing = ctx.shared_with()
+        if sharing:  # a vial block other runs' samples still stir in: the last one stops it
+            ctx.record("left_running", device=ctx.device_name, shared_with=sharing,
+                       speed_rpm=a["speed_rpm"])
+        else:
+            await device.set_speed(0)
+            if t is not None:
+                await device.set_temperature(None)
         measured = temps.summary()
         ctx.record("mixing", speed_rpm=a["speed_rpm"], duration_s=held,
                    temperature_c=measured["measured_c"], setpoint_c=setpoint, **{
@@ -128,6 +133,10 @@ class StirrerOff(ActionSpec[Stirrer]):
         return f"Switch {dev.name} off (heater and motor)."
 
     async def run(self, device: Stirrer, a: Args, ctx: ActionContext) -> Result:
+        sharing = ctx.shared_with()
+        if sharing:  # a vial block other runs still use: the last of them switches it off
+            ctx.record("left_running", device=ctx.device_name, shared_with=sharing)
+            return {"left_running_for": sharing}
         await device.set_temperature(None)
         await device.set_speed(0)
         return {}

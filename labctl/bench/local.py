@@ -19,6 +19,7 @@ from typing import Any
 
 from labctl.bench.errors import NothingToResume
 from labctl.bench.service import Bench
+from labctl.bench.stock import check_plans
 from labctl.problems import BenchError, Issue
 from labctl.protocol import Control, RecipeInput, RequestInput, Submitted
 from labctl.recipe.issues import RecipeError
@@ -106,7 +107,16 @@ class LocalService:
     def _plan(self, recipe: RecipeInput, parameters: Mapping[str, Any] | None) -> Plan:
         source, base_dir, _ = self._source(recipe)
         try:
-            return self.bench.plan(source, dict(parameters or {}), base_dir=base_dir)
+            # sample ids to their vessels, omitted vials to free ones (labctl.bench.samples)
+            bound, _inputs, _vessels = self.bench.samples.bind(
+                source, dict(parameters or {}), self.bench.runs.active(), base_dir)
+            # from the persisted inventory, less what queued runs will take, and the
+            # vials holding samples as they are
+            plan = self.bench.plan(source, bound, base_dir=base_dir,
+                                   stock=self.bench.stock_view())
+            check_plans(self.bench.stock, [plan], self.bench.runs.active(),
+                        self.bench.samples.vial_levels())
+            return plan
         except RecipeError as exc:
             raise BenchError.invalid(exc.issues) from None
 
@@ -201,6 +211,49 @@ class LocalService:
         return self.list_runs(limit)
 
     # -- what the MQTT agent needs besides ------------------------------------------------
+    async def inventory(self, action: str, *, vessel: str | None = None,
+                        material: str | None = None, amount: str | None = None,
+                        lot: str | None = None, who: str = "") -> dict[str, Any]:
+        """Levels of the persisted inventory, after a refill or set (who may: the adapter's
+        to decide — the MQTT agent lets operators only). BenchError on bad input."""
+        from labctl.store.inventory import InventoryError
+
+        stock = self.bench.stock
+        try:
+            if action in ("refill", "set"):
+                if not vessel or not amount or (action == "set" and not material):
+                    need = "vessel, material and amount" if action == "set" else (
+                        "vessel and amount")
+                    raise BenchError("bad_payload", f"inventory {action} needs {need}",
+                                     path="vessel" if not vessel else "amount")
+                if action == "refill":
+                    await asyncio.to_thread(stock.refill, vessel, amount, lot=lot, who=who)
+                else:
+                    await asyncio.to_thread(stock.set, vessel, str(material), amount,
+                                            lot=lot, who=who)
+            elif action != "show":
+                raise BenchError("bad_payload", f"unknown inventory action {action!r}",
+                                 path="action")
+        except InventoryError as exc:
+            raise BenchError("refused", str(exc), path="vessel") from None
+        return stock.show()
+
+    async def samples(self, action: str, sample_id: str | None = None
+                      ) -> list[dict[str, Any]]:
+        from labctl.store.samples import SampleError
+
+        store = self.bench.samples.store
+        if action == "list":
+            return store.list_samples()
+        if action != "show" or not sample_id:
+            raise BenchError("bad_payload", "samples show needs sample_id", path="sample_id")
+        try:
+            s = store.get(sample_id)
+        except SampleError as exc:
+            raise BenchError("not_found", str(exc), path="sample_id") from None
+        s["chain"] = store.chain(s["id"])
+        return [s]
+
     def list_runs(self, limit: int) -> list[dict[str, Any]]:
         """Newest first; each row names its `owner` (the MQTT sender that submitted it,
         None for runs started on the bench itself)."""

@@ -136,7 +136,17 @@ def result_document(*, bench_id: str, run_id: str, record_folder: str, state: Ru
         "data_files": [{"path": d["path"], "sha256": d["sha256"]}
                        for d in meta.get("data_files", [])],
         "record": record_folder,
+        **_samples(meta),
     }
+
+
+def _samples(meta: dict[str, Any]) -> dict[str, Any]:
+    """The samples a run took (parameter -> sample id) and made, when it took or made any
+    (metadata.json has their chains of origin)."""
+    s = meta.get("samples") or {}
+    used = {k: v.get("sample_id") for k, v in (s.get("inputs") or {}).items()}
+    made = list(s.get("made") or [])
+    return {"samples": {"used": used, "made": made}} if used or made else {}
 
 
 def close_record(rec: RunRecord, *, bench_id: str, state: RunState, plan: Plan,

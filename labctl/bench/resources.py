@@ -31,7 +31,7 @@ from labctl.recipe.plan import Plan, PlannedStep
 Mode = Literal["exclusive", "shared"]
 
 #: stirrer/heater actions whose claim on a multi-vessel device is keyed by their set-point
-SETPOINT_ACTIONS = frozenset({"set", "stir", "hold", "set_temperature", "monitor"})
+SETPOINT_ACTIONS = frozenset({"set", "stir", "hold", "set_temperature", "monitor", "off"})
 #: the set-point fields of those actions (args as planned)
 SETPOINT_ARGS = ("temperature_c", "speed_rpm")
 
@@ -461,3 +461,9 @@ class RunGate:
 
     async def close(self) -> list[Claim]:
         return await self.board.finish(self.run_id)
+
+    def sharing(self, step: PlannedStep) -> list[str]:
+        if not step.device:
+            return []
+        return [rid for rid in self.board.holders(f"device:{step.device}")
+                if rid != self.run_id]

@@ -32,6 +32,8 @@ from labctl.bench.errors import NoRunInProgress, NothingToResume
 from labctl.bench.events import EventHub
 from labctl.bench.queue import RunQueue, RunTicket
 from labctl.bench.resources import ResourceBoard, RunGate, claims_of
+from labctl.bench.samples import BenchSamples, plan_claims
+from labctl.bench.stock import BenchStock, check_plans
 from labctl.bench_lock import BenchLock
 from labctl.config import BenchConfig
 from labctl.device import Device, safe_state_of
@@ -40,7 +42,7 @@ from labctl.executor import Executor, jsonable
 from labctl.instruments import Instruments
 from labctl.recipe.loading import RecipeSource
 from labctl.recipe.plan import Plan
-from labctl.recipe.validate import build_plan
+from labctl.recipe.validate import Stock, build_plan
 from labctl.run_machine import IllegalTransition, RunMachine, RunState
 from labctl.simulation import WorldKeeper, can_save, read_saved_world
 from labctl.store import RunRecord, RunStore, utc_iso
@@ -75,6 +77,10 @@ class Bench:
         self.instruments = instruments or Instruments(cfg, time_scale=time_scale)
         self.store = store or RunStore(data_dir)
         self.commands = CommandMemory(self.store)
+        #: persisted reservoir and dispenser levels, debited from runs' journals
+        self.stock = BenchStock(cfg, self.store.data_dir)
+        #: samples runs make and take (vial and sample parameters)
+        self.samples = BenchSamples(cfg, self.store.data_dir)
         #: `<data-dir>/bench.lock`, held from start() to close() (labctl.bench_lock)
         self._lock = BenchLock(self.store.data_dir)
         #: several runs at once (config `[bench] concurrency`): their steps wait for the
@@ -136,6 +142,10 @@ class Bench:
         found = recovery.close_unfinished(self.store, self.bench_id,
                                           requeue_unstarted=self.requeue_unstarted)
         self.interrupted_at_start = found.interrupted
+        for run_id in found.interrupted:  # a kill may have cut a debit short
+            self._sync_stock(run_id)
+            with contextlib.suppress(Exception):  # and the samples it was making
+                self.samples.sync(run_id, self.store.open(run_id).events())
         self.requeued_at_start = []
         for run_id in found.unstarted:
             try:
@@ -171,6 +181,8 @@ class Bench:
         if self._own_instruments:
             await self.instruments.close()
         self.store.close()
+        self.stock.close()
+        self.samples.close()
         self._started = False
         self._lock.release()
 
@@ -183,14 +195,21 @@ class Bench:
 
     # -- planning ------------------------------------------------------------------------
     def plan(self, recipe: RecipeSource, parameters: Mapping[str, Any] | None = None,
-             *, base_dir: Path | None = None) -> Plan:
+             *, base_dir: Path | None = None, stock: Stock | None = None) -> Plan:
         """Validate a recipe (a path, JSON text, a dict or a Recipe) against this bench; the
         Plan, or labctl.recipe's RecipeError listing every fault. Planned at the scale this
         bench really runs (a --time-scale override), so estimates count wall time there."""
         from labctl.estimates import at_time_scale
 
         return build_plan(recipe, dict(parameters or {}),
-                          at_time_scale(self.cfg, self.time_scale), base_dir=base_dir)
+                          at_time_scale(self.cfg, self.time_scale), base_dir=base_dir,
+                          stock=stock)
+
+    def stock_view(self) -> Stock:
+        """What a new run is planned from: the persisted levels less what active runs will
+        still take, and the vials holding live samples as they hold them."""
+        levels, reserved = self.stock.for_plan(self.runs.active())
+        return {**levels, **self.samples.vial_levels()}, reserved
 
     # -- submitting ----------------------------------------------------------------------
     async def submit(
@@ -209,12 +228,22 @@ class Bench:
         params = dict(parameters or {})
         if source is None and isinstance(plan_or_recipe, Path):
             source = str(plan_or_recipe)
-        plan = (plan_or_recipe if isinstance(plan_or_recipe, Plan)
-                else self.plan(plan_or_recipe, params))
+        if isinstance(plan_or_recipe, Plan):
+            plan = plan_or_recipe
+            vessels, inputs = plan_claims(plan, params)
+        else:  # sample ids to their vessels, free vials assigned (labctl.bench.samples)
+            bound, inputs, vessels = self.samples.bind(plan_or_recipe, params,
+                                                       self.runs.active())
+            plan = self.plan(plan_or_recipe, bound, stock=self.stock_view())
+        self.samples.check_free(plan, self.runs.active())  # before anything is created
+        check_plans(self.stock, [plan], self.runs.active(), self.samples.vial_levels())
         info = runprov.recipe_info(plan)
         record = self.store.create(info["name"], run_id)
         who = prov.instigator_info(instigator, request)
         context = self._context(record.run_id, plan, params, who, source)
+        context["inventory"] = self.stock.provenance(self.stock.register(record.run_id, plan))
+        self.samples.claim(record.run_id, vessels, inputs)
+        context["samples"] = self.samples.provenance(inputs)
         ticket = self._ticket(record, plan, params, who, request, context)
         ticket.priority = int(priority)
         record.write_recipe(runprov.plan_document(plan, params, source))
@@ -328,6 +357,8 @@ class Bench:
     def _finish(self, ticket: RunTicket, state: RunState, errors: list[dict[str, Any]]) -> None:
         """Close the record (labctl.bench.provenance.close_record) and tell every waiter."""
         ex = ticket.executor
+        self._sync_stock(ticket.run_id)
+        self._sync_samples(ticket, final=True)
         state, result = runprov.close_record(
             ticket.record, bench_id=self.bench_id, state=state, plan=ticket.plan,
             context=ticket.context, parameters=ticket.parameters,
@@ -490,7 +521,31 @@ class Bench:
         return self._events.subscribe()
 
     def _publish(self, ev: dict[str, Any]) -> None:
+        t = self.tickets.get(str(ev.get("run_id")))
+        if t is not None:
+            self.stock.observe(ev, t.record.events)
+            if ev.get("event") == "step_finished" and getattr(
+                    t.plan.step(str(ev.get("step"))), "moves_material", False):
+                self._sync_samples(t)
         self._events.publish(ev)
+
+    def _sync_samples(self, ticket: RunTicket, *, final: bool = False) -> None:
+        """Samples the run made or used, from its journal (labctl.bench.samples)."""
+        try:
+            made = self.samples.sync(ticket.run_id, ticket.record.events(), ticket.plan,
+                                     final=final)
+            if final:
+                ticket.context.setdefault("samples", {"inputs": {}})["made"] = made
+                self.samples.release(ticket.run_id)
+        except Exception:  # the journal keeps what the run did for the next sync
+            log.exception("run %s: sample bookkeeping failed", ticket.run_id)
+
+    def _sync_stock(self, run_id: str) -> None:
+        """Apply the debits a run's journal justifies (each once; labctl.bench.stock)."""
+        try:
+            self.stock.sync(run_id, self.store.open(run_id).events())
+        except Exception:  # the journal keeps them for the next reconciliation
+            log.exception("run %s: inventory reconciliation failed", run_id)
 
     def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         return self.store.list(limit=limit)
@@ -552,6 +607,7 @@ class Bench:
             world = resuming.world_on_resume(rec, check.in_doubt, saved)
         skip = resuming.journal_decisions(check, accept_in_doubt=accept_in_doubt, redo=redo,
                                           operator=who, world=world)
+        self._sync_stock(run_id)  # what the killed session took, and accepted steps
         meta = rec.read_json("metadata.json") or {}
         submitted = doc.get("parameters_submitted") or {}
         fresh = self._context(run_id, plan, submitted, meta.get("instigator") or {},

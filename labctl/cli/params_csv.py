@@ -79,17 +79,54 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def plan_rows(recipe: Path, rows: list[dict[str, str]], cfg: BenchConfig,
-              extra: dict[str, str]) -> list[Plan]:
+              extra: dict[str, str], data_dir: Path | None = None) -> list[Plan]:
     """A plan per row (`extra`: --param values for every row); CsvError naming the row
-    and every issue of the first invalid one. Nothing starts before all are valid."""
+    and every issue of the first invalid one. Nothing starts before all are valid. With
+    the bench's `data_dir`, sample ids and omitted vials are bound as `labctl run` does
+    (the vials each row really gets are chosen at submit: `bind_rows`)."""
+    from labctl.bench.samples import bind_offline
     from labctl.recipe import RecipeError, build_plan
 
     plans = []
     for i, row in enumerate(rows, 1):
         try:
-            plans.append(build_plan(recipe, {**extra, **row}, cfg))
+            params: dict[str, Any] = {**extra, **row}
+            stock = None
+            if data_dir is not None:
+                params, stock = bind_offline(cfg, data_dir, recipe, params)
+            plans.append(build_plan(recipe, params, cfg, stock=stock))
         except RecipeError as exc:
             raise CsvError(f"row {i} ({_row_text(row)}): {exc}") from None
+    return plans
+
+
+def bind_rows(bench: Bench, recipe: Path, rows: list[dict[str, str]],
+              extra: dict[str, str]) -> list[Plan]:
+    """Each row's plan on the started bench: sample ids to their vessels and a distinct
+    free vial per row where a `vial` parameter is left out (rows are bound in order, each
+    seeing the vials the rows before it took), then the whole campaign checked against the
+    persisted stock at once (labctl.bench.stock.check_plans: the sum of all rows counts).
+    CsvError naming the row; nothing is submitted when any row fails."""
+    from labctl.bench.stock import check_plans
+    from labctl.recipe import RecipeError
+
+    plans: list[Plan] = []
+    taken: set[str] = set()
+    for i, row in enumerate(rows, 1):
+        params = {**extra, **row}
+        try:
+            bound, _inputs, vessels = bench.samples.bind(recipe, params, bench.runs.active(),
+                                                         exclude=taken)
+            plans.append(bench.plan(recipe, bound, stock=bench.stock_view()))
+        except RecipeError as exc:
+            raise CsvError(f"row {i} ({_row_text(row)}): {exc}") from None
+        rows[i - 1] = {**row, **{k: str(v) for k, v in bound.items()
+                                 if k not in params and isinstance(v, str)}}
+        taken |= vessels
+    try:
+        check_plans(bench.stock, plans, bench.runs.active(), bench.samples.vial_levels())
+    except RecipeError as exc:
+        raise CsvError(f"the campaign of {len(rows)} runs: {exc}") from None
     return plans
 
 
@@ -196,6 +233,7 @@ async def drive(bench: Bench, plans: list[Plan], rows: list[dict[str, str]],
     stopping = {"count": 0}
     await bench.start()
     try:
+        plans = bind_rows(bench, Path(source), rows, extra)
         run_ids = [await bench.submit(plan, {**extra, **row}, instigator=who, source=source)
                    for plan, row in zip(plans, rows, strict=True)]
     except BaseException:

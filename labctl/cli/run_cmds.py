@@ -324,8 +324,12 @@ def run(
     if params_csv is not None:
         _campaign(recipe, params_csv, params, cfg, data_dir=data_dir, time_scale=time_scale,
                   who=f"operator:{_operator(operator)}", as_json=json_out)
+    from labctl.bench.samples import bind_offline
+
     try:
-        plan = build_plan(recipe, params, cfg)
+        # sample ids to their vessels, omitted vials to free ones (labctl.bench.samples)
+        bound, stock = bind_offline(cfg, data_dir, recipe, params)
+        plan = build_plan(recipe, bound, cfg, stock=stock)
     except RecipeError as exc:
         if json_out:
             print(json.dumps(exc.to_dict(), indent=2))
@@ -345,6 +349,12 @@ def run(
         result, _ = asyncio.run(_drive(bench, start, as_json=json_out))
     except BenchInUse as exc:  # another process has this data dir or a device's line
         fail(str(exc), EXIT_INVALID, as_json=json_out)
+    except RecipeError as exc:  # refused at submit: the persisted inventory cannot serve it
+        if json_out:
+            print(json.dumps(exc.to_dict(), indent=2))
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(EXIT_INVALID) from None
     except (ConfigError, LabctlError) as exc:
         fail(str(exc), EXIT_FAILED if not isinstance(exc, ConfigError) else EXIT_INVALID,
              as_json=json_out)
@@ -362,7 +372,7 @@ def _campaign(recipe: Path, csv_path: Path, params: dict[str, str], cfg: Any, *,
 
     try:
         rows = pc.read_rows(csv_path)
-        plans = pc.plan_rows(recipe, rows, cfg, params)
+        plans = pc.plan_rows(recipe, rows, cfg, params, data_dir)
     except pc.CsvError as exc:
         fail(str(exc), EXIT_INVALID, as_json=as_json)
     bench = Bench(cfg, data_dir=data_dir, time_scale=time_scale)

@@ -51,12 +51,14 @@ from labctl.mqtt.payloads import (
     ErrorInfo,
     EstopCommand,
     EventPayload,
+    InventoryCommand,
     ListCommand,
     PauseCommand,
     PayloadError,
     Reply,
     ResultPayload,
     ResumeCommand,
+    SamplesCommand,
     StatusCommand,
     StatusPayload,
     SubmitCommand,
@@ -616,6 +618,18 @@ class Agent:
                                                  f"{issues[0].path}: {issues[0].message}",
                                                  path=issues[0].path))
                 return Reply(id=command.id, ok=True, command=name, issues=[])
+            if isinstance(command, InventoryCommand):
+                if command.action != "show" and self._role(sender) != "operator":
+                    raise BenchError("forbidden", f"only an operator may {command.action} the "
+                                     "inventory", path="action")
+                doc = await self.port.inventory(command.action, vessel=command.vessel,
+                                                material=command.material,
+                                                amount=command.amount, lot=command.lot,
+                                                who=sender)
+                return Reply(id=command.id, ok=True, command=name, inventory=doc)
+            if isinstance(command, SamplesCommand):
+                rows = await self.port.samples(command.action, command.sample_id)
+                return Reply(id=command.id, ok=True, command=name, samples=rows)
             if isinstance(command, CancelCommand):
                 await self.port.control("cancel", command.run_id)
             elif isinstance(command, PauseCommand | ResumeCommand | AbortCommand):

@@ -21,7 +21,8 @@ _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 _RECIPE_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 CommandName = Literal[
-    "submit", "validate", "pause", "resume", "abort", "estop", "cancel", "status", "list"
+    "submit", "validate", "pause", "resume", "abort", "estop", "cancel", "status", "list",
+    "inventory", "samples"
 ]
 
 class _Model(BaseModel):
@@ -118,9 +119,34 @@ class ListCommand(_CommandBase):
     limit: int = Field(default=50, ge=1, le=LIST_LIMIT_MAX)
 
 
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class InventoryCommand(_CommandBase):
+    """The bench's reservoir and dispenser levels: `show` (anyone), `refill` (vessel,
+    amount, lot) or `set` (vessel, material, amount, lot) — operators only."""
+
+    command: Literal["inventory"]
+    action: Literal["show", "refill", "set"] = "show"
+    vessel: str | None = Field(default=None, pattern=_NAME_PATTERN)
+    material: str | None = Field(default=None, pattern=_NAME_PATTERN)
+    amount: str | None = Field(default=None, max_length=64,
+                               description="With its unit: '100 mL', '10 g'.")
+    lot: str | None = Field(default=None, max_length=128)
+
+
+class SamplesCommand(_CommandBase):
+    """The bench's samples: `list`, or `show` one (with its chain of origin)."""
+
+    command: Literal["samples"]
+    action: Literal["list", "show"] = "list"
+    sample_id: str | None = Field(default=None, pattern=_ID_PATTERN)
+
+
 Command = Annotated[
     SubmitCommand | ValidateCommand | PauseCommand | ResumeCommand | AbortCommand
-    | EstopCommand | CancelCommand | StatusCommand | ListCommand,
+    | EstopCommand | CancelCommand | StatusCommand | ListCommand | InventoryCommand
+    | SamplesCommand,
     Field(discriminator="command"),
 ]
 COMMANDS: tuple[str, ...] = CommandName.__args__  # type: ignore[attr-defined]
@@ -147,6 +173,10 @@ class Reply(BaseModel):
     status: dict[str, Any] | None = None
     runs: list[dict[str, Any]] | None = None
     issues: list[Issue] | None = None
+    inventory: dict[str, Any] | None = Field(default=None, description="inventory: levels "
+                                             "(and recent events) after the command.")
+    samples: list[dict[str, Any]] | None = Field(default=None, description="samples: list, "
+                                                 "or [the sample] for show.")
 
 
 class StatusPayload(BaseModel):

@@ -50,6 +50,17 @@ class AgentPort(BenchService, Protocol):
         when there is no such run."""
         ...
 
+    async def inventory(self, action: str, *, vessel: str | None = None,
+                        material: str | None = None, amount: str | None = None,
+                        lot: str | None = None, who: str = "") -> dict[str, Any]:
+        """show / refill / set the persisted inventory; its levels afterwards."""
+        ...
+
+    async def samples(self, action: str, sample_id: str | None = None
+                      ) -> list[dict[str, Any]]:
+        """list the samples, or show one (with its chain of origin)."""
+        ...
+
     def seen_command(self, command_id: str) -> dict[str, Any] | None: ...
 
     def remember_command(self, command_id: str, reply: dict[str, Any]) -> None: ...

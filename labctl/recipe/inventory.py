@@ -48,9 +48,21 @@ class Use:
     unit: str  # "L" or "g"
 
 
+#: persisted levels (labctl.store.inventory): holding -> material -> (amount, "L" | "g");
+#: a holding is a reservoir's vessel name or a dispenser's device name (its head)
+Levels = dict[str, dict[str, tuple[float, str]]]
+
+
 class Inventory:
-    def __init__(self, cfg: BenchConfig):
+    """`levels`, when given, replace what the config says reservoirs and dispenser heads
+    hold (the bench's persisted inventory) and what vials holding a live sample hold; the
+    other vials start as the config says."""
+
+    def __init__(self, cfg: BenchConfig, levels: Levels | None = None,
+                 reserved: Levels | None = None):
         self.cfg = cfg
+        #: what queued and running runs will still take (already left out of `levels`)
+        self.reserved = reserved or {}
         self.holdings: dict[str, Holding] = {}
         self.routes: dict[str, str | None] = {}
         self.initialized: set[str] = set()
@@ -79,6 +91,36 @@ class Inventory:
                 h = Holding(dname, "head", None)
                 h.solids_g[str(head)] = content if content is not None else float("inf")
                 self.holdings[f"#{dname}"] = h
+        if levels:
+            self._use_levels(levels)
+
+    def _use_levels(self, levels: Levels) -> None:
+        for name, mats in levels.items():
+            h = self.holdings.get(name) or self.holdings.get(f"#{name}")
+            if h is None:
+                continue
+            h.liquids_l.clear()
+            h.solids_g.clear()
+            for mid, (amount, unit) in mats.items():
+                (h.liquids_l if unit == "L" else h.solids_g)[mid] = max(0.0, amount)
+
+    def stock(self) -> list[tuple[str, str, float, str]]:
+        """What reservoirs and dispenser heads hold: (holding, material, amount, unit);
+        a head's holding is its device name. What a persisted inventory starts from."""
+        out = []
+        for key, h in self.holdings.items():
+            if h.kind not in ("reservoir", "head"):
+                continue
+            name = key.lstrip("#")
+            for mid, v in h.liquids_l.items():
+                out.append((name, mid, v, "L"))
+            for mid, g in h.solids_g.items():
+                if g != float("inf"):
+                    out.append((name, mid, g, "g"))
+        return out
+
+    def holding_of(self, name: str) -> Holding | None:
+        return self.holdings.get(name) or self.holdings.get(f"#{name}")
 
     def _add_solid_or_liquid(self, h: Holding, mid: str, mass_g: float) -> None:
         m = self.cfg.materials.get(mid)
@@ -165,7 +207,8 @@ class Inventory:
             have = src.solids_g.get(mat, 0.0)
             if e.amount > have * (1 + 1e-9) + EPS:
                 problems.append((e.arg, f"{src.name} holds {fmt(have, 'g')} of {mat}, "
-                                        f"cannot dose {fmt(e.amount, 'g')} at this step"))
+                                        f"cannot dose {fmt(e.amount, 'g')} at this step"
+                                        + self._reserved_note(src.name)))
                 return problems
             src.solids_g[mat] = have - e.amount
             solids = {mat: e.amount}
@@ -178,7 +221,8 @@ class Inventory:
             shortfall = 0.0
             if e.amount > have * (1 + 1e-9) + EPS:
                 problems.append((e.arg, f"{src.name} holds {fmt(have, 'L')}, cannot take "
-                                        f"{fmt(e.amount, 'L')} at this step"))
+                                        f"{fmt(e.amount, 'L')} at this step"
+                                        + self._reserved_note(src.name)))
                 # carry on as if it had been there, so later steps are not blamed for it
                 shortfall = e.amount - have
             fraction = min(1.0, e.amount / have) if have > 0 else 0.0
@@ -209,6 +253,14 @@ class Inventory:
                            "liquids_l": {m: v for m, v in liquids.items() if v > EPS},
                            "solids_g": {m: g for m, g in solids.items() if g > EPS}})
         return problems
+
+    def _reserved_note(self, name: str) -> str:
+        held = self.reserved.get(name) or {}
+        parts = [fmt(a, u) + f" of {m}" for m, (a, u) in held.items() if a > EPS]
+        if not parts:
+            return ""
+        return (f" ({', '.join(parts)} more in it is reserved by queued and running runs; "
+                "refill it: labctl inventory refill)")
 
     def frozen(self, src: Holding) -> str | None:
         """Why liquid cannot be drawn from a reservoir: most of it is a material whose

@@ -37,13 +37,17 @@ class _Strict(BaseModel):
 class Parameter(_Strict):
     """A value the AI server (or the operator) fills in; typed, with bounds."""
 
-    type: Literal["quantity", "number", "integer", "string", "enum", "boolean"]
+    #: "vial": a vessel of `rack` (omitted: the bench assigns a free one at submit);
+    #: "sample": a sample id (inside the recipe `${name}` is the sample's vessel)
+    type: Literal["quantity", "number", "integer", "string", "enum", "boolean", "vial",
+                  "sample"]
     unit: str | None = Field(default=None, description="quantity: the unit values must "
                              "convert to (their dimension), e.g. 'mol/kg'")
     default: Scalar | None = None
     min: str | int | float | None = None
     max: str | int | float | None = None
     choices: list[str | int | float] | None = None
+    rack: str | None = Field(default=None, description="vial: the rack its vials come from")
     description: Text = ""
 
 

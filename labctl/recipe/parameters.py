@@ -129,7 +129,10 @@ def check_declaration(name: str, decl: Parameter, path: str) -> list[Issue]:
     if decl.type != "enum" and decl.choices is not None:
         issues.append(Issue(f"{path}.choices", f"only enum parameters have choices "
                                                f"(type is {decl.type})"))
-    if decl.type in ("string", "enum", "boolean"):
+    if decl.rack is not None and decl.type != "vial":
+        issues.append(Issue(f"{path}.rack", f"only vial parameters have a rack (type is "
+                                            f"{decl.type})"))
+    if decl.type in ("string", "enum", "boolean", "vial", "sample"):
         for which in ("min", "max"):
             if getattr(decl, which) is not None:
                 issues.append(Issue(f"{path}.{which}", f"a {decl.type} parameter has no "

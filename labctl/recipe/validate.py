@@ -39,7 +39,7 @@ from labctl.recipe.expressions import (
     format_value,
     substitute,
 )
-from labctl.recipe.inventory import Inventory
+from labctl.recipe.inventory import Inventory, Levels
 from labctl.recipe.issues import Issue, RecipeError
 from labctl.recipe.loading import (
     MAX_INCLUDE_DEPTH,
@@ -65,7 +65,11 @@ from labctl.recipe.models import (
 )
 from labctl.recipe.parameters import resolve_parameters, typed_parameters
 from labctl.recipe.plan import MaterialUse, Plan, PlannedStep
+from labctl.recipe.vessel_params import check_vessel_parameters, rack_vials
 from labctl.units import quantity
+
+#: (levels, reserved) of a persisted inventory (labctl.store.inventory) to validate from
+Stock = tuple[Levels | None, Levels | None]
 
 MAX_REPEAT = 10_000
 MAX_STEPS = 50_000
@@ -170,9 +174,11 @@ def _jsonable(value: Any) -> Any:
 class Compiler:
     """One validation pass: walks the steps, expands loops and includes, collects issues."""
 
-    def __init__(self, cfg: BenchConfig, root: Path):
+    def __init__(self, cfg: BenchConfig, root: Path, stock: Stock | None = None):
         self.cfg = cfg
         self.root = root
+        #: persisted levels and reservations the material flow starts from
+        self.stock = stock
         self.issues: list[Issue] = []
         self._seen: set[tuple[str, str]] = set()
         self.count = 0
@@ -666,7 +672,8 @@ class Compiler:
 
     # -- whole-recipe checks ------------------------------------------------------------
     def check_material_flow(self, steps: list[PlannedStep]) -> Inventory:
-        inv = Inventory(self.cfg)
+        levels, reserved = self.stock if self.stock is not None else (None, None)
+        inv = Inventory(self.cfg, levels, reserved)
         blamed: set[str] = set()
         for s in steps:
             for leaf in s.leaves():
@@ -850,18 +857,20 @@ def _materials(comp: Compiler, inv: Inventory) -> list[MaterialUse]:
 
 
 def build_plan(recipe_source: RecipeSource, params: Mapping[str, Any] | None,
-               cfg: BenchConfig, *, base_dir: Path | None = None) -> Plan:
+               cfg: BenchConfig, *, base_dir: Path | None = None,
+               stock: Stock | None = None) -> Plan:
     """Validate a recipe against a bench and resolve it into a Plan (pure, no device I/O).
     `recipe_source`: a path, JSON text, or parsed data; `params`: NAME -> value (strings as
     from `--param`, or JSON values). Raises RecipeError listing every issue."""
-    return compile_plan(recipe_source, dict(params or {}), cfg, base_dir=base_dir)
+    return compile_plan(recipe_source, dict(params or {}), cfg, base_dir=base_dir,
+                        stock=stock)
 
 
 def compile_plan(source: RecipeSource, params: dict[str, Any], cfg: BenchConfig, *,
-                 base_dir: Path | None = None) -> Plan:
+                 base_dir: Path | None = None, stock: Stock | None = None) -> Plan:
     """`build_plan` with `params` already a dict."""
     try:
-        return _compile(source, params, cfg, base_dir)
+        return _compile(source, params, cfg, base_dir, stock)
     except RecipeError:
         raise
     except _TooBig as exc:
@@ -875,15 +884,18 @@ def compile_plan(source: RecipeSource, params: dict[str, Any], cfg: BenchConfig,
 
 
 def _compile(source: RecipeSource, params: dict[str, Any], cfg: BenchConfig,
-             base_dir: Path | None) -> Plan:
+             base_dir: Path | None, stock: Stock | None = None) -> Plan:
     doc = load_source(source, base_dir)
     recipe, issues = parse_recipe(doc.data)
     if recipe is None:
         raise RecipeError(issues)
     root = doc.base_dir
-    comp = Compiler(cfg, root)
+    comp = Compiler(cfg, root, stock)
+    params = {**rack_vials(recipe.parameters, params, cfg), **params}
     values, shown, p_issues = resolve_parameters(recipe.parameters, params)
     for i in p_issues:
+        comp.issue(i.path, i.message)
+    for i in check_vessel_parameters(recipe.parameters, values, cfg):
         comp.issue(i.path, i.message)
     comp.check_materials(recipe.materials, "materials")
     chain: tuple[Path, ...] = ()

@@ -26,6 +26,7 @@ from labctl.tui.model import BenchView
 from labctl.tui.screens import (
     BenchPickerScreen,
     ConfirmScreen,
+    InventoryScreen,
     ParameterFormScreen,
     QueueCancelScreen,
     RecipePickerScreen,
@@ -52,6 +53,7 @@ class LabctlApp(App[None]):
         Binding("e", "estop", "E-STOP"),
         Binding("c", "cancel_queued", "Cancel queued"),
         Binding("l", "record", "Record"),
+        Binding("i", "inventory", "Inventory"),
         Binding("q", "quit_app", "Quit"),
     ]
 
@@ -307,6 +309,11 @@ class LabctlApp(App[None]):
 
         folder = str(backend.recipes_dir)
         self.push_screen(RecipePickerScreen(folder, backend.recipes()), chosen)
+
+    def action_inventory(self) -> None:
+        if self._usable():
+            assert self.backend is not None
+            self.push_screen(InventoryScreen(self.backend))
 
     def action_record(self) -> None:
         if self._usable():

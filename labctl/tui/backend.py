@@ -168,6 +168,11 @@ class BenchBackend(ABC):
         """The record of a run (the current or last one by default): run_id, index row,
         result, metadata, as far as they exist."""
 
+    async def inventory(self, action: str = "show", **change: Any) -> dict[str, Any]:
+        """The bench's inventory levels, after a refill or set (`vessel`, `material`,
+        `amount`, `lot`) when asked."""
+        raise BackendError("this bench shows no inventory", code="refused")
+
     def recipes(self) -> list[RecipeEntry]:
         return list_recipes(self.recipes_dir)
 
@@ -440,6 +445,10 @@ class LocalBackend(BenchBackend):
     async def cancel(self, run_id: str) -> None:
         await self._bounded(self._service().control("cancel", run_id))
 
+    async def inventory(self, action: str = "show", **change: Any) -> dict[str, Any]:
+        return await self._bounded(self._service().inventory(action, who=self.operator,
+                                                             **change))
+
     async def run_record(self, run_id: str | None = None) -> dict[str, Any]:
         assert self.bench is not None
         rid = run_id or (self.view.run.run_id if self.view.run else None)
@@ -703,6 +712,9 @@ class RemoteBackend(BenchBackend):
 
     async def cancel(self, run_id: str) -> None:
         await self._command(self._client().control("cancel", run_id))
+
+    async def inventory(self, action: str = "show", **change: Any) -> dict[str, Any]:
+        return await self._command(self._client().inventory(action, **change))
 
     async def run_record(self, run_id: str | None = None) -> dict[str, Any]:
         rows = await self._command(self._client().runs(20))
