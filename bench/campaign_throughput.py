@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
+import statistics
 import sys
 import tempfile
 from collections import defaultdict
@@ -143,37 +143,63 @@ def figures(cfg: BenchConfig, formulations: list[dict[str, Any]]) -> Figures:
     return Figures(sequential, dict(busy), bottleneck, head, tail, notes)
 
 
+def _union_s(spans: list[tuple[float, float]]) -> float:
+    """Length of the union of intervals (a shared vial block stirring several runs' vials
+    at once is busy once, not once per run)."""
+    total, cur_a, cur_b = 0.0, None, None
+    for a, b in sorted(spans):
+        if cur_b is None or a > cur_b:
+            if cur_b is not None and cur_a is not None:
+                total += cur_b - cur_a
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    if cur_a is not None and cur_b is not None:
+        total += cur_b - cur_a
+    return total
+
+
 async def measure_makespan(cfg: BenchConfig, formulations: list[dict[str, Any]],
-                           time_scale: float, concurrency: int | None = None) -> dict[str, Any]:
-    """Submit every formulation to one simulated bench, wait for all, and return the
-    makespan in simulated seconds (first run's start to last run's end, from the journals'
-    wall timestamps x time scale) with each run's status. `concurrency` is passed to the
-    bench as `max_concurrent` where the bench takes it (concurrent runs, issue 14 A); on a
-    bench without it the runs go one after the other and this measures the sequential
-    queue."""
+                           time_scale: float, concurrency: int) -> dict[str, Any]:
+    """Submit every formulation to one simulated bench running up to `concurrency` runs at
+    once, wait for all; the makespan in simulated seconds (first step start to last step
+    end, from the journals' wall timestamps x time scale), each device's measured busy time
+    (union of the intervals its steps ran, from the journals) and each run's result. The
+    formulations leave `vial` out: the bench assigns each run a free vial of the block."""
     from labctl.bench import Bench
 
-    kwargs: dict[str, Any] = {}
-    if concurrency is not None and "max_concurrent" in inspect.signature(Bench).parameters:
-        kwargs["max_concurrent"] = concurrency
     with tempfile.TemporaryDirectory() as tmp:
-        bench = Bench(cfg, data_dir=Path(tmp), time_scale=time_scale, **kwargs)
+        bench = Bench(cfg, data_dir=Path(tmp), time_scale=time_scale,
+                      max_concurrent=concurrency)
         await bench.start()
         try:
-            ids = [await bench.submit(RECIPE, dict(f)) for f in formulations]
+            ids = [await bench.submit(RECIPE, {k: v for k, v in f.items() if k != "vial"})
+                   for f in formulations]
             results = [await bench.wait(i) for i in ids]
             first = last = None
+            spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
+            vials = []
             for run_id in ids:
+                plan = bench.tickets[run_id].plan
+                vials.append(plan.parameters_typed.get("vial", {}).get("value"))
+                device = {leaf.id: leaf.device for leaf in plan.leaves()}
+                started: dict[str, float] = {}
                 for ev in bench.store.open(run_id).events():
-                    if ev.get("event") in ("step_started", "step_finished"):
-                        ts = float(ev["ts"])
-                        first = ts if first is None else min(first, ts)
-                        last = ts if last is None else max(last, ts)
+                    kind, step = ev.get("event"), ev.get("step")
+                    if kind not in ("step_started", "step_finished", "step_failed"):
+                        continue
+                    ts = float(ev["ts"]) * time_scale
+                    first = ts if first is None else min(first, ts)
+                    last = ts if last is None else max(last, ts)
+                    if kind == "step_started":
+                        started[str(step)] = ts
+                    elif str(step) in started and device.get(str(step)):
+                        spans[str(device[str(step)])].append((started.pop(str(step)), ts))
         finally:
             await bench.close()
-    makespan = ((last or 0.0) - (first or 0.0)) * time_scale
-    return {"makespan_s": makespan, "concurrent": bool(kwargs),
-            "statuses": [r.get("status") for r in results],
+    return {"makespan_s": (last or 0.0) - (first or 0.0),
+            "busy_s": {d: _union_s(v) for d, v in spans.items()},
+            "statuses": [r.get("status") for r in results], "vials": vials,
             "conductivity_mS_cm": [next((f["value"] for f in r.get("figures_of_merit", [])
                                          if f.get("name") == "ionic_conductivity_mS_cm"),
                                         None) for r in results]}
@@ -185,15 +211,17 @@ def main() -> None:
     ap.add_argument("--time-scale", type=float, default=None,
                     help="default: the bench config's (config/sim.toml)")
     ap.add_argument("--measure", action="store_true",
-                    help="also run the campaign on the simulated bench and measure it")
+                    help="also run the campaign on the simulated bench, one run at a time "
+                         "and concurrently, and measure both")
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=3, help="campaigns measured (medians)")
     ns = ap.parse_args()
     cfg = load_config(ROOT / "config" / "sim.toml")
     scale = ns.time_scale or float(cfg.bench.time_scale or 1)
     cfg = at_time_scale(cfg, scale)
     f = figures(cfg, FORMULATIONS)
     print(f"campaign: {len(FORMULATIONS)} x {RECIPE.name}, time scale {scale:g}")
-    print(f"{'device':16s} | busy s")
+    print(f"{'device':16s} | planned busy s")
     for dev, s in sorted(f.busy_s.items(), key=lambda kv: -kv[1]):
         print(f"{dev:16s} | {s:8.0f}")
     print(f"sequential (sum of plans)       {f.sequential_s:8.0f} s")
@@ -203,15 +231,37 @@ def main() -> None:
           f"{f.bound_with_ends_s:8.0f} s")
     for n in f.notes:
         print(f"note: {n}")
-    if ns.measure:
-        m = asyncio.run(measure_makespan(cfg, FORMULATIONS, scale, ns.concurrency))
-        how = "concurrent" if m["concurrent"] else "one run at a time (no concurrency yet)"
-        print(f"measured makespan ({how})   {m['makespan_s']:8.0f} s  "
-              f"= {m['makespan_s'] / f.bound_s:.2f} x bound, "
-              f"{f.sequential_s / m['makespan_s']:.2f} x faster than sequential plan")
-        print(f"statuses {m['statuses']}")
-        print("conductivity mS/cm " + ", ".join(
-            f"{c:.2f}" if c is not None else "-" for c in m["conductivity_mS_cm"]))
+    if not ns.measure:
+        return
+    seq, con = [], []
+    for i in range(ns.repeat):
+        seq.append(asyncio.run(measure_makespan(cfg, FORMULATIONS, scale, 1)))
+        con.append(asyncio.run(measure_makespan(cfg, FORMULATIONS, scale, ns.concurrency)))
+        print(f"trial {i + 1}: sequential {seq[-1]['makespan_s']:.0f} s, concurrent "
+              f"{con[-1]['makespan_s']:.0f} s, statuses {set(seq[-1]['statuses'])} "
+              f"{set(con[-1]['statuses'])}", flush=True)
+    med = statistics.median
+    seq_s = med(m["makespan_s"] for m in seq)
+    con_s = med(m["makespan_s"] for m in con)
+    devices = sorted({d for m in con for d in m["busy_s"]})
+    busy = {d: med(m["busy_s"].get(d, 0.0) for m in con) for d in devices}
+    top = max(busy, key=lambda d: busy[d])
+    exclusive = {d: b for d, b in busy.items() if d != "block_stirrer"}
+    top_ex = max(exclusive, key=lambda d: exclusive[d])
+    print(f"\nmeasured (medians of {ns.repeat}; simulated s)")
+    print(f"{'device':16s} | busy s (concurrent campaign)")
+    for d in sorted(busy, key=lambda d: -busy[d]):
+        print(f"{d:16s} | {busy[d]:8.0f}")
+    print(f"sequential queue (concurrency 1)  {seq_s:8.0f} s")
+    print(f"concurrent (up to {ns.concurrency} at once)   {con_s:8.0f} s  "
+          f"= {seq_s / con_s:.2f}x faster than sequential")
+    print(f"bound: busiest device {top} {busy[top]:.0f} s -> makespan {con_s / busy[top]:.2f}x "
+          f"the bound")
+    print(f"bound: busiest one-at-a-time device {top_ex} {busy[top_ex]:.0f} s -> makespan "
+          f"{con_s / busy[top_ex]:.2f}x that bound")
+    print(f"vials assigned {con[-1]['vials']}")
+    print("conductivity mS/cm " + ", ".join(
+        f"{c:.2f}" if c is not None else "-" for c in con[-1]["conductivity_mS_cm"]))
 
 
 if __name__ == "__main__":

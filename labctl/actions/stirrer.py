@@ -77,7 +77,7 @@ class StirrerStir(ActionSpec[Stirrer]):
         held = await hold(ctx, a["duration_s"], temps.watch(watch_status(device)))
         sharing = ctx.shared_with()
         if sharing:  # a vial block other runs' samples still stir in: the last one stops it
-            ctx.record("left_running", device=ctx.device_name, shared_with=sharing,
+            ctx.record("left_running", shared_with=sharing,
                        speed_rpm=a["speed_rpm"])
         else:
             await device.set_speed(0)
@@ -135,7 +135,7 @@ class StirrerOff(ActionSpec[Stirrer]):
     async def run(self, device: Stirrer, a: Args, ctx: ActionContext) -> Result:
         sharing = ctx.shared_with()
         if sharing:  # a vial block other runs still use: the last of them switches it off
-            ctx.record("left_running", device=ctx.device_name, shared_with=sharing)
+            ctx.record("left_running", shared_with=sharing)
             return {"left_running_for": sharing}
         await device.set_temperature(None)
         await device.set_speed(0)
