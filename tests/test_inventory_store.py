@@ -102,6 +102,22 @@ def test_a_run_the_stock_cannot_serve_is_refused_before_anything_moves(tmp_path:
     assert levels(data)[("res_dmc", "DMC")] == pytest.approx(3 * ML)
 
 
+def test_validate_and_plan_with_data_dir_check_the_persisted_stock(tmp_path: Path) -> None:
+    """`labctl validate/plan --data-dir` answer as `labctl run` would: the recipe is valid
+    against the config's levels, and refused, naming the reservoir, against the bench's."""
+    data = tmp_path / "runs"
+    assert labctl("inventory", "set", "res_dmc", "DMC", "3 mL", "--data-dir",
+                  str(data)).returncode == 0
+    quick = [a for p in QUICK for a in ("--param", p)]
+    assert labctl("validate", str(RECIPE), *quick).returncode == 0
+    for cmd in ("validate", "plan"):
+        out = labctl(cmd, str(RECIPE), *quick, "--data-dir", str(data), "--json")
+        assert out.returncode == 2, out.stdout + out.stderr
+        msg = " ".join(i["message"] for i in json.loads(out.stdout)["errors"])
+        assert "res_dmc holds 3 mL" in msg and "cannot take 6 mL" in msg, msg
+    assert levels(data)[("res_dmc", "DMC")] == pytest.approx(3 * ML)  # nothing changed
+
+
 def test_bad_refills_are_refused_and_change_nothing(tmp_path: Path) -> None:
     data = tmp_path / "runs"
     cases = [(("refill", "res_dmc", "60 mL"), "would not fit"),  # 200 + 60 > 250 mL

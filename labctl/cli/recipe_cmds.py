@@ -36,13 +36,25 @@ def _params(items: list[str] | None, as_json: bool) -> dict[str, str]:
     return out
 
 
-def _plan_or_exit(recipe: Path, config: Path, param: list[str] | None, as_json: bool) -> Any:
+#: `--data-dir` of validate and plan: opt-in, so that checking a recipe stays a pure check
+StoreOpt = Annotated[Path | None, typer.Option(
+    "--data-dir", help="Also check against this bench's persisted inventory (reservoir and "
+    "dispenser levels) and samples (sample ids, free vials), as `labctl run` will.")]
+
+
+def _plan_or_exit(recipe: Path, config: Path, param: list[str] | None, as_json: bool,
+                  data_dir: Path | None = None) -> Any:
     from labctl.recipe import RecipeError, build_plan
 
     params = _params(param, as_json)
     cfg = load_bench_config(config, as_json=as_json)
     try:
-        return cfg, build_plan(recipe, params, cfg)
+        if data_dir is None:
+            return cfg, build_plan(recipe, params, cfg)
+        from labctl.bench.samples import bind_offline
+
+        bound, stock = bind_offline(cfg, data_dir, recipe, params)
+        return cfg, build_plan(recipe, bound, cfg, stock=stock)
     except RecipeError as exc:
         if as_json:
             print(json.dumps(exc.to_dict(), indent=2))
@@ -84,6 +96,7 @@ def validate(
         help="The recipe (JSON file); without it only the bench config is checked.")] = None,
     config: ConfigOpt = DEFAULT_CONFIG_PATH,
     param: ParamOpt = None,
+    data_dir: StoreOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Check a recipe against a bench: syntax, schema, parameters, expressions, devices,
@@ -97,7 +110,7 @@ def validate(
             print(f"{config}: valid bench config ({len(cfg.enabled_devices())} devices, "
                   f"{len(cfg.vessels)} vessels)")
         raise typer.Exit(EXIT_OK)
-    _cfg, plan = _plan_or_exit(recipe, config, param, json_out)
+    _cfg, plan = _plan_or_exit(recipe, config, param, json_out, data_dir)
     if json_out:
         print(json.dumps({"ok": True, "errors": [], "sha256": plan.sha256,
                           "estimated_s": plan.estimated_s}))
@@ -127,6 +140,7 @@ def plan(
                                              "row per step) here.")] = None,
     runs: Annotated[int, typer.Option("--runs", min=1, help="Materials for this many runs.")]
     = 1,
+    data_dir: StoreOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Print the resolved steps with estimated durations and the total; with --out, write
@@ -134,7 +148,7 @@ def plan(
     hazards and PPE, and CSV with one row per step)."""
     from labctl.recipe.sop import write_outputs
 
-    cfg, p = _plan_or_exit(recipe, config, param, json_out)
+    cfg, p = _plan_or_exit(recipe, config, param, json_out, data_dir)
     written = [str(x) for x in write_outputs(p, cfg, out, runs)] if out is not None else []
     if json_out:
         print(json.dumps({"ok": True, "plan": p.to_dict(), "files": written}, indent=2,
