@@ -281,6 +281,18 @@ class World:
         self.ledger.append({"op": "add_solid", "to": destination, "material": material,
                             "grams": mass_g})
 
+    def set_contents(self, name: str, contents_g: dict[str, float]) -> None:
+        """What an operator put in a vessel (a refilled reservoir, a counted bottle): its
+        contents become `contents_g`, in the ledger as such (not a move: it comes from
+        outside the bench)."""
+        vessel = self.vessel(name)
+        for mid in contents_g:
+            self._ensure_material(mid)
+        before = dict(vessel.contents_g)
+        vessel.contents_g = {m: g for m, g in contents_g.items() if g > 0}
+        self.ledger.append({"op": "set_contents", "vessel": name, "before": before,
+                            "grams": dict(vessel.contents_g)})
+
     def set_temperature(self, name: str, temperature_c: float) -> None:
         self.vessel(name).temperature_c = temperature_c
 

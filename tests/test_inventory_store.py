@@ -318,3 +318,26 @@ def test_sigkill_at_random_moments_then_resume_debits_each_move_exactly_once(
         finally:
             store.close()
     assert {"dmc", "ec"} & set(in_doubt_seen), "no kill landed in a transfer"
+
+
+async def test_a_refill_while_the_bench_runs_reaches_the_simulated_reservoir(
+        tmp_path: Path) -> None:
+    """config/sim.toml in-process: an operator's refill (LocalService, as MQTT and the TUI
+    call it) adds to the simulated reservoir what it adds to the inventory, and `set` makes
+    the simulated reservoir hold the counted amount."""
+    from labctl.bench.local import LocalService
+
+    bench = Bench(load_config(ROOT / "config" / "sim.toml"), data_dir=tmp_path / "runs",
+                  time_scale=100)
+    await bench.start()
+    try:
+        world = bench.instruments.simulation.world  # type: ignore[union-attr]
+        before = world.vessel("res_dmc").contents_g["DMC"]
+        svc = LocalService(bench, ROOT / "recipes")
+        await svc.inventory("refill", vessel="res_dmc", amount="10 mL", lot="L2", who="op")
+        assert world.vessel("res_dmc").contents_g["DMC"] == pytest.approx(before + 10 * 1.07)
+        await svc.inventory("set", vessel="res_ec", material="EC", amount="50 mL", lot="L3",
+                            who="op")
+        assert world.vessel("res_ec").contents_g == {"EC": pytest.approx(50 * 1.32)}
+    finally:
+        await bench.close()

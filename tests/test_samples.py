@@ -183,3 +183,45 @@ async def test_a_run_that_would_overfill_a_vial_holding_a_sample_is_refused(
         assert (await b.wait(rid))["status"] == "completed"
     finally:
         await b.close()
+
+
+def test_a_sample_outlives_the_process_that_made_it(tmp_path: Path) -> None:
+    """config/sim.toml, two `labctl run` processes: the first makes an electrolyte in a block
+    vial and exits; the second measures it by sample id through that vial's potentiostat
+    channel and finds the same electrolyte (the simulated world is kept in the data dir, as
+    the vial keeps its liquid on a real bench)."""
+    data = tmp_path / "runs"
+    sim = ROOT / "config" / "sim.toml"
+
+    def run_sim(recipe: Path, *params: str) -> dict[str, Any]:
+        args = [*LABCTL, "run", str(recipe), "--data-dir", str(data), "--json",
+                "--time-scale", "1000", "--config", str(sim)]
+        for p in params:
+            args += ["--param", p]
+        out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=150)
+        return result(out)
+
+    def conductivity(res: dict[str, Any]) -> float:
+        return float(next(f["value"] for f in res["figures_of_merit"]
+                          if f["name"] == "ionic_conductivity_mS_cm"))
+
+    # the operator counted 3 mL of DMC: the simulated reservoir follows the inventory
+    out = subprocess.run([*LABCTL, "inventory", "set", "res_dmc", "DMC", "3 mL", "--data-dir",
+                          str(data), "--config", str(sim)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    made_run = run_sim(ROOT / "recipes" / "conductivity_screen.json",
+                       "salt_molality=1.4 mol/kg", "ec_fraction=0.7",
+                       "temperature=22 degC")  # the room's: the second run does not heat
+    [made] = made_run["samples"]["made"]
+    world = json.loads((data / "sim_world.json").read_text())["state"]["world"]
+    # 4 mL of solvent at EC fraction 0.7: 1.2 mL of DMC (1.07 g/mL) left the 3 mL counted
+    assert world["vessels"]["res_dmc"]["contents_g"]["DMC"] == pytest.approx(1.8 * 1.07,
+                                                                             rel=0.01)
+    measured = run_sim(ROOT / "tests" / "recipes" / "sample_measure.json", f"sample={made}")
+    assert measured["status"] == "completed"
+    assert conductivity(measured) == pytest.approx(conductivity(made_run), rel=0.05)
+    s = samples(data, "show", made)
+    assert [(h["kind"], h["run_id"]) for h in s["history"]] == [
+        ("created", made_run["run_id"]), ("measured", made_run["run_id"]),
+        ("measured", measured["run_id"])]

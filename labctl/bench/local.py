@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from labctl.bench import sim_world
 from labctl.bench.errors import NothingToResume
 from labctl.bench.service import Bench
 from labctl.bench.stock import check_plans
@@ -226,11 +227,13 @@ class LocalService:
                         "vessel and amount")
                     raise BenchError("bad_payload", f"inventory {action} needs {need}",
                                      path="vessel" if not vessel else "amount")
+                before = sim_world.levels_of(self.bench, vessel)
                 if action == "refill":
                     await asyncio.to_thread(stock.refill, vessel, amount, lot=lot, who=who)
                 else:
                     await asyncio.to_thread(stock.set, vessel, str(material), amount,
                                             lot=lot, who=who)
+                sim_world.follow_refill(self.bench, vessel, before)
             elif action != "show":
                 raise BenchError("bad_payload", f"unknown inventory action {action!r}",
                                  path="action")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from labctl.bench import provenance as runprov
-from labctl.bench import recovery
+from labctl.bench import recovery, sim_world
 from labctl.bench import resume as resuming
 from labctl.bench.dedup import CommandMemory
 from labctl.bench.errors import NoRunInProgress, NothingToResume
@@ -134,6 +134,7 @@ class Bench:
         try:
             _preload_heavy_modules()
             if self._own_instruments or not self.instruments.devices:
+                sim_world.load(self)  # the vials as the last process left them
                 await self.instruments.start()
         except BaseException:
             self._lock.release()
@@ -146,6 +147,7 @@ class Bench:
             self._sync_stock(run_id)
             with contextlib.suppress(Exception):  # and the samples it was making
                 self.samples.sync(run_id, self.store.open(run_id).events())
+        sim_world.follow_inventory(self)  # refills and counts made while it was down
         self.requeued_at_start = []
         for run_id in found.unstarted:
             try:
@@ -179,6 +181,8 @@ class Bench:
             with contextlib.suppress(Exception):
                 await self.instruments.safe_state_all()
         if self._own_instruments:
+            if self._started:
+                sim_world.save(self)
             await self.instruments.close()
         self.store.close()
         self.stock.close()
@@ -359,6 +363,7 @@ class Bench:
         ex = ticket.executor
         self._sync_stock(ticket.run_id)
         self._sync_samples(ticket, final=True)
+        sim_world.save(self)
         state, result = runprov.close_record(
             ticket.record, bench_id=self.bench_id, state=state, plan=ticket.plan,
             context=ticket.context, parameters=ticket.parameters,
