@@ -570,12 +570,17 @@ class Executor:
         await self._finished.wait()
         return self.state
 
-    async def estop(self, *, reason: str = "emergency stop") -> RunState:
-        """Safe state for every device at once, concurrently with cancelling the steps."""
+    async def estop(self, *, reason: str = "emergency stop",
+                    bench_safe_state: asyncio.Future[dict[str, str]] | None = None
+                    ) -> RunState:
+        """Safe state for every device at once, concurrently with cancelling the steps.
+        `bench_safe_state` is the bench-wide safe state an e-stop of several runs shares:
+        each run awaits it (and records its errors) instead of safing only its own devices."""
         self._estop = True
         self._stop_reason = reason
         self._log("estop", reason=reason)
-        self._estop_task = asyncio.ensure_future(self._apply_safe_state("estop"))
+        self._estop_task = asyncio.ensure_future(self._apply_safe_state("estop",
+                                                                        bench_safe_state))
         if self.started_wall is not None:
             await self._started.wait()
         if self.machine.can("abort"):
@@ -659,11 +664,17 @@ class Executor:
             await self.machine.request("fail", error=exc.to_dict())
         self.outcome = RunState.FAILED
 
-    async def _apply_safe_state(self, why: str) -> dict[str, str]:
-        if self._safe_state_all is None:
+    async def _apply_safe_state(self, why: str,
+                                shared: asyncio.Future[dict[str, str]] | None = None
+                                ) -> dict[str, str]:
+        if self._safe_state_all is None and shared is None:
             return {}
         self._log("safe_state", reason=why)
-        errors = await self._safe_state_all()
+        if shared is not None:
+            errors = dict(await asyncio.shield(shared))
+        else:
+            assert self._safe_state_all is not None
+            errors = await self._safe_state_all()
         self.safe_state_errors.update(errors)
         self._log("safe_state_done", durable=False, reason=why, errors=errors)
         return errors

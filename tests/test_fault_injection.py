@@ -644,10 +644,10 @@ WAIT_RECIPE = json.loads((ROOT / "tests" / "mqtt_recipes" / "mqtt_wait.json").re
 class Serve:
     """`labctl serve` on config/sim.toml (x1000) as a process of its own."""
 
-    def __init__(self, broker_url: str, data: Path):
+    def __init__(self, broker_url: str, data: Path, *extra: str):
         self.args = [*LABCTL, "serve", "--config", str(SIM_CONFIG), "--broker", broker_url,
                      "--bench-id", MQTT_BENCH, "--data-dir", str(data),
-                     "--time-scale", str(TIME_SCALE)]
+                     "--time-scale", str(TIME_SCALE), *extra]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -661,12 +661,12 @@ class Serve:
 
 
 @contextlib.contextmanager
-def broker_and_serve(tmp_path: Path) -> Any:
+def broker_and_serve(tmp_path: Path, *serve_args: str) -> Any:
     from labctl.mqtt.localbroker import MosquittoBroker
 
     broker = MosquittoBroker(tmp_path / "broker")
     broker.start()
-    serve = Serve(broker.url, tmp_path / "runs")
+    serve = Serve(broker.url, tmp_path / "runs", *serve_args)
     serve.start()
     try:
         yield broker, serve
@@ -758,12 +758,13 @@ async def test_serve_killed_mid_run_then_restarted_answers_every_submitted_run(
     the run in progress gets its final result, "interrupted", naming its in-doubt step and
     how an operator continues it, and nothing of it is re-run; the queued run (it had done
     nothing) runs to completion. Each result is delivered once, also across a second
-    restart."""
+    restart. The agent runs one run at a time here (`--concurrency 1`), so the second
+    submit really waits in the queue."""
     from labctl.client import BenchClient
     from labctl.mqtt.outbox import Outbox
 
     data = tmp_path / "runs"
-    with broker_and_serve(tmp_path) as (broker, serve):
+    with broker_and_serve(tmp_path, "--concurrency", "1") as (broker, serve):
         async with BenchClient(broker.url, MQTT_BENCH, backoff_max_s=0.3, timeout=WAIT) as c:
             running = await c.submit(WAIT_RECIPE, {"duration": "2 h"})  # 14 s of wall time
             queued = await c.submit(WAIT_RECIPE, {"duration": "1 s"})

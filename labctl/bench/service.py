@@ -427,7 +427,8 @@ class Bench:
             return await live[0].estop()
         if live:  # every device at once, while every run is stopped
             every = asyncio.ensure_future(self.instruments.safe_state_all())
-            states = await asyncio.gather(*(e.estop() for e in live), return_exceptions=True)
+            states = await asyncio.gather(*(e.estop(bench_safe_state=every) for e in live),
+                                          return_exceptions=True)
             self.estop_safe_state_errors = await every
             return next((s for s in states if isinstance(s, RunState)), RunState.ABORTED)
         self._publish({"event": "estop", "bench_id": self.bench_id})

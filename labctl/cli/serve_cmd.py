@@ -52,6 +52,9 @@ def serve(
         "--operator", help="Broker username with the operator role: may pause, resume, "
         "abort and cancel any run (repeatable). Every other sender has the ai role: its "
         "own runs only; e-stop is open to all.")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        "--concurrency", min=1, max=64,
+        help="Runs at once (overrides the config's [bench] concurrency).")] = None,
 ) -> None:
     """Serve the bench over MQTT until SIGINT/SIGTERM: commands in on
     labctl/<ID>/cmd/<username>, replies under labctl/<ID>/reply/<username>/, retained
@@ -63,6 +66,8 @@ def serve(
     from labctl.mqtt.topics import valid_bench_id
 
     cfg = load_bench_config(config)
+    if concurrency is not None:
+        cfg.bench.concurrency = concurrency
     bid = bench_id or cfg.bench.id
     if not valid_bench_id(bid):
         fail(f"--bench-id {bid!r}: letters, digits, '_', '.', '-' only (one topic level)")
