@@ -126,6 +126,35 @@ def echo_for(command: str) -> str:
     return head
 
 
+#: the command words this driver sends: a reply line starting with one is an answer
+COMMAND_WORDS = frozenset({"S", "SI", "SIR", "SC", "Z", "ZI", "T", "TI", "TA", "TAC", "DW",
+                           "I2", "I3", "I4", "M21", "QRD", "QRA", "@"})
+
+
+def answers_another(line: str, echo: str) -> bool:
+    """A well-formed reply to another command than the one whose echo is `echo`: a late
+    answer to an earlier attempt (retried after garbage, or timed out) that arrived after
+    the input was reset. Skipped rather than taken as this command's (failed) answer, so
+    one late line cannot shift every later reply by one."""
+    tokens = _TOKENS.findall(line)
+    if len(tokens) < 2 or line in BARE_ERRORS or tokens[0] not in COMMAND_WORDS:
+        return False
+    head = echo.split()
+    return tokens[: len(head)] != head
+
+
+#: how long a reply may still come after a line of noise (wall seconds): line noise and
+#: the reply it precedes arrive together; when nothing follows, the noise was the answer
+NOISE_GRACE_S = 0.1
+
+
+def is_noise(line: str) -> bool:
+    """A line that is no reply at all (line noise, a power-on banner): its first word is
+    not a command word nor a bare error."""
+    tokens = _TOKENS.findall(line)
+    return not tokens or (tokens[0] not in COMMAND_WORDS and line not in BARE_ERRORS)
+
+
 def parse_reply(line: bytes | str, echo: str) -> SicsReply:
     """Split a reply to a command whose echo is `echo` (`S`, `QRD 2 3 7`, `QRA 61 1`)."""
     text = line.decode("ascii", errors="replace") if isinstance(line, bytes) else line
@@ -224,14 +253,31 @@ class MettlerBalance(Balance):
                 async with link.lock:
                     self._absorb(link.reset_input())
                     await link.write(command.encode("ascii") + CRLF)
+                    noise: ProtocolError | None = None
                     while True:
-                        raw = await link.read_until(CRLF, timeout)
+                        try:
+                            raw = await link.read_until(
+                                CRLF, timeout if noise is None else NOISE_GRACE_S)
+                        except DeviceTimeout:
+                            if noise is not None:  # only noise came: that was the answer
+                                raise noise from None
+                            raise
                         text = raw.decode("ascii", errors="replace").strip()
                         if echo not in LONG_ACTIONS and self._note_end(text):
                             continue
                         if skip_others and not text.startswith(echo.split()[0]):
                             continue
-                        reply = parse_reply(text, echo)
+                        if answers_another(text, echo):
+                            log.debug("%s: late reply %r skipped while awaiting %s",
+                                      self.name, text, echo)
+                            continue
+                        try:
+                            reply = parse_reply(text, echo)
+                        except ProtocolError as exc:
+                            if noise is not None or not is_noise(text):
+                                raise
+                            noise = exc  # the reply may follow the noise on its own line
+                            continue
                         break
                 if reply.status == "ET":
                     last = ProtocolError("transmission error (ET)", device=self.name)

@@ -543,6 +543,22 @@ async def test_dispenser_recovers_from_silence_and_garbage(bench: Bench) -> None
     assert await disp.dispense(0.02) == pytest.approx(0.02, rel=0.03)
 
 
+async def test_noise_before_a_reply_is_skipped_and_the_action_not_resent(bench: Bench) -> None:
+    """A line of noise ahead of an action's `B` (both arrive together): the driver reads on
+    and takes the `B`, rather than fail an action it may not resend (a second dose); the
+    same for a late reply to an earlier command."""
+    disp = bench.dispenser()
+    await disp.connect()
+    bench.quantos.faults.garbage = b"\x00\xff#!noise\r\n"
+    await disp.move_sampler(3)
+    assert bench.quantos.sampler == 3
+    bench.quantos.faults.garbage = b"QRD 2 3 7 A 2\r\n"  # another command's answer
+    await disp.move_sampler(5)
+    assert bench.quantos.sampler == 5
+    bench.quantos.faults.garbage = b"\x00\xff#!noise\r\n"  # and ahead of a query
+    assert await disp.door_state() == "closed"
+
+
 async def test_simulated_bench_config_doses_into_cell_vial() -> None:
     """config/sim.toml: the dispenser doses LiPF6 into cell_vial and reads it back."""
     from labctl.config import load_config
