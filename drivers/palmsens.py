@@ -412,7 +412,7 @@ class EmStat(Potentiostat):
             if not _STALE_ABORT.match(head):
                 raise ProtocolError(f"cell_off script answered {head!r}", device=self.name)
         line = await link.read_until(b"\n", t)
-        error: DeviceError | None = None
+        error: Exception | None = None
         while line != b"\n":
             m = _ERROR.search(line.decode("latin-1"))
             if m and error is None and not _STALE_ABORT.match(line):
