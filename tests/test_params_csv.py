@@ -92,3 +92,30 @@ def test_rows_run_at_once_with_a_result_line_each(tmp_path: Path) -> None:
     r1, r2 = started["run_ids"]
     end1 = max(float(e["ts"]) for e in events(r1) if e.get("event") == "step_finished")
     assert first(r2, "step_started") < end1
+
+
+def test_a_priority_column_orders_the_rows_in_the_queue(tmp_path: Path) -> None:
+    """One run at a time: rows start by their `priority` cell (higher first, ties and
+    empty cells, 0, in row order), not in file order; the column is not a parameter."""
+    (tmp_path / "p.csv").write_text("duration [s],priority\n5,\n5,3\n5,-1\n5,3\n")
+    out = labctl("run", str(WAIT_RECIPE), "--config", str(ROOT / "config" / "sim.toml"),
+                 "--params-csv", "p.csv", "--data-dir", "runs", "--time-scale", "200",
+                 "--concurrency", "1", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(x) for x in out.stdout.splitlines() if x.strip()]
+    run_ids = lines[0]["run_ids"]
+    results = {r["row"]: r for r in lines[1:]}
+    assert all("priority" not in r["parameters"] for r in results.values())
+    by_start = sorted(range(1, 5), key=lambda row: results[row]["started"])
+    assert by_start == [2, 4, 1, 3], [(r, results[r]["started"]) for r in by_start]
+    assert len(set(run_ids)) == 4
+
+
+def test_a_priority_that_is_not_an_integer_starts_nothing(tmp_path: Path) -> None:
+    (tmp_path / "p.csv").write_text("duration [s],priority\n5,1\n5,urgent\n")
+    out = labctl("run", str(WAIT_RECIPE), "--config", str(ROOT / "config" / "sim.toml"),
+                 "--params-csv", "p.csv", "--data-dir", "runs", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "row 2: priority 'urgent' is not an integer from -1000 to 1000" in out.stderr
+    assert not (tmp_path / "runs").exists() or not any(
+        p.is_dir() for p in (tmp_path / "runs").iterdir())

@@ -1,18 +1,20 @@
 """The TUI queue on a bench running two runs at once (config/sim.toml with concurrency 2,
 in this process, driven with Textual's pilot): the second running run is listed beside the
 one shown, queued runs with their position, and a queued run is cancelled from the queue
-picker ("c", offered only while runs are queued)."""
+picker ("c", offered only while runs are queued); a run started from the form with a
+higher priority goes ahead of those queued before it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from tui_support import screen_text, until
+from textual.widgets import Input, Static
+from tui_support import pick_recipe, screen_text, until
 
 from labctl.config import load_config
 from labctl.tui import LabctlApp, LocalBackend
-from labctl.tui.screens import QueueCancelScreen
+from labctl.tui.screens import ParameterFormScreen, QueueCancelScreen
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,4 +51,46 @@ async def test_two_running_and_a_queued_run_cancelled_from_the_queue(tmp_path: P
         await until(pilot, lambda: all(not q.queued for q in be.view.queue), "queue empty")
         await be.abort()
         for rid in (a, b):
+            assert (await be.bench.wait(rid))["status"] == "aborted"
+
+
+async def test_a_priority_typed_in_the_form_puts_the_run_ahead_of_the_queue(
+        tmp_path: Path) -> None:
+    cfg = load_config(ROOT / "config" / "sim.toml")
+    cfg.bench.concurrency = 1
+    be = LocalBackend(cfg, data_dir=tmp_path / "runs", time_scale=1000.0,
+                      recipes_dir=ROOT / "tests" / "mqtt_recipes", poll_interval_s=0.2,
+                      operator="pytest")
+    app = LabctlApp(be)
+    async with app.run_test(size=(110, 32)) as pilot:
+        await until(pilot, app.backend_ready.is_set, "the bench to start")
+        assert be.bench is not None
+        a = await be.submit(WAIT_RECIPE, LONG)
+        b = await be.submit(WAIT_RECIPE, LONG)  # priority 0
+        await until(pilot, lambda: [(q.run_id, q.queued) for q in be.view.queue]
+                    == [(b, True)], "b queued behind a")
+        await pilot.press("s")
+        await pick_recipe(pilot, "mqtt_wait.json")
+        await until(pilot, lambda: isinstance(app.screen, ParameterFormScreen), "the form")
+        form = app.screen
+        form.query_one("#param-duration", Input).value = "2 h"
+        form.query_one("#run-priority", Input).value = "high"  # not an integer: refused
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: "not an integer" in str(
+            form.query_one("#err-run-priority", Static).render()), "the priority error")
+        assert len(be.bench.runs.active()) == 2  # nothing was queued
+        form.query_one("#run-priority", Input).value = "5"
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: not isinstance(app.screen, ParameterFormScreen), "queued")
+        await until(pilot, lambda: len(be.view.queue) == 2, "two queued")
+        c = be.view.queue[0].run_id
+        assert [(q.run_id, q.priority) for q in be.view.queue] == [(c, 5), (b, 0)]
+        assert c not in (a, b)
+        assert "priority 5" in screen_text(app)
+        await be.cancel(b)
+        await be.abort()  # a; then c starts, ahead of where b was
+        await until(pilot, lambda: be.view.run is not None and be.view.run.run_id == c,
+                    "c running")
+        await be.abort()
+        for rid in (a, b, c):
             assert (await be.bench.wait(rid))["status"] == "aborted"

@@ -69,8 +69,10 @@ class FrozenBackend(BenchBackend):
     async def validate(self, recipe: Path, parameters: dict[str, Any]) -> list[Problem]:
         return []
 
-    async def submit(self, recipe: Path, parameters: dict[str, Any]) -> str:
-        self.calls.append(f"submit {recipe.name} {sorted(parameters.items())}")
+    async def submit(self, recipe: Path, parameters: dict[str, Any], *,
+                     priority: int = 0) -> str:
+        self.calls.append(f"submit {recipe.name} {sorted(parameters.items())}"
+                          + (f" priority {priority}" if priority else ""))
         return "run-1"
 
     async def pause(self) -> None:

@@ -2,10 +2,12 @@
 
 A column per parameter; a unit goes in the header (`temperature [degC]`, applied to bare
 numbers of that column) or in the cell (`25 degC`); an empty cell keeps the recipe's
-default. Every row is validated before anything starts (exit 2 naming the row and the
-parameter); then all rows are submitted, and the bench runs them as concurrently as it
-allows (config `[bench] concurrency`, or `--concurrency`), one live display for the
-campaign, a summary table with each row's figures of merit at the end.
+default. A `priority` column (an integer, higher first; empty: 0) sets each row's place in
+the queue, unless the recipe declares a parameter of that name. Every row is validated
+before anything starts (exit 2 naming the row and the parameter); then all rows are
+submitted, and the bench runs them as concurrently as it allows (config `[bench]
+concurrency`, or `--concurrency`), one live display for the campaign, a summary table
+with each row's figures of merit at the end.
 """
 
 from __future__ import annotations
@@ -76,6 +78,41 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     if not rows:
         raise CsvError(f"{path}: no rows (one run per row below the header)")
     return rows
+
+
+PRIORITY_COLUMN = "priority"
+
+
+def declared_parameters(recipe: Path) -> set[str]:
+    """The parameter names a recipe file declares (none when it cannot be read: the
+    planner then reports why)."""
+    try:
+        doc = json.loads(recipe.read_text(encoding="utf-8"))
+        return set(doc.get("parameters") or {}) if isinstance(doc, dict) else set()
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def take_priorities(rows: list[dict[str, str]], declared: set[str]) -> list[int]:
+    """Each row's queue priority, taken out of its `priority` cell (0 when empty or when
+    the recipe declares a `priority` parameter, which the column then sets); CsvError
+    naming the row for a cell that is not an integer in the range every adapter takes."""
+    from labctl.mqtt.payloads import PRIORITY_MAX, PRIORITY_MIN
+
+    if PRIORITY_COLUMN in declared:
+        return [0] * len(rows)
+    out: list[int] = []
+    for i, row in enumerate(rows, 1):
+        text = row.pop(PRIORITY_COLUMN, "").strip()
+        try:
+            value = int(text) if text else 0
+        except ValueError:
+            value = None
+        if value is None or not PRIORITY_MIN <= value <= PRIORITY_MAX:
+            raise CsvError(f"row {i}: priority {text!r} is not an integer from "
+                           f"{PRIORITY_MIN} to {PRIORITY_MAX}")
+        out.append(value)
+    return out
 
 
 def plan_rows(recipe: Path, rows: list[dict[str, str]], cfg: BenchConfig,
@@ -216,9 +253,11 @@ def json_line(i: int, row: dict[str, str], result: dict[str, Any]) -> str:
 
 async def drive(bench: Bench, plans: list[Plan], rows: list[dict[str, str]],
                 extra: dict[str, str], *, who: str, source: str,
-                as_json: bool) -> tuple[list[str], list[dict[str, Any]]]:
-    """Start the bench, submit every row, show the campaign, handle signals (the first
-    aborts every run, a second is an e-stop); (run ids, results) in row order."""
+                as_json: bool, priorities: list[int] | None = None
+                ) -> tuple[list[str], list[dict[str, Any]]]:
+    """Start the bench, submit every row (with its queue priority), show the campaign,
+    handle signals (the first aborts every run, a second is an e-stop); (run ids,
+    results) in row order."""
     import asyncio
     import contextlib
     import signal
@@ -234,8 +273,14 @@ async def drive(bench: Bench, plans: list[Plan], rows: list[dict[str, str]],
     await bench.start()
     try:
         plans = bind_rows(bench, Path(source), rows, extra)
-        run_ids = [await bench.submit(plan, {**extra, **row}, instigator=who, source=source)
-                   for plan, row in zip(plans, rows, strict=True)]
+        prio = priorities or [0] * len(rows)
+        ids: dict[int, str] = {}
+        # submitted highest priority first (ties in row order): the first runs to start
+        # are the most urgent ones, not just the first rows
+        for i in sorted(range(len(rows)), key=lambda i: -prio[i]):
+            ids[i] = await bench.submit(plans[i], {**extra, **rows[i]}, instigator=who,
+                                        source=source, priority=prio[i])
+        run_ids = [ids[i] for i in range(len(rows))]
     except BaseException:
         await bench.close()
         raise

@@ -372,13 +372,15 @@ def _campaign(recipe: Path, csv_path: Path, params: dict[str, str], cfg: Any, *,
 
     try:
         rows = pc.read_rows(csv_path)
+        priorities = pc.take_priorities(rows, pc.declared_parameters(recipe))
         plans = pc.plan_rows(recipe, rows, cfg, params, data_dir)
     except pc.CsvError as exc:
         fail(str(exc), EXIT_INVALID, as_json=as_json)
     bench = Bench(cfg, data_dir=data_dir, time_scale=time_scale)
     try:
         run_ids, results = asyncio.run(pc.drive(bench, plans, rows, params, who=who,
-                                                source=str(recipe), as_json=as_json))
+                                                source=str(recipe), as_json=as_json,
+                                                priorities=priorities))
     except BenchInUse as exc:
         fail(str(exc), EXIT_INVALID, as_json=as_json)
     except (ConfigError, LabctlError) as exc:

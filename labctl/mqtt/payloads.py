@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from labctl.problems import ErrorCode, Issue
 
+#: the queue priorities every adapter accepts (higher runs first)
+PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
+
 MAX_PAYLOAD_BYTES = 1024 * 1024
 """Commands larger than this (1 MiB) are refused unread."""
 
@@ -64,7 +67,7 @@ class SubmitCommand(_RecipeSource):
 
     command: Literal["submit"]
     request: RequestInfo | None = None
-    priority: int = Field(default=0, ge=-1000, le=1000,
+    priority: int = Field(default=0, ge=PRIORITY_MIN, le=PRIORITY_MAX,
                           description="Higher runs first; equal priorities in submission "
                                       "order.")
 

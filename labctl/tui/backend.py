@@ -144,9 +144,10 @@ class BenchBackend(ABC):
         """Problems of a recipe with these parameters on this bench (empty: valid)."""
 
     @abstractmethod
-    async def submit(self, recipe: Path, parameters: dict[str, Any]) -> str:
-        """Queue a run; its id. BenchError `invalid_recipe` with every issue when invalid
-        (nothing queued)."""
+    async def submit(self, recipe: Path, parameters: dict[str, Any], *,
+                     priority: int = 0) -> str:
+        """Queue a run (higher `priority` first); its id. BenchError `invalid_recipe` with
+        every issue when invalid (nothing queued)."""
 
     @abstractmethod
     async def pause(self) -> None: ...
@@ -416,9 +417,10 @@ class LocalBackend(BenchBackend):
     async def validate(self, recipe: Path, parameters: dict[str, Any]) -> list[Issue]:
         return await self._service().plan(recipe, parameters)
 
-    async def submit(self, recipe: Path, parameters: dict[str, Any]) -> str:
+    async def submit(self, recipe: Path, parameters: dict[str, Any], *,
+                     priority: int = 0) -> str:
         submitted = await self._bounded(self._service().submit(
-            recipe, parameters,
+            recipe, parameters, priority=priority,
             instigator={"kind": "operator", "id": self.operator, "via": "tui"}))
         return str(submitted.run_id)
 
@@ -693,9 +695,11 @@ class RemoteBackend(BenchBackend):
     async def validate(self, recipe: Path, parameters: dict[str, Any]) -> list[Issue]:
         return await self._command(self._client().plan(recipe, parameters))
 
-    async def submit(self, recipe: Path, parameters: dict[str, Any]) -> str:
+    async def submit(self, recipe: Path, parameters: dict[str, Any], *,
+                     priority: int = 0) -> str:
         run = await self._command(self._client().submit(
-            recipe, parameters, request={"client": f"labctl-tui:{_operator()}"}))
+            recipe, parameters, request={"client": f"labctl-tui:{_operator()}"},
+            priority=priority))
         return str(run.run_id)
 
     async def pause(self) -> None:

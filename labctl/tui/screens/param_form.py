@@ -1,9 +1,10 @@
 """A recipe's parameters as a form, checked by the bench before anything runs.
 
-Every field starts at the declared default. Start validates on the bench (locally with the
-recipe planner, remotely through the agent) and either queues the run or shows each
-problem under the field its JSON path names (`parameters.flow`); problems elsewhere in the
-recipe (a step's volume over a syringe's size) are listed at the top.
+Every field starts at the declared default; a last field sets the run's queue priority
+(higher first, then submission order; 0 unless changed). Start validates on the bench
+(locally with the recipe planner, remotely through the agent) and either queues the run or
+shows each problem under the field its JSON path names (`parameters.flow`); problems
+elsewhere in the recipe (a step's volume over a syringe's size) are listed at the top.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Static
 
+from labctl.mqtt.payloads import PRIORITY_MAX, PRIORITY_MIN
 from labctl.problems import BenchError
 from labctl.recipe.parameters import coerce_value
 from labctl.tui.backend import BenchBackend, Problem, RecipeEntry
@@ -91,6 +93,11 @@ class ParameterFormScreen(ModalScreen[str | None]):
                     yield Static(describe(name, decl), classes="field-label")
                     yield Input(initial(decl), id=f"param-{name}", placeholder=name)
                     yield Static("", id=f"err-{name}", classes="field-error")
+                yield Static(f"queue priority (integer {PRIORITY_MIN} … {PRIORITY_MAX}) — "
+                             "higher runs first, then submission order",
+                             classes="field-label")
+                yield Input("0", id="run-priority", placeholder="0")
+                yield Static("", id="err-run-priority", classes="field-error")
             with Horizontal(classes="buttons"):
                 yield Button("Start (ctrl+s)", id="form-start", variant="success")
                 yield Button("Cancel (esc)", id="form-cancel")
@@ -117,6 +124,21 @@ class ParameterFormScreen(ModalScreen[str | None]):
             raise FormProblems(problems)
         return out
 
+    def priority(self) -> int:
+        """The queue priority typed (empty: 0); FormProblems when it is not an integer in
+        the range every adapter accepts."""
+        text = self.query_one("#run-priority", Input).value.strip()
+        if not text:
+            return 0
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not PRIORITY_MIN <= value <= PRIORITY_MAX:
+            raise FormProblems([Problem("priority", f"{text!r} is not an integer from "
+                                        f"{PRIORITY_MIN} to {PRIORITY_MAX}")])
+        return value
+
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "form-start":
             self.action_start()
@@ -132,20 +154,29 @@ class ParameterFormScreen(ModalScreen[str | None]):
     def action_start(self) -> None:
         if self.busy:
             return
+        problems: list[Problem] = []
+        values: dict[str, Any] = {}
+        priority = 0
         try:
             values = self.values()
-        except FormProblems as exc:  # nothing goes to the bench
-            self.show_problems(exc.problems)
+        except FormProblems as exc:
+            problems += exc.problems
+        try:
+            priority = self.priority()
+        except FormProblems as exc:
+            problems += exc.problems
+        if problems:  # nothing goes to the bench
+            self.show_problems(problems)
             return
         self.busy = True
         self.query_one("#form-problems", Static).update(Text("checking on the bench…",
                                                              style="italic"))
-        self._submit(values)
+        self._submit(values, priority)
 
     @work(exclusive=True, group="form")
-    async def _submit(self, values: dict[str, Any]) -> None:
+    async def _submit(self, values: dict[str, Any], priority: int) -> None:
         try:
-            run_id = await self.backend.submit(self.entry.path, values)
+            run_id = await self.backend.submit(self.entry.path, values, priority=priority)
         except BenchError as exc:  # an invalid recipe lists every issue
             self.show_problems(exc.issues or [Problem("", exc.message)])
         else:
@@ -156,9 +187,12 @@ class ParameterFormScreen(ModalScreen[str | None]):
     def show_problems(self, problems: list[Problem]) -> None:
         per_field: dict[str, list[str]] = {}
         general: list[str] = []
+        priority_msgs: list[str] = []
         for p in problems:
             name = field_of(p.path, self.names)
-            if name is not None:
+            if p.path == "priority":
+                priority_msgs.append(p.message)
+            elif name is not None:
                 per_field.setdefault(name, []).append(p.message)
             else:
                 general.append(f"{p.path}: {p.message}" if p.path else p.message)
@@ -168,14 +202,20 @@ class ParameterFormScreen(ModalScreen[str | None]):
             err.update(Text("✖ " + "; ".join(msgs), style="bold") if msgs else "")
             err.set_class(bool(msgs), "shown")
             self.query_one(f"#param-{name}", Input).set_class(bool(msgs), "invalid-field")
+        err = self.query_one("#err-run-priority", Static)
+        err.update(Text("✖ " + "; ".join(priority_msgs), style="bold") if priority_msgs else "")
+        err.set_class(bool(priority_msgs), "shown")
+        self.query_one("#run-priority", Input).set_class(bool(priority_msgs), "invalid-field")
         box = self.query_one("#form-problems", Static)
         if general:
             box.update(Text("✖ not started:\n" + "\n".join(f"  {g}" for g in general),
                             style="bold"))
-        elif per_field:
+        elif per_field or priority_msgs:
             box.update(Text("✖ not started: fix the fields marked below", style="bold"))
         else:
             box.update("")
         first = next(iter(per_field), None)
         if first is not None:
             self.query_one(f"#param-{first}", Input).focus()
+        elif priority_msgs:
+            self.query_one("#run-priority", Input).focus()
