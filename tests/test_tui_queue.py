@@ -86,7 +86,8 @@ async def test_a_priority_typed_in_the_form_puts_the_run_ahead_of_the_queue(
         c = be.view.queue[0].run_id
         assert [(q.run_id, q.priority) for q in be.view.queue] == [(c, 5), (b, 0)]
         assert c not in (a, b)
-        assert "priority 5" in screen_text(app)
+        await until(pilot, lambda: "1. mqtt_wait  priority 5" in screen_text(app),
+                    "c first in the queue panel, with its priority")
         await be.cancel(b)
         await be.abort()  # a; then c starts, ahead of where b was
         await until(pilot, lambda: be.view.run is not None and be.view.run.run_id == c,

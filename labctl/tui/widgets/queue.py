@@ -9,7 +9,7 @@ from labctl.tui.model import BenchView
 
 
 class QueuePanel(Static):
-    """One line per queued run: position, run id, recipe (and its priority when not 0);
+    """One line per queued run: position, recipe (its priority when not 0), run id;
     runs running beside the one the run panel shows come first, marked ▶."""
 
     def show(self, view: BenchView) -> None:
@@ -24,7 +24,8 @@ class QueuePanel(Static):
                 t.append(f" ▶ {q.recipe or '?'}  {q.run_id}  [{q.state}]")
                 continue
             pos = "?" if q.position is None else str(q.position)
-            t.append(f"{pos:>2}. {q.recipe or '?'}  {q.run_id}")
-            if q.priority:
-                t.append(f"  priority {q.priority}", style="dim")
+            t.append(f"{pos:>2}. {q.recipe or '?'}  ")
+            if q.priority:  # before the long run id, which a narrow panel cuts off
+                t.append(f"priority {q.priority}  ", style="bold")
+            t.append(q.run_id)
         self.update(t)
