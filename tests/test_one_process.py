@@ -30,7 +30,7 @@ RECIPE = ROOT / "tests" / "recipes" / "exec_fill.json"
 LABCTL = [sys.executable, "-m", "labctl"]
 #: slow transfers (the simulators run only 20x) and a long stir: the first run is still
 #: going, mid-transfer when the intruders start, while both are refused
-FIRST_RUN = ("dmc_volume=6 mL", "flow=5 mL/min", "mix_time=40 s", "rest=0 s")
+FIRST_RUN = ("dmc_volume=6 mL", "flow=5 mL/min", "mix_time=20 s", "rest=0 s")
 pytestmark = pytest.mark.timeout(240)
 
 
