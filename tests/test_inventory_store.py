@@ -100,6 +100,12 @@ def test_a_run_the_stock_cannot_serve_is_refused_before_anything_moves(tmp_path:
     assert any(i["path"] == "steps[1].args.from" for i in issues), issues
     assert not [p for p in data.iterdir() if p.is_dir()], "a run record was created"
     assert levels(data)[("res_dmc", "DMC")] == pytest.approx(3 * ML)
+    text = labctl("run", str(RECIPE), "--data-dir", str(data), *[
+        a for p in QUICK for a in ("--param", p)], config=CONFIG)  # the operator's view
+    assert text.returncode == 2, text.stderr
+    assert "res_dmc holds 3 mL" in text.stderr
+    assert (f"hint: after refilling res_dmc, record it: labctl inventory refill res_dmc AMOUNT "
+            f"--data-dir {data}") in text.stderr, text.stderr
 
 
 def test_validate_and_plan_with_data_dir_check_the_persisted_stock(tmp_path: Path) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -331,11 +332,7 @@ def run(
         bound, stock = bind_offline(cfg, data_dir, recipe, params)
         plan = build_plan(recipe, bound, cfg, stock=stock)
     except RecipeError as exc:
-        if json_out:
-            print(json.dumps(exc.to_dict(), indent=2))
-        else:
-            print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(EXIT_INVALID) from None
+        _refused(exc, data_dir, json_out)
     who = f"operator:{_operator(operator)}"
     from labctl.bench import Bench
 
@@ -350,15 +347,29 @@ def run(
     except BenchInUse as exc:  # another process has this data dir or a device's line
         fail(str(exc), EXIT_INVALID, as_json=json_out)
     except RecipeError as exc:  # refused at submit: the persisted inventory cannot serve it
-        if json_out:
-            print(json.dumps(exc.to_dict(), indent=2))
-        else:
-            print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(EXIT_INVALID) from None
+        _refused(exc, data_dir, json_out)
     except (ConfigError, LabctlError) as exc:
         fail(str(exc), EXIT_FAILED if not isinstance(exc, ConfigError) else EXIT_INVALID,
              as_json=json_out)
     raise typer.Exit(_report(result, as_json=json_out))
+
+
+_SHORT_STOCK = re.compile(r"^(?P<vessel>\S+) holds .*, cannot (take|dose) ")
+
+
+def _refused(exc: Any, data_dir: Path, as_json: bool) -> NoReturn:
+    """An invalid recipe: every issue (JSON or text), exit 2. When the bench's persisted
+    stock is what runs short, say how an operator records the refill."""
+    if as_json:
+        print(json.dumps(exc.to_dict(), indent=2))
+        raise typer.Exit(EXIT_INVALID)
+    print(f"error: {exc}", file=sys.stderr)
+    short = sorted({m.group("vessel") for i in exc.issues
+                    if (m := _SHORT_STOCK.match(i.message))})
+    for vessel in short:
+        print(f"hint: after refilling {vessel}, record it: labctl inventory refill {vessel} "
+              f"AMOUNT --data-dir {data_dir} (levels: labctl inventory show)", file=sys.stderr)
+    raise typer.Exit(EXIT_INVALID)
 
 
 def _campaign(recipe: Path, csv_path: Path, params: dict[str, str], cfg: Any, *,
