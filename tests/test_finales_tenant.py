@@ -55,7 +55,8 @@ class TenantProc:
     """`labctl finales serve` in its own process."""
 
     def __init__(self, tmp: Path, server: FinalesServer, user: str, uuid: str, *,
-                 config: Path | None = None, grace: float = 2.0, name: str = "a"):
+                 config: Path | None = None, grace: float = 2.0, name: str = "a",
+                 time_scale: float = 1000.0):
         self.data_dir = tmp / f"runs-{name}"
         self.pwfile = tmp / f"{user}.pw"
         self.pwfile.write_text(USERS[user] + "\n")
@@ -64,7 +65,8 @@ class TenantProc:
         self.args = [*LABCTL, "-v", "finales", "serve", "--server", server.url,
                      "--username", user, "--password-file", str(self.pwfile),
                      "--tenant-uuid", uuid, "--data-dir", str(self.data_dir),
-                     "--time-scale", "100", "--poll", "0.2", "--claim-grace", str(grace)]
+                     "--time-scale", str(time_scale), "--poll", "0.2",
+                     "--claim-grace", str(grace)]
         if config:
             self.args += ["--config", str(config)]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -254,7 +256,8 @@ def test_restart_neither_loses_nor_doubles_an_answer(
         tenants_to_stop: list[TenantProc]) -> None:
     server, opt = finales
     (uuid,) = server.add_tenants([tenant_description("bench-a")], opt)
-    tenant = TenantProc(tmp_path, server, "bench_a", uuid)
+    # slow enough (x100) that the kill below lands while the run goes
+    tenant = TenantProc(tmp_path, server, "bench_a", uuid, time_scale=100.0)
     tenants_to_stop.append(tenant)
 
     # 1. killed (SIGKILL) while its run is going: after the restart the request gets one
