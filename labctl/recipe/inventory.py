@@ -10,6 +10,7 @@ materials request list.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -301,8 +302,23 @@ class Inventory:
 
 
 def _q(value: Any, unit: str) -> float | None:
+    """`value` (a quantity string, a number, a Quantity) in `unit`; None when it is none
+    or not convertible."""
     if value is None:
         return None
+    if isinstance(value, (str, int, float)):
+        return _q_cached(value, unit)
+    return _q_uncached(value, unit)
+
+
+@functools.lru_cache(maxsize=4096)
+def _q_cached(value: str | float, unit: str) -> float | None:
+    # every submit builds several Inventory objects from the same config strings: parsing
+    # and converting them with pint each time was half of an MQTT submit's latency
+    return _q_uncached(value, unit)
+
+
+def _q_uncached(value: Any, unit: str) -> float | None:
     try:
         return float(quantity(value).to(unit).magnitude)
     except Exception:

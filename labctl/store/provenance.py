@@ -128,22 +128,32 @@ def materials_info(cfg: Any, recipe_materials: dict[str, Any] | None) -> list[di
     return out
 
 
+@lru_cache(maxsize=1)
+def _simulator_packages() -> tuple[str, dict[str, tuple[str, str]]]:
+    """labctl's version, and the (package, version) of each simulator kind a plugin
+    registers (labctl.simulators entry points). Read once per process: the code that runs
+    is the code loaded, and scanning every installed distribution took ~9 ms per submit."""
+    try:
+        sim_version = importlib_metadata.version("labctl")
+    except importlib_metadata.PackageNotFoundError:
+        sim_version = "unknown"
+    plugins = {ep.name: (ep.dist.name, ep.dist.version)
+               for ep in importlib_metadata.entry_points(group="labctl.simulators")
+               if ep.dist is not None}
+    return sim_version, plugins
+
+
 def fidelity_info(cfg: Any, kinds: dict[str, str] | None = None) -> dict[str, Any]:
     """'simulated' (and by which simulators) or 'measured'. An AI server must never take
     simulated data for measured data."""
     if cfg is None or not cfg.bench.simulate:
         return {"level": "measured", "simulators": {}}
-    try:
-        sim_version = importlib_metadata.version("labctl")
-    except importlib_metadata.PackageNotFoundError:
-        sim_version = "unknown"
-    # a simulator a plugin registers (labctl.simulators entry points) is its package's
-    plugins = {ep.name: ep for ep in importlib_metadata.entry_points(group="labctl.simulators")}
+    sim_version, plugins = _simulator_packages()
     sims: dict[str, Any] = {}
     for name, kind in (kinds or {}).items():
-        ep = plugins.get(kind)
-        if ep is not None and ep.dist is not None:
-            sims[name] = {"kind": kind, "package": ep.dist.name, "version": ep.dist.version}
+        if kind in plugins:
+            package, version = plugins[kind]
+            sims[name] = {"kind": kind, "package": package, "version": version}
         else:
             sims[name] = {"kind": kind, "package": "simulators", "version": sim_version}
     return {"level": "simulated", "simulators": sims,
