@@ -5,7 +5,9 @@ Starts its own mosquitto on a free port and `labctl serve` on config/sim.toml at
 scale in a process of its own, then submits runs through the client SDK, a few queued at a
 time, exactly as an AI server would. Each run fills the cell vial from the EC reservoir,
 stirs, measures the open-circuit potential and drains the vial to waste, so the simulated
-world is the same before every run. Prints:
+world is the same before every run, but for the EC it takes: the bench's inventory debits
+0.5 mL a run and would refuse run 401 on a 200 mL reservoir, so the soak refills it over
+MQTT (`inventory refill`, as the agent's `--operator`) every REFILL_EVERY runs. Prints:
 
 - runs per minute (wall clock) and how the runs ended;
 - the agent's resident memory (RSS) after the first run, at run 200 (--rss-from) and at the
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -40,6 +43,11 @@ from labctl.mqtt.localbroker import MosquittoBroker  # noqa: E402
 from labctl.mqtt.payloads import LIST_LIMIT_MAX  # noqa: E402
 
 BENCH_ID = "soak-bench"
+#: the soak's client on its private broker (no credentials): the agent's operator, so it may
+#: record refills
+SOAK_SENDER = "anonymous"
+#: runs between two refills of the EC reservoir (0.5 mL a run)
+REFILL_EVERY = 100
 SOAK_RECIPE: dict[str, Any] = {
     "schema": "labctl.recipe/1", "name": "soak_cycle", "version": "1",
     "description": "Fill the cell vial with EC, stir, measure OCV, drain it to waste.",
@@ -108,7 +116,8 @@ main()
 def start_agent(broker_url: str, data_dir: Path, time_scale: float,
                 trace_to: Path | None = None) -> subprocess.Popen[bytes]:
     serve = ["serve", "--config", str(ROOT / "config" / "sim.toml"), "--broker", broker_url,
-             "--bench-id", BENCH_ID, "--data-dir", str(data_dir), "--time-scale", str(time_scale)]
+             "--bench-id", BENCH_ID, "--data-dir", str(data_dir), "--time-scale", str(time_scale),
+             "--operator", SOAK_SENDER]
     head = ([sys.executable, "-c", TRACED_AGENT, str(trace_to)] if trace_to is not None
             else [sys.executable, "-m", "labctl"])
     return subprocess.Popen(head + serve, cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -116,7 +125,8 @@ def start_agent(broker_url: str, data_dir: Path, time_scale: float,
 
 
 async def soak(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="labctl-soak-") as tmp:
+    with (contextlib.nullcontext(os.environ["SOAK_KEEP"]) if os.environ.get("SOAK_KEEP")
+          else tempfile.TemporaryDirectory(prefix="labctl-soak-")) as tmp:
         broker = MosquittoBroker(Path(tmp) / "broker")
         broker.start()
         trace_to = Path(tmp) / "tracemalloc.txt" if args.tracemalloc else None
@@ -154,6 +164,9 @@ async def drive(args: argparse.Namespace, url: str, agent_pid: int,
         t0 = time.monotonic()
         while submitted < args.runs or pending:
             while submitted < args.runs and len(pending) < args.queue:
+                if submitted and submitted % REFILL_EVERY == 0:
+                    await client.inventory("refill", vessel="res_ec",
+                                           amount=f"{REFILL_EVERY * 0.5:g} mL", lot="SOAK")
                 pending.append(await client.submit(SOAK_RECIPE, request=f"soak-{submitted}"))
                 submitted += 1
             run = pending.pop(0)

@@ -213,6 +213,7 @@ class BenchSamples:
 
     def release(self, run_id: str) -> None:
         self.claims.pop(run_id, None)
+        self.inputs.pop(run_id, None)  # the store keeps them (inputs_of): no per-run memory
 
     def _grams(self, ev: dict[str, Any]) -> tuple[str, float] | None:
         mat = ev.get("material")

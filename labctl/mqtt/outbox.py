@@ -32,6 +32,9 @@ class Outbox:
                                    check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        # a bounded page cache (256 KiB, not SQLite's 2 MB): the file grows with every
+        # run, the agent's memory must not (bench/soak.py)
+        self._db.execute("PRAGMA cache_size=-256")
         self._db.executescript(_SCHEMA)
 
     def add(self, run_id: str, payload: dict[str, Any]) -> bool:

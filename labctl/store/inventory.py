@@ -123,6 +123,9 @@ class InventoryStore:
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        # a bounded page cache (256 KiB, not SQLite's 2 MB): the file grows with every
+        # run, the agent's memory must not (bench/soak.py)
+        self._db.execute("PRAGMA cache_size=-256")
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
