@@ -23,6 +23,19 @@ def labctl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, timeout=150)
 
 
+def run_csv(tmp_path: Path, csv_text: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`labctl run` of the wait recipe with `csv_text` as its --params-csv, records in
+    tmp_path/runs."""
+    (tmp_path / "p.csv").write_text(csv_text)
+    return labctl("run", str(WAIT_RECIPE), "--config", str(ROOT / "config" / "sim.toml"),
+                  "--params-csv", "p.csv", "--data-dir", "runs", *extra, cwd=tmp_path)
+
+
+def no_run_started(tmp_path: Path) -> bool:
+    runs = tmp_path / "runs"
+    return not runs.exists() or not any(p.is_dir() for p in runs.iterdir())
+
+
 def test_units_from_the_header_or_the_cell_and_defaults_for_empty_cells(tmp_path: Path) -> None:
     f = tmp_path / "p.csv"
     f.write_text("salt_molality [mol/kg],temperature,ec_fraction\n"
@@ -57,20 +70,15 @@ def test_exit_code_of_a_campaign() -> None:
 
 
 def test_an_invalid_row_starts_nothing(tmp_path: Path) -> None:
-    (tmp_path / "p.csv").write_text("duration [s]\n5\n3 kg\n")
-    out = labctl("run", str(WAIT_RECIPE), "--config", str(ROOT / "config" / "sim.toml"),
-                 "--params-csv", "p.csv", "--data-dir", "runs", cwd=tmp_path)
+    out = run_csv(tmp_path, "duration [s]\n5\n3 kg\n")
     assert out.returncode == 2, out.stderr
     assert "row 2 (duration=3 kg)" in out.stderr and "parameters.duration" in out.stderr
-    assert not (tmp_path / "runs").exists() or not any(
-        p.is_dir() for p in (tmp_path / "runs").iterdir())
+    assert no_run_started(tmp_path)
 
 
 def test_rows_run_at_once_with_a_result_line_each(tmp_path: Path) -> None:
-    (tmp_path / "p.csv").write_text("duration [min]\n20\n10\n")
-    out = labctl("run", str(WAIT_RECIPE), "--config", str(ROOT / "config" / "sim.toml"),
-                 "--params-csv", "p.csv", "--data-dir", "runs", "--time-scale", "200",
-                 "--concurrency", "2", "--json", cwd=tmp_path)
+    out = run_csv(tmp_path, "duration [min]\n20\n10\n",
+                  "--time-scale", "200", "--concurrency", "2", "--json")
     assert out.returncode == 0, out.stderr
     lines = [json.loads(x) for x in out.stdout.splitlines() if x.strip()]
     started = lines[0]
@@ -97,10 +105,8 @@ def test_rows_run_at_once_with_a_result_line_each(tmp_path: Path) -> None:
 def test_a_priority_column_orders_the_rows_in_the_queue(tmp_path: Path) -> None:
     """One run at a time: rows start by their `priority` cell (higher first, ties and
     empty cells, 0, in row order), not in file order; the column is not a parameter."""
-    (tmp_path / "p.csv").write_text("duration [s],priority\n5,\n5,3\n5,-1\n5,3\n")
-    out = labctl("run", str(WAIT_RECIPE), "--config", str(ROOT / "config" / "sim.toml"),
-                 "--params-csv", "p.csv", "--data-dir", "runs", "--time-scale", "200",
-                 "--concurrency", "1", "--json", cwd=tmp_path)
+    out = run_csv(tmp_path, "duration [s],priority\n5,\n5,3\n5,-1\n5,3\n",
+                  "--time-scale", "200", "--concurrency", "1", "--json")
     assert out.returncode == 0, out.stderr
     lines = [json.loads(x) for x in out.stdout.splitlines() if x.strip()]
     run_ids = lines[0]["run_ids"]
@@ -112,10 +118,7 @@ def test_a_priority_column_orders_the_rows_in_the_queue(tmp_path: Path) -> None:
 
 
 def test_a_priority_that_is_not_an_integer_starts_nothing(tmp_path: Path) -> None:
-    (tmp_path / "p.csv").write_text("duration [s],priority\n5,1\n5,urgent\n")
-    out = labctl("run", str(WAIT_RECIPE), "--config", str(ROOT / "config" / "sim.toml"),
-                 "--params-csv", "p.csv", "--data-dir", "runs", cwd=tmp_path)
+    out = run_csv(tmp_path, "duration [s],priority\n5,1\n5,urgent\n")
     assert out.returncode == 2, out.stderr
     assert "row 2: priority 'urgent' is not an integer from -1000 to 1000" in out.stderr
-    assert not (tmp_path / "runs").exists() or not any(
-        p.is_dir() for p in (tmp_path / "runs").iterdir())
+    assert no_run_started(tmp_path)

@@ -22,12 +22,17 @@ WAIT_RECIPE = ROOT / "tests" / "mqtt_recipes" / "mqtt_wait.json"
 LONG = {"duration": "2 h"}
 
 
-async def test_two_running_and_a_queued_run_cancelled_from_the_queue(tmp_path: Path) -> None:
+def local_backend(tmp_path: Path, *, concurrency: int) -> LocalBackend:
+    """config/sim.toml in this process, `concurrency` runs at once, x1000."""
     cfg = load_config(ROOT / "config" / "sim.toml")
-    cfg.bench.concurrency = 2
-    be = LocalBackend(cfg, data_dir=tmp_path / "runs", time_scale=1000.0,
-                      recipes_dir=ROOT / "tests" / "mqtt_recipes", poll_interval_s=0.2,
-                      operator="pytest")
+    cfg.bench.concurrency = concurrency
+    return LocalBackend(cfg, data_dir=tmp_path / "runs", time_scale=1000.0,
+                        recipes_dir=ROOT / "tests" / "mqtt_recipes", poll_interval_s=0.2,
+                        operator="pytest")
+
+
+async def test_two_running_and_a_queued_run_cancelled_from_the_queue(tmp_path: Path) -> None:
+    be = local_backend(tmp_path, concurrency=2)
     app = LabctlApp(be)
     async with app.run_test(size=(110, 32)) as pilot:
         await until(pilot, app.backend_ready.is_set, "the bench to start")
@@ -56,11 +61,7 @@ async def test_two_running_and_a_queued_run_cancelled_from_the_queue(tmp_path: P
 
 async def test_a_priority_typed_in_the_form_puts_the_run_ahead_of_the_queue(
         tmp_path: Path) -> None:
-    cfg = load_config(ROOT / "config" / "sim.toml")
-    cfg.bench.concurrency = 1
-    be = LocalBackend(cfg, data_dir=tmp_path / "runs", time_scale=1000.0,
-                      recipes_dir=ROOT / "tests" / "mqtt_recipes", poll_interval_s=0.2,
-                      operator="pytest")
+    be = local_backend(tmp_path, concurrency=1)
     app = LabctlApp(be)
     async with app.run_test(size=(110, 32)) as pilot:
         await until(pilot, app.backend_ready.is_set, "the bench to start")

@@ -41,6 +41,11 @@ TimeScaleOpt = Annotated[
                  "(overrides the config).", callback=_check_time_scale),
 ]
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="Where run records live.")]
+ConcurrencyOpt = Annotated[
+    int | None,
+    typer.Option("--concurrency", min=1, max=64,
+                 help="Runs at once (overrides the config's [bench] concurrency)."),
+]
 ParamOpt = Annotated[
     list[str] | None,
     typer.Option("--param", "-p", help="Recipe parameter NAME=VALUE (repeatable)."),

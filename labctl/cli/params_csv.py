@@ -97,21 +97,16 @@ def take_priorities(rows: list[dict[str, str]], declared: set[str]) -> list[int]
     """Each row's queue priority, taken out of its `priority` cell (0 when empty or when
     the recipe declares a `priority` parameter, which the column then sets); CsvError
     naming the row for a cell that is not an integer in the range every adapter takes."""
-    from labctl.mqtt.payloads import PRIORITY_MAX, PRIORITY_MIN
+    from labctl.mqtt.payloads import parse_priority
 
     if PRIORITY_COLUMN in declared:
         return [0] * len(rows)
     out: list[int] = []
     for i, row in enumerate(rows, 1):
-        text = row.pop(PRIORITY_COLUMN, "").strip()
         try:
-            value = int(text) if text else 0
-        except ValueError:
-            value = None
-        if value is None or not PRIORITY_MIN <= value <= PRIORITY_MAX:
-            raise CsvError(f"row {i}: priority {text!r} is not an integer from "
-                           f"{PRIORITY_MIN} to {PRIORITY_MAX}")
-        out.append(value)
+            out.append(parse_priority(row.pop(PRIORITY_COLUMN, "")))
+        except ValueError as exc:
+            raise CsvError(f"row {i}: priority {exc}") from None
     return out
 
 

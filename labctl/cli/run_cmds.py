@@ -34,6 +34,7 @@ from labctl.cli.common import (
     EXIT_FAILED,
     EXIT_INVALID,
     EXIT_OK,
+    ConcurrencyOpt,
     ConfigOpt,
     DataDirOpt,
     JsonOpt,
@@ -309,9 +310,7 @@ def run(
         "--params-csv", help="A campaign: one run per row of this CSV file (a column per "
         "parameter; units in the header, `temperature [degC]`, or in the cells), run as "
         "concurrently as the bench allows.")] = None,
-    concurrency: Annotated[int | None, typer.Option(
-        "--concurrency", min=1, max=64,
-        help="Runs at once (overrides the config's [bench] concurrency).")] = None,
+    concurrency: ConcurrencyOpt = None,
 ) -> None:
     """Validate, then run a recipe with a live display."""
     import asyncio  # not at the top: ~25 ms of `labctl --help` (bench/startup.py)

@@ -13,6 +13,7 @@ from labctl.bench_lock import BenchInUse
 from labctl.cli.common import (
     DEFAULT_CONFIG_PATH,
     EXIT_INVALID,
+    ConcurrencyOpt,
     ConfigOpt,
     DataDirOpt,
     TimeScaleOpt,
@@ -52,9 +53,7 @@ def serve(
         "--operator", help="Broker username with the operator role: may pause, resume, "
         "abort and cancel any run (repeatable). Every other sender has the ai role: its "
         "own runs only; e-stop is open to all.")] = None,
-    concurrency: Annotated[int | None, typer.Option(
-        "--concurrency", min=1, max=64,
-        help="Runs at once (overrides the config's [bench] concurrency).")] = None,
+    concurrency: ConcurrencyOpt = None,
 ) -> None:
     """Serve the bench over MQTT until SIGINT/SIGTERM: commands in on
     labctl/<ID>/cmd/<username>, replies under labctl/<ID>/reply/<username>/, retained

@@ -14,6 +14,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from labctl.store.sqlite_db import configure
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     run_id    TEXT PRIMARY KEY,
@@ -30,11 +32,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
                                    check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        # a bounded page cache (256 KiB, not SQLite's 2 MB): the file grows with every
-        # run, the agent's memory must not (bench/soak.py)
-        self._db.execute("PRAGMA cache_size=-256")
+        configure(self._db)
         self._db.executescript(_SCHEMA)
 
     def add(self, run_id: str, payload: dict[str, Any]) -> bool:

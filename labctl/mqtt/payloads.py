@@ -17,6 +17,19 @@ from labctl.problems import ErrorCode, Issue
 #: the queue priorities every adapter accepts (higher runs first)
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 
+
+def parse_priority(text: str) -> int:
+    """A queue priority typed by a person (the TUI form, a CSV cell); empty means 0.
+    ValueError saying the range when it is not an integer in it."""
+    text = text.strip()
+    try:
+        value = int(text) if text else 0
+    except ValueError:
+        value = None
+    if value is None or not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise ValueError(f"{text!r} is not an integer from {PRIORITY_MIN} to {PRIORITY_MAX}")
+    return value
+
 MAX_PAYLOAD_BYTES = 1024 * 1024
 """Commands larger than this (1 MiB) are refused unread."""
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from labctl.errors import LabctlError
 from labctl.store.journal import utc_iso
+from labctl.store.sqlite_db import configure
 
 FILENAME = "inventory.sqlite"
 
@@ -121,11 +122,7 @@ class InventoryStore:
                                    check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        # a bounded page cache (256 KiB, not SQLite's 2 MB): the file grows with every
-        # run, the agent's memory must not (bench/soak.py)
-        self._db.execute("PRAGMA cache_size=-256")
+        configure(self._db)
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Static
 
-from labctl.mqtt.payloads import PRIORITY_MAX, PRIORITY_MIN
+from labctl.mqtt.payloads import PRIORITY_MAX, PRIORITY_MIN, parse_priority
 from labctl.problems import BenchError
 from labctl.recipe.parameters import coerce_value
 from labctl.tui.backend import BenchBackend, Problem, RecipeEntry
@@ -127,17 +127,10 @@ class ParameterFormScreen(ModalScreen[str | None]):
     def priority(self) -> int:
         """The queue priority typed (empty: 0); FormProblems when it is not an integer in
         the range every adapter accepts."""
-        text = self.query_one("#run-priority", Input).value.strip()
-        if not text:
-            return 0
         try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or not PRIORITY_MIN <= value <= PRIORITY_MAX:
-            raise FormProblems([Problem("priority", f"{text!r} is not an integer from "
-                                        f"{PRIORITY_MIN} to {PRIORITY_MAX}")])
-        return value
+            return parse_priority(self.query_one("#run-priority", Input).value)
+        except ValueError as exc:
+            raise FormProblems([Problem("priority", str(exc))]) from None
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "form-start":
@@ -184,6 +177,13 @@ class ParameterFormScreen(ModalScreen[str | None]):
         finally:
             self.busy = False
 
+    def _mark(self, input_id: str, err_id: str, msgs: list[str]) -> None:
+        """A field's problems under it (none: cleared), the field marked invalid."""
+        err = self.query_one(f"#{err_id}", Static)
+        err.update(Text("✖ " + "; ".join(msgs), style="bold") if msgs else "")
+        err.set_class(bool(msgs), "shown")
+        self.query_one(f"#{input_id}", Input).set_class(bool(msgs), "invalid-field")
+
     def show_problems(self, problems: list[Problem]) -> None:
         per_field: dict[str, list[str]] = {}
         general: list[str] = []
@@ -197,15 +197,8 @@ class ParameterFormScreen(ModalScreen[str | None]):
             else:
                 general.append(f"{p.path}: {p.message}" if p.path else p.message)
         for name in self.names:
-            err = self.query_one(f"#err-{name}", Static)
-            msgs = per_field.get(name)
-            err.update(Text("✖ " + "; ".join(msgs), style="bold") if msgs else "")
-            err.set_class(bool(msgs), "shown")
-            self.query_one(f"#param-{name}", Input).set_class(bool(msgs), "invalid-field")
-        err = self.query_one("#err-run-priority", Static)
-        err.update(Text("✖ " + "; ".join(priority_msgs), style="bold") if priority_msgs else "")
-        err.set_class(bool(priority_msgs), "shown")
-        self.query_one("#run-priority", Input).set_class(bool(priority_msgs), "invalid-field")
+            self._mark(f"param-{name}", f"err-{name}", per_field.get(name) or [])
+        self._mark("run-priority", "err-run-priority", priority_msgs)
         box = self.query_one("#form-problems", Static)
         if general:
             box.update(Text("✖ not started:\n" + "\n".join(f"  {g}" for g in general),

@@ -1,0 +1,16 @@
+"""How every SQLite file of a bench is opened: write-ahead log (readers in other processes
+never block the writer), FULL sync (a committed write survives a power cut), and a bounded
+page cache (256 KiB, not SQLite's 2 MB: the files grow with every run, the agent's memory
+must not; bench/soak.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+
+def configure(db: sqlite3.Connection) -> None:
+    """The pragmas every bench database shares (the run index, inventory, samples and the
+    MQTT outbox)."""
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA cache_size=-256")
