@@ -4,9 +4,21 @@ Kept in the run index (labctl.store.index), so it survives a restart."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from labctl.store import RunStore
+
+
+@dataclass(frozen=True)
+class CommandReply:
+    """The command a submit carries out: its id, and its reply given the run id and the
+    queue position. The bench records that reply with the run (labctl.bench.service), in
+    the transaction that makes the run exist: no crash can leave one without the other."""
+
+    id: str
+    reply: Callable[[str, int], dict[str, Any]]
 
 
 class CommandMemory:

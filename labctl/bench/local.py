@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from labctl.bench import sim_world
+from labctl.bench.dedup import CommandReply
 from labctl.bench.errors import NothingToResume
 from labctl.bench.service import Bench
 from labctl.bench.stock import check_plans
@@ -123,18 +124,18 @@ class LocalService:
 
     async def submit(self, recipe: RecipeInput, parameters: Mapping[str, Any] | None = None,
                      /, *, request: RequestInput = None, priority: int = 0,
-                     instigator: str | dict[str, Any] | None = None) -> Submitted:
+                     instigator: str | dict[str, Any] | None = None,
+                     command: CommandReply | None = None) -> Submitted:
         # validate before anything is created; in a thread, so that the event loop (e-stop,
         # status, the run in flight) does not wait for a large recipe's validation
         plan = await asyncio.to_thread(self._plan, recipe, parameters)
         _, _, source = self._source(recipe)
         req = {"id": request} if isinstance(request, str) else (
             dict(request) if request is not None else None)
-        run_id = await self._call(lambda: self.bench.submit(
+        submitted: Submitted = await self._call(lambda: self.bench.accept(
             plan, dict(parameters or {}), instigator=instigator, request=req, source=source,
-            priority=priority))
-        pos = self.bench.queue_position(run_id)
-        return Submitted(run_id=run_id, queue_position=0 if pos is None else pos)
+            priority=priority, command=command))
+        return submitted
 
     async def plan(self, recipe: RecipeInput, parameters: Mapping[str, Any] | None = None,
                    /) -> list[Issue]:

@@ -47,6 +47,8 @@ class RunTicket:
     priority: int = 0
     #: what its steps touch (labctl.bench.resources.RunClaims), computed at submit
     claims: Any = None
+    #: while it is being submitted: its first journal lines, written with its folder
+    unwritten: list[dict[str, Any]] | None = None
 
     @property
     def ended(self) -> bool:
@@ -86,25 +88,34 @@ class RunQueue:
         """Queue a ticket behind every waiting run of its priority or higher; its position
         (0 = running now or next)."""
         self.tickets[ticket.run_id] = ticket
-        at = len(self.waiting)
-        for i, t in enumerate(self.waiting):
-            if t.priority < ticket.priority:
-                at = i
-                break
-        self.waiting.insert(at, ticket)
+        self.waiting.insert(self._place(ticket.priority), ticket)
         self._wake.set()
         pos = self.position(ticket.run_id)
         return 0 if pos is None else pos
+
+    def _place(self, priority: int) -> int:
+        """Where a run of this priority goes among the waiting ones."""
+        for i, t in enumerate(self.waiting):
+            if t.priority < priority:
+                return i
+        return len(self.waiting)
+
+    def position_if_added(self, priority: int) -> int:
+        """The position `add` would give a run of this priority now."""
+        return self._slot(self._place(priority))
+
+    def _slot(self, i: int) -> int:
+        # the first `free` waiting runs start at once (0); one slot ahead otherwise
+        free = max(0, self.max_concurrent - len(self.running))
+        return max(0, i - free + 1) if free else i + 1
 
     def position(self, run_id: str) -> int | None:
         """0 = running now (or next to start), 1 = after that..."""
         if any(t.run_id == run_id for t in self.running):
             return 0
-        free = max(0, self.max_concurrent - len(self.running))
         for i, t in enumerate(self.waiting):
             if t.run_id == run_id:
-                # the first `free` waiting runs start at once (0); one slot ahead otherwise
-                return max(0, i - free + 1) if free else i + 1
+                return self._slot(i)
         return None
 
     def reprioritise(self, run_id: str, priority: int) -> RunTicket | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Collection, Mapping
@@ -27,7 +28,7 @@ from typing import Any
 from labctl.bench import provenance as runprov
 from labctl.bench import recovery, sim_world
 from labctl.bench import resume as resuming
-from labctl.bench.dedup import CommandMemory
+from labctl.bench.dedup import CommandMemory, CommandReply
 from labctl.bench.errors import NoRunInProgress, NothingToResume
 from labctl.bench.events import EventHub
 from labctl.bench.queue import RunQueue, RunTicket
@@ -40,13 +41,15 @@ from labctl.device import Device, safe_state_of
 from labctl.errors import LabctlError
 from labctl.executor import Executor, jsonable
 from labctl.instruments import Instruments
+from labctl.protocol import Submitted
 from labctl.recipe.loading import RecipeSource
 from labctl.recipe.plan import Plan
 from labctl.recipe.validate import Stock, build_plan
 from labctl.run_machine import IllegalTransition, RunMachine, RunState
 from labctl.simulation import WorldKeeper, can_save, read_saved_world
-from labctl.store import RunRecord, RunStore, utc_iso
+from labctl.store import RunRecord, RunStore, new_run_id, utc_iso
 from labctl.store import provenance as prov
+from labctl.store.journal import journal_line
 
 log = logging.getLogger("labctl.bench")
 
@@ -83,6 +86,8 @@ class Bench:
         self.samples = BenchSamples(cfg, self.store.data_dir)
         #: `<data-dir>/bench.lock`, held from start() to close() (labctl.bench_lock)
         self._lock = BenchLock(self.store.data_dir)
+        #: submits are checked and written one at a time (each sees the ones before)
+        self._submitting = asyncio.Lock()
         #: several runs at once (config `[bench] concurrency`): their steps wait for the
         #: devices and vessels they touch on this board (labctl.bench.resources)
         self.runs = RunQueue(max_concurrent or cfg.bench.concurrency)
@@ -216,7 +221,13 @@ class Bench:
         return {**levels, **self.samples.vial_levels()}, reserved
 
     # -- submitting ----------------------------------------------------------------------
-    async def submit(
+    async def submit(self, plan_or_recipe: Plan | RecipeSource,
+                     parameters: Mapping[str, Any] | None = None, **how: Any) -> str:
+        """Validate (unless given a Plan), create the run record, queue it; the run id.
+        The options are accept()'s."""
+        return (await self.accept(plan_or_recipe, parameters, **how)).run_id
+
+    async def accept(
         self,
         plan_or_recipe: Plan | RecipeSource,
         parameters: Mapping[str, Any] | None = None,
@@ -226,52 +237,95 @@ class Bench:
         run_id: str | None = None,
         source: str | None = None,
         priority: int = 0,
-    ) -> str:
+        command: CommandReply | None = None,
+    ) -> Submitted:
         """Validate (unless given a Plan), create the run record, queue it (higher
-        `priority` first); the run id."""
+        `priority` first); its run id and queue position. `command`: the id of the command
+        that asked for this run and how to answer it (run id, queue position -> reply);
+        the reply is recorded with the run's index row, in one transaction
+        (labctl.bench.dedup)."""
         params = dict(parameters or {})
         if source is None and isinstance(plan_or_recipe, Path):
             source = str(plan_or_recipe)
-        if isinstance(plan_or_recipe, Plan):
-            plan = plan_or_recipe
-            vessels, inputs = plan_claims(plan, params)
-        else:  # sample ids to their vessels, free vials assigned (labctl.bench.samples)
-            bound, inputs, vessels = self.samples.bind(plan_or_recipe, params,
-                                                       self.runs.active())
-            plan = self.plan(plan_or_recipe, bound, stock=self.stock_view())
-        self.samples.check_free(plan, self.runs.active())  # before anything is created
-        check_plans(self.stock, [plan], self.runs.active(), self.samples.vial_levels())
-        info = runprov.recipe_info(plan)
-        record = self.store.create(info["name"], run_id)
-        who = prov.instigator_info(instigator, request)
-        context = self._context(record.run_id, plan, params, who, source)
-        context["inventory"] = self.stock.provenance(self.stock.register(record.run_id, plan))
-        self.samples.claim(record.run_id, vessels, inputs)
-        context["samples"] = self.samples.provenance(inputs)
-        ticket = self._ticket(record, plan, params, who, request, context)
-        ticket.priority = int(priority)
-        record.write_recipe(runprov.plan_document(plan, params, source))
-        record.journal.append("run_created", run_id=record.run_id, recipe=info,
-                              parameters=jsonable(params), instigator=who,
-                              bench_id=self.bench_id)
-        await ticket.machine.request("validate")
-        await ticket.machine.request("validated")
-        record.write_metadata(prov.build_metadata(context=context, events=record.events(),
-                                                  data_files=[]))
-        self.store.index.upsert_run(
-            record.run_id, recipe=info["name"], version=_str(info.get("version")),
-            sha256=info.get("sha256"), status="queued", bench_id=self.bench_id,
-            instigator=f"{who.get('kind')}:{who.get('id')}", request_id=_str(who.get("request_id")),
-            fidelity=context["fidelity"]["level"], created=context["times"]["created"],
-            path=str(record.folder),
-        )
-        self._enqueue(ticket)
-        return record.run_id
+        async with self._submitting:  # one submit at a time: each checks the ones before
+            if isinstance(plan_or_recipe, Plan):
+                plan = plan_or_recipe
+                vessels, inputs = plan_claims(plan, params)
+            else:  # sample ids to their vessels, free vials assigned (labctl.bench.samples)
+                bound, inputs, vessels = self.samples.bind(plan_or_recipe, params,
+                                                           self.runs.active())
+                plan = self.plan(plan_or_recipe, bound, stock=self.stock_view())
+            active = self.runs.active()
+            self.samples.check_free(plan, active)  # before anything is created
+            check_plans(self.stock, [plan], active, self.samples.vial_levels())
+            info = runprov.recipe_info(plan)
+            run_id = run_id or new_run_id(info["name"])
+            who = prov.instigator_info(instigator, request)
+            context = self._context(run_id, plan, params, who, source)
+            uses = self.stock.step_uses(plan)
+            context["inventory"] = self.stock.provenance(uses)
+            context["samples"] = self.samples.provenance(inputs)
+            ticket = self._ticket(RunRecord(self.store.data_dir / run_id), plan, params, who,
+                                  request, context)
+            ticket.priority = int(priority)
+            # The first journal lines are kept here and written with the folder: the run
+            # exists, for a crash and for everybody else, once accept() below has returned.
+            first = ticket.unwritten = [journal_line(1, "run_created", {
+                "run_id": run_id, "recipe": info, "parameters": jsonable(params),
+                "instigator": who, "bench_id": self.bench_id})]
+            await ticket.machine.request("validate")
+            await ticket.machine.request("validated")
+            ticket.unwritten = None
+            documents = {
+                "recipe.json": runprov.plan_document(plan, params, source),
+                "metadata.json": prov.build_metadata(context=context, events=first,
+                                                     data_files=[]),
+            }
+            row = {"recipe": info["name"], "version": _str(info.get("version")),
+                   "sha256": info.get("sha256"), "status": "queued",
+                   "bench_id": self.bench_id,
+                   "instigator": f"{who.get('kind')}:{who.get('id')}",
+                   "request_id": _str(who.get("request_id")),
+                   "fidelity": context["fidelity"]["level"],
+                   "created": context["times"]["created"],
+                   "path": str(ticket.record.folder)}
+            position = self.runs.position_if_added(ticket.priority)
+            answer = None if command is None else (command.id,
+                                                   command.reply(run_id, position))
+            # the disk work (one fsync per file, the inventory's and the index's commits) in
+            # a thread: e-stop, status and the runs in progress do not wait for the disk
+            await asyncio.to_thread(self._write_accepted, ticket, first, documents, uses,
+                                    inputs, row, answer)
+            self.samples.claim(run_id, vessels, inputs)
+            for ev in first[1:]:
+                self._publish(ev)
+            self._enqueue(ticket)
+        return Submitted(run_id=run_id, queue_position=position)
+
+    def _write_accepted(self, ticket: RunTicket, events: list[dict[str, Any]],
+                documents: dict[str, Any], uses: dict[str, Any], inputs: dict[str, str],
+                row: dict[str, Any], answer: tuple[str, dict[str, Any]] | None) -> None:
+        """Write a submitted run: its folder (journal, recipe.json, metadata.json), its
+        planned stock uses and sample inputs, then its index row with the command's reply.
+        The index row is the commit point: before it, a crash leaves a folder no start-up
+        queues (the submit was not answered, and a redelivery makes the run); after it, the
+        run is queued again at start-up and a redelivered command gets its reply."""
+        self.store.create("", ticket.run_id, events=events, documents=documents)
+        self.stock.store.plan_run(ticket.run_id, uses)
+        if inputs:
+            self.samples.store.note_inputs(ticket.run_id, inputs)
+        self.store.index.accept_run(ticket.run_id, row, answer)
 
     def _ticket(self, record: RunRecord, plan: Plan, params: dict[str, Any],
                 who: dict[str, Any], request: dict[str, Any] | None,
                 context: dict[str, Any]) -> RunTicket:
+        ticket: RunTicket
+
         def journal_transition(info: dict[str, Any]) -> None:
+            if ticket.unwritten is not None:  # being submitted: written with the folder
+                ticket.unwritten.append(journal_line(len(ticket.unwritten) + 1, "transition",
+                                                     {"run_id": record.run_id, **info}))
+                return
             ev = record.journal.append("transition", run_id=record.run_id, **info)
             self._publish(ev)
 
@@ -327,7 +381,7 @@ class Bench:
             errors.append({"type": "Aborted", "message": ex.stop_reason or "aborted"})
         if ex.safe_state_errors:
             errors.append(runprov.safe_state_error(ex.safe_state_errors))
-        self._finish(ticket, state, errors)
+        await self._finish(ticket, state, errors)
 
     async def _safe_state_of_run(self, run_id: str) -> dict[str, str]:
         """Safe state for the devices this run holds and no other run holds (the others'
@@ -355,20 +409,38 @@ class Bench:
             if ticket.machine.can("fail"):
                 await ticket.machine.request("fail", error=f"internal error: {exc}")
         with contextlib.suppress(Exception):
-            self._finish(ticket, RunState.FAILED,
+            await self._finish(ticket, RunState.FAILED,
                          [{"type": type(exc).__name__, "message": str(exc)}])
 
-    def _finish(self, ticket: RunTicket, state: RunState, errors: list[dict[str, Any]]) -> None:
-        """Close the record (labctl.bench.provenance.close_record) and tell every waiter."""
+    async def _finish(self, ticket: RunTicket, state: RunState,
+                      errors: list[dict[str, Any]]) -> None:
+        """Close the record (labctl.bench.provenance.close_record) and tell every waiter.
+        The record is written in a thread (the journal's last line, metadata.json and
+        result.json, each fsync'd, and the index): the other runs' device traffic and the
+        adapters' commands do not wait for it. Cancelled meanwhile (the bench closing), it
+        still completes, and the waiters are still told."""
         ex = ticket.executor
         self._sync_stock(ticket.run_id)
         self._sync_samples(ticket, final=True)
         sim_world.save(self)
-        state, result = runprov.close_record(
-            ticket.record, bench_id=self.bench_id, state=state, plan=ticket.plan,
-            context=ticket.context, parameters=ticket.parameters,
-            instigator=ticket.instigator, errors=errors,
-            figures=list(ex.figures) if ex else [], index=self.store.index)
+        figures = list(ex.figures) if ex else []
+        closing = asyncio.ensure_future(asyncio.to_thread(
+            runprov.close_record, ticket.record, bench_id=self.bench_id, state=state,
+            plan=ticket.plan, context=ticket.context, parameters=ticket.parameters,
+            instigator=ticket.instigator, errors=errors, figures=figures,
+            index=self.store.index))
+        closing.add_done_callback(functools.partial(self._closed, ticket))
+        await asyncio.shield(closing)
+
+    def _closed(self, ticket: RunTicket,
+                closing: asyncio.Future[tuple[RunState, dict[str, Any]]]) -> None:
+        if closing.cancelled():
+            return
+        if closing.exception() is not None:  # close_record records its own failures
+            if ticket.done is not None and not ticket.done.done():
+                ticket.done.set_exception(closing.exception())  # type: ignore[arg-type]
+            return
+        state, result = closing.result()
         self._publish({"event": "run_finished", "run_id": ticket.run_id, "status": str(state),
                        "result": result})
         if ticket.done is not None and not ticket.done.done():
@@ -452,8 +524,8 @@ class Bench:
         if t is not None:
             await t.machine.request("abort", reason="cancelled before it started")
             await t.machine.request("stopped", reason="cancelled")
-            self._finish(t, RunState.ABORTED, [{"type": "Cancelled",
-                                                "message": "cancelled before it started"}])
+            await self._finish(t, RunState.ABORTED, [
+                {"type": "Cancelled", "message": "cancelled before it started"}])
             self.store.index.upsert_run(run_id, status="cancelled")
             return
         for t in self.runs.running:

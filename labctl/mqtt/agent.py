@@ -65,7 +65,7 @@ from labctl.mqtt.payloads import (
     ValidateCommand,
     decode_command,
 )
-from labctl.mqtt.port import AgentPort
+from labctl.mqtt.port import AgentPort, CommandReply
 from labctl.mqtt.topics import Topics
 from labctl.problems import BenchError, wire_code
 from labctl.progress import STATE_CHANGE_EVENTS as STATE_CHANGES
@@ -517,6 +517,8 @@ class Agent:
             self._recent[command.id] = body
             while len(self._recent) > RECENT_READ_ONLY:
                 self._recent.popitem(last=False)
+        elif isinstance(command, SubmitCommand) and reply.ok:
+            pass  # remembered by the bench with the run it made (labctl.bench.dedup)
         elif not (reply.error and reply.error.code == "internal"):  # a retry may succeed
             # the index's fsync in a thread: e-stop and status do not wait for the disk
             await asyncio.to_thread(self.port.remember_command, command.id, body)
@@ -599,16 +601,23 @@ class Agent:
                            or (command.request.client if command.request else None))
                 if claimed:
                     instigator["client"] = claimed  # informational: the sender says so
+
+                def accepted(run_id: str, position: int) -> Reply:
+                    return Reply(id=command.id, ok=True, command=name, run_id=run_id,
+                                 queue_position=position)
+
+                # the reply is remembered with the run, in one transaction (_act skips it)
                 submitted = await self.port.submit(
                     _recipe(command), command.parameters,
                     request=(command.request.model_dump(exclude_none=True)
                              if command.request else None),
                     instigator=instigator, priority=command.priority,
+                    command=CommandReply(command.id, lambda run_id, pos: accepted(
+                        run_id, pos).model_dump(mode="json", exclude_none=True)),
                 )
                 self._status_dirty = True
                 self._wake.set()
-                return Reply(id=command.id, ok=True, command=name, run_id=submitted.run_id,
-                             queue_position=submitted.queue_position)
+                return accepted(submitted.run_id, submitted.queue_position or 0)
             if isinstance(command, ValidateCommand):
                 issues = await self.port.plan(_recipe(command), command.parameters)
                 if issues:

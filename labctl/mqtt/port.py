@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from labctl.bench.dedup import CommandReply
 from labctl.problems import BenchError
 from labctl.protocol import BenchService, RecipeInput, RequestInput, Submitted
 
@@ -20,8 +21,10 @@ class AgentPort(BenchService, Protocol):
 
     async def submit(self, recipe: RecipeInput, parameters: Mapping[str, Any] | None = None,
                      /, *, request: RequestInput = None, priority: int = 0,
-                     instigator: str | dict[str, Any] | None = None) -> Submitted:
-        """BenchService.submit, naming who submitted it (the MQTT sender) for provenance."""
+                     instigator: str | dict[str, Any] | None = None,
+                     command: CommandReply | None = None) -> Submitted:
+        """BenchService.submit, naming who submitted it (the MQTT sender) for provenance;
+        `command`'s reply is remembered with the run, in the same transaction."""
         ...
 
     def snapshot(self) -> dict[str, Any]:
@@ -69,4 +72,4 @@ class AgentPort(BenchService, Protocol):
 #: the name this protocol had before it was built on BenchService
 BenchPort = AgentPort
 
-__all__ = ["AgentPort", "BenchPort", "CommandRefused", "Submitted"]
+__all__ = ["AgentPort", "BenchPort", "CommandRefused", "CommandReply", "Submitted"]

@@ -3,6 +3,7 @@ RO-Crate export. `RunStore(data_dir)` is the entry point."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,12 @@ class RunStore:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.index = RunIndex(self.data_dir / "runs.sqlite")
 
-    def create(self, recipe_name: str, run_id: str | None = None) -> RunRecord:
-        return RunRecord.create(self.data_dir, run_id or new_run_id(recipe_name))
+    def create(self, recipe_name: str, run_id: str | None = None, *,
+               events: Sequence[dict[str, Any]] = (),
+               documents: dict[str, Any] | None = None) -> RunRecord:
+        """A new run folder (RunRecord.create: its first journal lines and documents)."""
+        return RunRecord.create(self.data_dir, run_id or new_run_id(recipe_name),
+                                events=events, documents=documents)
 
     def open(self, run_id: str) -> RunRecord:
         return RunRecord.open(self.data_dir, run_id)

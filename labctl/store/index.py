@@ -88,6 +88,33 @@ class RunIndex:
                 self._db.execute(f"UPDATE runs SET {sets} WHERE run_id=?",
                                  (*fields.values(), run_id))
 
+    def accept_run(self, run_id: str, fields: dict[str, Any],
+                   command: tuple[str, dict[str, Any]] | None = None) -> None:
+        """A submitted run's row and, when a command asked for it, the reply to that
+        command, in one transaction: once the run is in the index its command is known as
+        answered, so a redelivered submit after a crash gets this reply and never makes a
+        second run (and the two cost one commit, not two)."""
+        unknown = set(fields) - set(RUN_FIELDS)
+        if unknown:
+            raise KeyError(f"unknown run index columns: {', '.join(sorted(unknown))}")
+        from labctl.store.journal import utc_iso
+
+        cols = ["run_id", *fields]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                    (run_id, *fields.values()))
+                if command is not None:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO commands (id, reply, created) VALUES (?, ?, ?)",
+                        (command[0], json.dumps(command[1]), utc_iso()))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()

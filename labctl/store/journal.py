@@ -55,6 +55,12 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, default=_default, ensure_ascii=False, separators=(",", ":"))
 
 
+def journal_line(seq: int, event: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """One event as the journal writes it: sequence number, time (ISO and epoch), name."""
+    now = time.time()
+    return {"seq": seq, "t": utc_iso(now), "ts": round(now, 6), "event": event, **fields}
+
+
 class Journal:
     """Appends events to one run's `events.jsonl`."""
 
@@ -86,9 +92,7 @@ class Journal:
             if self._fd is None:
                 raise ValueError(f"journal {self.path} is closed")
             self._seq += 1
-            now = time.time()
-            record = {"seq": self._seq, "t": utc_iso(now), "ts": round(now, 6), "event": event,
-                      **fields}
+            record = journal_line(self._seq, event, fields)
             data = (dumps(record) + "\n").encode("utf-8")
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             size: int | None = None

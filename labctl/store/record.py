@@ -15,11 +15,12 @@ import re
 import secrets
 import shutil
 import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from labctl.store.journal import Journal, Replay, _default, read_journal, replay
+from labctl.store.journal import Journal, Replay, _default, dumps, read_journal, replay
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -31,10 +32,26 @@ def new_run_id(recipe_name: str) -> str:
     return f"{stamp}-{slug}-{secrets.token_hex(3)}"
 
 
+def json_text(data: Any) -> str:
+    """A record document as written: indented, for the people who open it."""
+    return json.dumps(data, indent=2, default=_default, ensure_ascii=False) + "\n"
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Replace `path` with `data` as JSON: temp file in the same folder, fsync, rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=2, default=_default, ensure_ascii=False) + "\n"
+    text = json_text(data)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)
@@ -118,19 +135,29 @@ class RunRecord:
 
     # -- life cycle ----------------------------------------------------------------------
     @classmethod
-    def create(cls, data_dir: Path, run_id: str) -> RunRecord:
+    def create(cls, data_dir: Path, run_id: str, *, events: Sequence[dict[str, Any]] = (),
+               documents: dict[str, Any] | None = None) -> RunRecord:
+        """A new run folder holding its first journal `events` and `documents` (file name
+        to JSON data: recipe.json, metadata.json). Built under a hidden name and renamed
+        into place, so a run folder never exists without its journal and documents,
+        whatever instant the process is killed at: one fsync per file, one for the
+        folder, one for the data dir, however many lines and documents it starts with."""
         if not RUN_ID_RE.match(run_id):
             raise ValueError(f"invalid run id {run_id!r}")
         folder = Path(data_dir) / run_id
         if folder.exists():
             raise FileExistsError(f"run {run_id!r} exists in {data_dir}")
-        # Built under a hidden name and renamed into place, so a run folder never exists
-        # without its journal, whatever instant the process is killed at.
         staging = Path(data_dir) / f".{run_id}.creating"
         if staging.exists():
             shutil.rmtree(staging)  # left by a process killed while creating this run
         (staging / "data").mkdir(parents=True)
-        (staging / "events.jsonl").touch()
+        lines = "".join(dumps(ev) + "\n" for ev in events).encode("utf-8")
+        if lines:
+            _write_synced(staging / "events.jsonl", lines)
+        else:
+            (staging / "events.jsonl").touch()
+        for name, data in (documents or {}).items():
+            _write_synced(staging / name, json_text(data).encode("utf-8"))
         _fsync_dir(staging)
         os.rename(staging, folder)
         _fsync_dir(Path(data_dir))

@@ -1,0 +1,111 @@
+"""A submit is written as one unit: its run folder, then its index row together with the
+reply to the command that asked for it (labctl.bench.service.Bench.accept).
+
+A bench killed at any moment while accepting submits leaves, for every command, either
+nothing (the redelivered command makes the run) or a run and that command's reply (the
+redelivered command gets the reply, and no second run is made: with the reply remembered
+after the run, as it used to be, a kill between the two left a queued run the restarted
+agent ran and a command it carried out again). The bench is killed with SIGKILL in a
+process of its own, at random moments, and restarted on the same data dir each time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from labctl.store import RunIndex, read_journal
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHILD = """
+import asyncio, sys
+from pathlib import Path
+from labctl.bench import Bench
+from labctl.bench.dedup import CommandReply
+from labctl.config import load_config
+
+WAIT = {"schema": "labctl.recipe/1", "name": "wait", "version": "1",
+        "description": "one short wait", "steps": [{"id": "w", "wait": "1 s"}]}
+
+def reply(cid):
+    return lambda run_id, pos: {"id": cid, "ok": True, "command": "submit",
+                                "run_id": run_id, "queue_position": pos}
+
+async def main(data, tag):
+    cfg = load_config(Path("config/sim.toml"))
+    async with Bench(cfg, data_dir=data, time_scale=10000, requeue_unstarted=True) as bench:
+        print("ready", flush=True)
+        i = 0
+        while True:
+            cid = f"{tag}-{i}"
+            await bench.accept(WAIT, {}, instigator={"kind": "ai", "id": "t", "command_id": cid},
+                               command=CommandReply(cid, reply(cid)))
+            print(cid, flush=True)
+            i += 1
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def _runs_by_command(data: Path) -> dict[str, list[str]]:
+    """Command id -> the run folders whose first journal line names it."""
+    out: dict[str, list[str]] = {}
+    for folder in data.iterdir():
+        if not folder.is_dir() or folder.name.startswith("."):
+            continue
+        events = read_journal(folder / "events.jsonl")
+        assert events and events[0]["event"] == "run_created", folder
+        cid = events[0]["instigator"]["command_id"]
+        out.setdefault(cid, []).append(folder.name)
+    return out
+
+
+def test_sigkill_while_accepting_never_leaves_a_run_without_its_commands_reply(
+        tmp_path: Path) -> None:
+    data = tmp_path / "runs"
+    rng = random.Random(18)
+    accepted: list[str] = []
+    for round_no in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(data), f"r{round_no}"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "ready", f"round {round_no}: the bench did not start"
+        time.sleep(rng.uniform(0.0, 0.4))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        accepted += [x.strip() for x in proc.stdout.read().splitlines() if x.strip()]
+
+    index = RunIndex(data / "runs.sqlite")
+    try:
+        by_command = _runs_by_command(data)
+        rows = {r["run_id"]: r for r in index.list_runs(limit=1000)}
+        assert accepted, "no submit was accepted before the kills"
+        for run_id in rows:  # the folder is written before the row: never a row without
+            assert (data / run_id / "events.jsonl").exists(), f"run {run_id} has no folder"
+            assert (data / run_id / "recipe.json").exists()
+            assert (data / run_id / "metadata.json").exists()
+        for cid in accepted:  # answered before the kill: the run and the reply are there
+            assert index.seen_command(cid) is not None, cid
+        for cid, runs in by_command.items():
+            assert len(runs) == 1, f"command {cid} made {len(runs)} runs"
+            reply = index.seen_command(cid)
+            if runs[0] in rows:  # in the index: accepted, so its reply is remembered
+                assert reply is not None, f"run {runs[0]} is indexed, command {cid} unknown"
+                assert reply["run_id"] == runs[0]
+            else:  # a folder written just before the kill: never queued, never answered
+                assert reply is None, f"command {cid} answered with an unindexed run"
+        with index._lock:
+            replies = [json.loads(r[0]) for r in index._db.execute("SELECT reply FROM commands")]
+        for reply in replies:  # no reply names a run that is not in the index
+            assert reply["run_id"] in rows, reply
+    finally:
+        index.close()
