@@ -236,12 +236,14 @@ def check_plans(stock: BenchStock, plans: list[Plan], active: Iterable[str] = ()
                     path = f"{leaf.path}.args.{arg}" if arg else leaf.path
                     issues.append(Issue(path, f"{where}{message} (step {leaf.id}; "
                                               "inventory)"))
+        if i == len(plans) - 1:
+            break
         inv.routes.clear()
         inv.initialized.clear()
-        for h in inv.holdings.values():  # each run starts with its vials as they are
-            if h.kind not in ("reservoir", "head"):
-                fresh = Inventory(stock.cfg, vials).holdings.get(h.name)
-                if fresh is not None:
-                    h.liquids_l, h.solids_g = dict(fresh.liquids_l), dict(fresh.solids_g)
+        fresh = Inventory(stock.cfg, vials).holdings  # each run starts with its vials as
+        for h in inv.holdings.values():               # they are
+            if h.kind not in ("reservoir", "head") and h.name in fresh:
+                start = fresh[h.name]
+                h.liquids_l, h.solids_g = dict(start.liquids_l), dict(start.solids_g)
     if issues:
         raise RecipeError(issues)

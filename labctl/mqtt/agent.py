@@ -101,6 +101,10 @@ RECENT_READ_ONLY = 10_000
 RECOVER_LIMIT = 1000
 """Newest runs looked at for a result that never reached the outbox."""
 ENDED = frozenset({"completed", "failed", "aborted", "cancelled", "interrupted"})
+POLL_GAP_S = 0.2
+"""Least time between two device polls: a state change asks for a poll at once, and a run
+changes state many times a second (each step's start and end, each transition); polling
+every device each time kept the event loop busy just when a command's reply was due."""
 
 
 def utc_now() -> str:
@@ -306,8 +310,8 @@ class Agent:
                 self._events.append(payload.model_dump_json().encode())
                 self._status_dirty = True
                 ended = self.port.is_final(event)
-                if ended is not None:
-                    self._queue_result(ended)
+                if ended is not None:  # the outbox's commit in a thread, off the event loop
+                    await asyncio.to_thread(self._queue_result, ended)
                 if event.get("type") in STATE_CHANGES:
                     self._poll_now.set()
             except Exception:  # one odd event must not stop the stream
@@ -329,6 +333,7 @@ class Agent:
                 log.exception("device poll failed")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.device_poll_s):
+                    await asyncio.sleep(min(POLL_GAP_S, self.device_poll_s))
                     await self._poll_now.wait()
 
     def _recover_results(self) -> None:
@@ -372,7 +377,7 @@ class Agent:
             for run_id, payload in self.outbox.pending():
                 await client.publish_checked(self.topics.result(run_id), payload, qos=1,
                                              retain=True)
-                self.outbox.mark_published(run_id)
+                await asyncio.to_thread(self.outbox.mark_published, run_id)
                 self.result_publications[run_id] += 1
                 self.stats["results"] += 1
             if self._status_dirty:
