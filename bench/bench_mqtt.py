@@ -221,7 +221,7 @@ async def serve_figures(url: str, n: int, time_scale: float,
                     lat.append(time.perf_counter() - t0)
             show("labctl serve: status command -> reply", lat, baseline)
             accepted = []
-            for _ in range(max(10, n // 10)):
+            for _ in range(max(20, n // 3)):
                 t0 = time.perf_counter()
                 run = await c.submit(WAIT_RECIPE, {})
                 accepted.append(time.perf_counter() - t0)

@@ -374,8 +374,15 @@ class Bench:
             on_boundary=keeper.boundary if keeper is not None else None,
         )
         ticket.executor = ex
-        self.store.index.upsert_run(ticket.run_id, status="running", started=utc_iso())
-        state = await ex.execute(skip=ticket.skip)
+        # The index's commit in a thread, not awaited before the run starts: a starting run
+        # does not hold up the event loop (the reply to the submit that queued it may be on
+        # its way out), and nothing may come between the e-stop check above and the start.
+        indexed = asyncio.ensure_future(asyncio.to_thread(
+            self.store.index.upsert_run, ticket.run_id, status="running", started=utc_iso()))
+        try:
+            state = await ex.execute(skip=ticket.skip)
+        finally:
+            await asyncio.shield(indexed)  # before the record is closed: "running" first
         errors = list(ex.errors)
         if state == RunState.ABORTED and not errors:
             errors.append({"type": "Aborted", "message": ex.stop_reason or "aborted"})
