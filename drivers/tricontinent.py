@@ -249,6 +249,9 @@ class TriContinentPump(SyringePump):
         self.poll_s = 0.1  # simulated seconds between `Q` polls (at least 2 ms of wall time)
         self._position: int | None = None  # steps, as last known
         self._valve: str | None = None
+        #: strings started (and stops): a status read across one of them is not what the
+        #: pump holds afterwards, so it must not replace what that string's end recorded
+        self._strings = 0
         self._initialized: bool | None = None
         self._fault: str | None = None
 
@@ -350,6 +353,7 @@ class TriContinentPump(SyringePump):
 
     async def run(self, string: str, expected_s: float) -> None:
         """Execute a string (R appended) and wait until the pump is idle again."""
+        self._strings += 1
         await self.command(string + "R")
         await self.wait_idle(expected_s)
 
@@ -386,6 +390,7 @@ class TriContinentPump(SyringePump):
     async def status(self) -> DeviceStatus:
         """State (busy/idle, fault after a deferred error), plunger volume, valve port and
         whether the pump is initialised."""
+        strings = self._strings
         answer = await self.query("Q")
         if answer.error:
             self._note_error(answer.error)
@@ -393,7 +398,10 @@ class TriContinentPump(SyringePump):
         valve = self._valve_name((await self.query("?6")).data)
         initialized = (await self.query("?19")).data.strip() == "1"
         self._initialized = initialized
-        if not answer.busy:
+        # Each query is an exchange of its own: a run's string may have moved the plunger
+        # or the valve between them (a status poll beside a transfer). What was read is
+        # then already old, and the string's end recorded where the pump is now.
+        if not answer.busy and self._strings == strings:
             self._position, self._valve = position, valve
         state = DeviceState.BUSY if answer.busy else DeviceState.IDLE
         if answer.error:
@@ -505,8 +513,11 @@ class TriContinentPump(SyringePump):
 
     async def plunger_volume_l(self) -> float:
         """Volume in the syringe, from the pump's plunger position (`?`)."""
-        self._position = await self._report_steps()
-        return self.volume_for(self._position)
+        strings = self._strings
+        position = await self._report_steps()
+        if self._strings == strings:  # no string moved it meanwhile (see status)
+            self._position = position
+        return self.volume_for(position)
 
     async def set_speed(self, top_speed: int) -> None:
         """Top speed in half-steps/s (accepted while busy)."""
@@ -515,6 +526,7 @@ class TriContinentPump(SyringePump):
 
     async def stop(self) -> None:
         """Terminate the running string (`T`): the plunger stops where it is."""
+        self._strings += 1
         answer = await self.exchange("T")
         self._position = None
         if answer.error and answer.error != 7:

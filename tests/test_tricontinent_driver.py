@@ -149,6 +149,45 @@ async def test_volume_accounting_over_cycles(bus: Bus) -> None:
     assert await p.plunger_volume_l() == 0.0
 
 
+class PumpPausedInStatus(TriContinentPump):
+    """The real driver, held between two of status()'s exchanges until `resume` is set:
+    the moment a run's string can slip in on a busy bench."""
+
+    resume: asyncio.Event | None = None
+    paused = asyncio.Event()
+
+    async def query(self, text: str) -> Any:
+        answer = await super().query(text)
+        if text == "?6" and self.resume is not None:
+            resume, self.resume = self.resume, None
+            self.paused.set()
+            await resume.wait()
+        return answer
+
+
+async def test_a_status_read_across_an_aspirate_does_not_undo_it(bus: Bus) -> None:
+    """A status poll (the MQTT agent's, the TUI's) asks Q, ?, ?6 and ?19 one exchange at a
+    time, and a run's aspirate can run between them. The poll must not then put back the
+    position it read before the aspirate: the dispense that followed was refused with
+    "exceeds the syringe content (0 l)" (two runs of a 1,000-run soak failed so)."""
+    spec = bus.pump().spec
+    p = PumpPausedInStatus(spec, links=bus.pool, clock=bus.clock)
+    await p.connect()
+    await p.initialize()
+    await p.set_valve("res_ec")
+    p.resume, p.paused = asyncio.Event(), asyncio.Event()
+    resume = p.resume
+    polling = asyncio.create_task(p.status())  # reads position 0, then waits after ?6
+    await asyncio.wait_for(p.paused.wait(), 10)
+    await p.aspirate(1.0 * ML)
+    resume.set()
+    assert (await polling).readings["plunger_steps"] == 0  # what it read, before
+    await p.set_valve("vial")
+    await p.dispense(1.0 * ML)
+    assert bus.world.volume_l("vial") == pytest.approx(1.0 * ML)
+    assert await p.plunger_volume_l() == 0.0
+
+
 async def test_flow_sets_top_speed(bus: Bus) -> None:
     p = await ready(bus)
     await p.aspirate(1 * ML, flow_l_s=5 * ML / 60)  # 5 mL/min: 1/60 stroke/s = 100 half-steps/s
