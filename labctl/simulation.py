@@ -92,6 +92,11 @@ class WorldKeeper:
         if event != "step_started":
             self._started_at.pop(step, None)
 
+    def marks(self) -> list[int]:
+        """Ledger entries where this run's steps in progress started (their moves must be
+        kept for its saves)."""
+        return list(self._started_at.values())
+
     def save(self, at: Mapping[str, Any]) -> None:
         running = {sid: self.simulation.moves_since(i) for sid, i in self._started_at.items()}
         write_json_atomic(self.path, {

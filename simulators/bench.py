@@ -13,6 +13,9 @@ from simulators.registry import simulator_class
 from simulators.serving import Served, serve
 from simulators.world import World
 
+#: moves the world's ledger keeps at least (about 0.5 kB each)
+LEDGER_KEEP = 1000
+
 
 @dataclass
 class SimulatedBench:
@@ -40,11 +43,20 @@ class SimulatedBench:
                                 if (st := sim.saved_state())}}
 
     def ledger_length(self) -> int:
-        return len(self.world.ledger)
+        """Moves made since the world was built (or loaded), dropped ones included."""
+        return self.world.ledger_base + len(self.world.ledger)
 
     def moves_since(self, index: int) -> list[dict[str, Any]]:
-        """The world's moves from ledger entry `index` on."""
-        return list(self.world.ledger[index:])
+        """The world's moves from ledger entry `index` on (kept: see trim_ledger)."""
+        return list(self.world.ledger[max(0, index - self.world.ledger_base):])
+
+    def trim_ledger(self, keep_from: int) -> None:
+        """Let the ledger drop moves before entry `keep_from` (the oldest step in progress
+        started there), keeping at least the last LEDGER_KEEP: a bench serving for weeks
+        holds a bounded ledger (tests and in-doubt reports read the recent moves)."""
+        keep_from = min(keep_from, self.ledger_length() - LEDGER_KEEP)
+        if keep_from - self.world.ledger_base >= LEDGER_KEEP:  # in chunks, not per run
+            self.world.trim_ledger(keep_from)
 
 
 async def start_simulated_bench(spec: dict[str, Any], clock: Clock | None = None) -> SimulatedBench:

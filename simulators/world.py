@@ -82,9 +82,19 @@ class World:
     def __init__(self) -> None:
         self.materials: dict[str, Material] = {}
         self.vessels: dict[str, Vessel] = {}
+        #: the moves made, oldest first; entries before `ledger_base` have been dropped
+        #: (trim_ledger), so a serving bench does not grow with every run
         self.ledger: list[dict[str, Any]] = []
+        self.ledger_base = 0
         #: where a routing device currently leads: "@sel_valve" -> "vial_1"
         self.routes: dict[str, str] = {}
+
+    def trim_ledger(self, keep_from: int) -> None:
+        """Drop the ledger's entries before absolute index `keep_from`."""
+        drop = min(keep_from - self.ledger_base, len(self.ledger))
+        if drop > 0:
+            del self.ledger[:drop]
+            self.ledger_base += drop
 
     # -- building -----------------------------------------------------------------------
     @classmethod

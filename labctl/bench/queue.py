@@ -49,6 +49,8 @@ class RunTicket:
     claims: Any = None
     #: while it is being submitted: its first journal lines, written with its folder
     unwritten: list[dict[str, Any]] | None = None
+    #: while it runs on an in-process simulated bench: its WorldKeeper (ledger marks)
+    keeper: Any = None
 
     @property
     def ended(self) -> bool:

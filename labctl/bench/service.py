@@ -357,7 +357,8 @@ class Bench:
         rec = ticket.record
         keeper = None
         if can_save(self.instruments.simulation):  # simulated in-process: keep its world
-            keeper = WorldKeeper(self.instruments.simulation, rec.folder, ticket.run_id)
+            keeper = ticket.keeper = WorldKeeper(self.instruments.simulation, rec.folder,
+                                                 ticket.run_id)
         gate = None
         safe_state = self.instruments.safe_state_all
         if self.runs.max_concurrent > 1:  # others may run at once: wait for what steps touch
@@ -430,6 +431,8 @@ class Bench:
         self._sync_stock(ticket.run_id)
         self._sync_samples(ticket, final=True)
         sim_world.save(self)
+        ticket.keeper = None
+        sim_world.trim_ledger(self, [t.keeper for t in self.runs.running])
         figures = list(ex.figures) if ex else []
         closing = asyncio.ensure_future(asyncio.to_thread(
             runprov.close_record, ticket.record, bench_id=self.bench_id, state=state,

@@ -53,6 +53,16 @@ def save(bench: Bench) -> None:
         log.warning("could not save the simulated world: %s", exc)
 
 
+def trim_ledger(bench: Bench, keepers: list[Any]) -> None:
+    """Let the simulated world drop the moves no running run's save still needs (those
+    before its oldest step in progress), so a bench serving for weeks stays flat."""
+    sim = getattr(bench.instruments, "simulation", None)
+    if not callable(getattr(sim, "trim_ledger", None)):
+        return
+    marks = [m for k in keepers if k is not None for m in k.marks()]
+    sim.trim_ledger(min(marks, default=sim.ledger_length()))
+
+
 def _world(bench: Bench) -> Any:
     sim = getattr(bench.instruments, "simulation", None)
     world = getattr(sim, "world", None)
