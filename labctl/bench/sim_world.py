@@ -56,7 +56,7 @@ def save(bench: Bench) -> None:
 def trim_ledger(bench: Bench, keepers: list[Any]) -> None:
     """Let the simulated world drop the moves no running run's save still needs (those
     before its oldest step in progress), so a bench serving for weeks stays flat."""
-    sim = getattr(bench.instruments, "simulation", None)
+    sim: Any = getattr(bench.instruments, "simulation", None)
     if not callable(getattr(sim, "trim_ledger", None)):
         return
     marks = [m for k in keepers if k is not None for m in k.marks()]
