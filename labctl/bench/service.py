@@ -303,8 +303,9 @@ class Bench:
         return Submitted(run_id=run_id, queue_position=position)
 
     def _write_accepted(self, ticket: RunTicket, events: list[dict[str, Any]],
-                documents: dict[str, Any], uses: dict[str, Any], inputs: dict[str, str],
-                row: dict[str, Any], answer: tuple[str, dict[str, Any]] | None) -> None:
+                        documents: dict[str, Any], uses: dict[str, Any],
+                        inputs: dict[str, str], row: dict[str, Any],
+                        answer: tuple[str, dict[str, Any]] | None) -> None:
         """Write a submitted run: its folder (journal, recipe.json, metadata.json), its
         planned stock uses and sample inputs, then its index row with the command's reply.
         The index row is the commit point: before it, a crash leaves a folder no start-up
@@ -418,7 +419,7 @@ class Bench:
                 await ticket.machine.request("fail", error=f"internal error: {exc}")
         with contextlib.suppress(Exception):
             await self._finish(ticket, RunState.FAILED,
-                         [{"type": type(exc).__name__, "message": str(exc)}])
+                               [{"type": type(exc).__name__, "message": str(exc)}])
 
     async def _finish(self, ticket: RunTicket, state: RunState,
                       errors: list[dict[str, Any]]) -> None:
