@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Collection, Mapping
@@ -424,34 +423,19 @@ class Bench:
     async def _finish(self, ticket: RunTicket, state: RunState,
                       errors: list[dict[str, Any]]) -> None:
         """Close the record (labctl.bench.provenance.close_record) and tell every waiter.
-        The record is written in a thread (the journal's last line, metadata.json and
-        result.json, each fsync'd, and the index): the other runs' device traffic and the
-        adapters' commands do not wait for it. Cancelled meanwhile (the bench closing), it
-        still completes, and the waiters are still told."""
+        Without a pause between the run's last transition and its closed record: whoever
+        sees the run ended (the TUI, `wait`) finds its result.json written."""
         ex = ticket.executor
         self._sync_stock(ticket.run_id)
         self._sync_samples(ticket, final=True)
         sim_world.save(self)
         ticket.keeper = None
         sim_world.trim_ledger(self, [t.keeper for t in self.runs.running])
-        figures = list(ex.figures) if ex else []
-        closing = asyncio.ensure_future(asyncio.to_thread(
-            runprov.close_record, ticket.record, bench_id=self.bench_id, state=state,
-            plan=ticket.plan, context=ticket.context, parameters=ticket.parameters,
-            instigator=ticket.instigator, errors=errors, figures=figures,
-            index=self.store.index))
-        closing.add_done_callback(functools.partial(self._closed, ticket))
-        await asyncio.shield(closing)
-
-    def _closed(self, ticket: RunTicket,
-                closing: asyncio.Future[tuple[RunState, dict[str, Any]]]) -> None:
-        if closing.cancelled():
-            return
-        if closing.exception() is not None:  # close_record records its own failures
-            if ticket.done is not None and not ticket.done.done():
-                ticket.done.set_exception(closing.exception())  # type: ignore[arg-type]
-            return
-        state, result = closing.result()
+        state, result = runprov.close_record(
+            ticket.record, bench_id=self.bench_id, state=state, plan=ticket.plan,
+            context=ticket.context, parameters=ticket.parameters,
+            instigator=ticket.instigator, errors=errors,
+            figures=list(ex.figures) if ex else [], index=self.store.index)
         self._publish({"event": "run_finished", "run_id": ticket.run_id, "status": str(state),
                        "result": result})
         if ticket.done is not None and not ticket.done.done():
