@@ -44,9 +44,15 @@ async def test_two_running_and_a_queued_run_cancelled_from_the_queue(tmp_path: P
         c = await be.submit(WAIT_RECIPE, LONG)
         await until(pilot, lambda: [(q.run_id, q.queued) for q in be.view.queue]
                     == [(b, False), (c, True)], "b running beside a, c queued")
+        # The view changes before the next redraw, and for a moment b and c were both
+        # queued (footer already offering cancel), so wait for the screen to catch up:
+        # b marked running, c alone in the queue at position 1.
         await until(pilot, lambda: "Cancel queued" in screen_text(app), "cancel offered")
-        text = screen_text(app)
-        assert f"▶ mqtt_wait  {b[:12]}" in text and f"1. mqtt_wait  {c[:12]}" in text
+        await until(pilot, lambda: (
+            (text := screen_text(app)).count("▶ mqtt_wait  ") == 1
+            and f"▶ mqtt_wait  {b[:12]}" in text
+            and f"1. mqtt_wait  {c[:12]}" in text and "2. mqtt_wait" not in text),
+            "b shown running beside a, c shown first in the queue")
         await pilot.press("c")
         await until(pilot, lambda: isinstance(app.screen, QueueCancelScreen), "the picker")
         await pilot.press("enter")
