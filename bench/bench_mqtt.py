@@ -85,6 +85,17 @@ async def echo_round_trips(url: str, n: int) -> list[float]:
         return out
 
 
+async def status_round_trips(c: BenchClient, n: int) -> list[float]:
+    """Seconds of `n` status commands answered, after 20 of warm-up."""
+    lat = []
+    for i in range(n + 20):
+        t0 = time.perf_counter()
+        await c.status()
+        if i >= 20:
+            lat.append(time.perf_counter() - t0)
+    return lat
+
+
 async def agent_figures(url: str, n: int, time_scale: float, baseline: tuple[float, float]) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-mqtt-"))
     cfg = load_config(ROOT / "config" / "sim.toml")
@@ -96,13 +107,7 @@ async def agent_figures(url: str, n: int, time_scale: float, baseline: tuple[flo
         await agent.connected.wait()
         try:
             async with BenchClient(url, cfg.bench.id) as c:
-                lat = []
-                for i in range(n + 20):
-                    t0 = time.perf_counter()
-                    await c.status()
-                    if i >= 20:
-                        lat.append(time.perf_counter() - t0)
-                show("agent: status command -> reply", lat, baseline)
+                show("agent: status command -> reply", await status_round_trips(c, n), baseline)
 
                 starts, accepted = [], []
                 events = c.events()
@@ -213,13 +218,8 @@ async def serve_figures(url: str, n: int, time_scale: float,
         async with BenchClient(url, cfg.bench.id, timeout=60) as c:
             for _ in range(3):  # warm-up: the agent started and imported what runs need
                 await (await c.submit(WAIT_RECIPE, {})).result(timeout=120)
-            lat = []
-            for i in range(n + 20):
-                t0 = time.perf_counter()
-                await c.status()
-                if i >= 20:
-                    lat.append(time.perf_counter() - t0)
-            show("labctl serve: status command -> reply", lat, baseline)
+            show("labctl serve: status command -> reply", await status_round_trips(c, n),
+                 baseline)
             accepted = []
             for _ in range(max(20, n // 3)):
                 t0 = time.perf_counter()
