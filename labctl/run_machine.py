@@ -1,10 +1,15 @@
-"""The life cycle of one run as a state machine (transitions' AsyncMachine).
+"""The life cycle of one run as a state machine (transitions' Machine).
 
 States: idle → validating → ready → running ⇄ pausing → paused → running …, ending in
 completed, aborted (through stopping) or failed. Only the transitions in `TRANSITIONS` exist;
 asking for any other gets `IllegalTransition` with a sentence saying what is possible, never
 a transitions.MachineError trace. Every transition is handed to the journal callback before
 the state changes, so the record always knows at least as much as the bench did.
+
+The machine is transitions' synchronous `Machine`: its callbacks (the journal line, the
+listeners) are synchronous, so a transition is one step on the event loop that nothing can
+interleave with. transitions' AsyncMachine gave up the loop inside every trigger (two of
+them in each submit), letting other work in between for nothing.
 """
 
 from __future__ import annotations
@@ -13,8 +18,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
-from transitions import MachineError
-from transitions.extensions.asyncio import AsyncMachine
+from transitions import Machine, MachineError
 
 from labctl.errors import LabctlError
 
@@ -80,7 +84,7 @@ class RunMachine:
         self._listeners: list[ListenerFn] = []
         self._model = _Model()
         self._info: dict[str, Any] = {}
-        self._machine = AsyncMachine(
+        self._machine = Machine(
             model=self._model,
             states=[s.value for s in RunState],
             transitions=[{"trigger": t, "source": [s.value for s in src], "dest": dst.value}
@@ -114,14 +118,16 @@ class RunMachine:
         self._listeners.append(fn)
 
     async def request(self, trigger: str, **info: Any) -> RunState:
-        """Fire `trigger`; `info` (reason, error...) goes into the journal line."""
+        """Fire `trigger`; `info` (reason, error...) goes into the journal line. A
+        coroutine for its callers' sake (they await it); it completes without giving up
+        the event loop."""
         if trigger not in TRIGGERS:
             raise IllegalTransition(trigger, self.state, self.allowed())
         if not self.can(trigger):
             raise IllegalTransition(trigger, self.state, self.allowed())
         self._info = info
         try:
-            ok = await self._model.trigger(trigger)  # type: ignore[attr-defined]
+            ok = self._model.trigger(trigger)  # type: ignore[attr-defined]
         except MachineError:
             raise IllegalTransition(trigger, self.state, self.allowed()) from None
         finally:

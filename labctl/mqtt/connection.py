@@ -5,7 +5,9 @@ reason codes surfaced, and manual acknowledgement of incoming QoS 1 messages.
 Why the extras: aiomqtt drops the PUBACK reason code (so an ACL refusal would look like
 success), acknowledges incoming messages before the application has acted on them (a crash
 then loses a command), and leaves Nagle's algorithm on (a QoS 1 round trip then waits for the
-peer's delayed ACK, ~40-80 ms instead of ~1 ms).
+peer's delayed ACK, ~40-80 ms instead of ~1 ms), and writes every outgoing packet only two
+loop turns after it was published (behind whatever became ready meanwhile: the reply to a
+submit waited for the run it had queued to start).
 """
 
 from __future__ import annotations
@@ -144,6 +146,39 @@ class MqttClient(aiomqtt.Client):
         this client id), False when it is still up."""
         await asyncio.wait({self._disconnected}, timeout=timeout)
         return self._disconnected.done()
+
+    # --- writing -------------------------------------------------------------------
+    def _on_socket_register_write(self, client: paho.Client, userdata: Any,
+                                  sock: Any) -> None:
+        """paho has a packet to send. aiomqtt schedules a writer with call_soon_threadsafe,
+        which sends it two loop turns later; on the loop's own thread, outside paho's
+        callbacks, write it now (as paho does without an external loop) and watch the
+        socket only for what did not fit."""
+        loop = self._loop
+        if not self._on_loop_thread() or not client._in_callback_mutex.acquire(False):
+            super()._on_socket_register_write(client, userdata, sock)
+            return
+        client._in_callback_mutex.release()
+
+        def write() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:  # a broken connection: aiomqtt's way of saying so
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        write()
+        # what is left waits for the socket; paho unregisters when it has written it all
+        current = client.socket()
+        if client.want_write() and current is not None and current is sock \
+                and current.fileno() >= 0:
+            loop.add_writer(current.fileno(), write)
+
+    def _on_loop_thread(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:  # paho's connect runs in an executor thread
+            return False
 
     # --- PUBACK reason codes -------------------------------------------------------
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int,
