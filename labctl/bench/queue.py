@@ -91,9 +91,17 @@ class RunQueue:
         (0 = running now or next)."""
         self.tickets[ticket.run_id] = ticket
         self.waiting.insert(self._place(ticket.priority), ticket)
-        self._wake.set()
+        self._wake_soon()
         pos = self.position(ticket.run_id)
         return 0 if pos is None else pos
+
+    def _wake_soon(self) -> None:
+        """Wake the worker at the next loop turn, not in this one: whoever queued the run
+        (the agent answering a submit) gets the loop before the run's start takes it."""
+        try:
+            asyncio.get_running_loop().call_soon(self._wake.set)
+        except RuntimeError:  # no loop running (a synchronous caller): nothing to wait for
+            self._wake.set()
 
     def _place(self, priority: int) -> int:
         """Where a run of this priority goes among the waiting ones."""
