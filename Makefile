@@ -37,8 +37,11 @@ demo: bytecode
 	$(BIN)/labctl run recipes/electrolyte_conductivity.json --config config/sim.toml --data-dir runs
 	$(BIN)/labctl runs list --data-dir runs --limit 5
 
+# Two workers (pytest-xdist): most tests wait on simulated instruments, subprocesses and the
+# broker rather than compute, so two at once take ~9 min on a 2-core machine instead of ~16.
+# Each worker has its own tmp dirs and starts its own brokers on free ports.
 test: bytecode
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 bench: bytecode
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

@@ -438,16 +438,14 @@ async def test_disk_full_while_writing_data_is_a_clear_failure_with_the_journal_
     step fails with 'No space left on device', naming the step and the device, the run
     fails after safe state, and the journal is whole and says so to the end."""
     async with sim_bench(tmp_path / "runs") as bench:
-        # a queued run already has its folder: mount the small volume on its data/
-        blocker = await bench.submit(recipe("blocker", [{"id": "w", "wait": "1 h"}]),
-                                     instigator="operator:fault-test")
+        # a queued run already has its folder: the queue held (the bench runs 4 at once, a
+        # blocking run would not keep it waiting), the small volume mounted on its data/
+        bench.runs.hold()
         run_id = await bench.submit(recipe("disk_full", MEASURE),
                                     instigator="operator:fault-test")
         folder = tmp_path / "runs" / run_id
         with small_volume(folder / "data", "64k"):
-            await eventually(lambda: bench.status()["state"] == "running", "blocker runs")
-            await bench.abort()
-            assert (await bench.wait(blocker))["status"] == "aborted"
+            bench.runs.release()
             result = await asyncio.wait_for(bench.wait(run_id), WAIT)
             assert result["status"] == "failed", result
             err = the_error(result)

@@ -122,6 +122,38 @@ def test_index_runs_and_commands_survive_reopening(tmp_path: Path) -> None:
         idx.upsert_run("r1", nonsense=1)
 
 
+def test_a_queued_runs_first_files_stay_in_the_index_until_it_leaves_the_queue(
+        tmp_path: Path) -> None:
+    idx = RunIndex(tmp_path / "runs.sqlite")
+    files = {"events.jsonl": b'{"seq":1}\n', "recipe.json": "{\"µ\": 1}\n".encode()}
+    row = {"recipe": "r", "status": "queued", "created": "2026-12-06", "path": "p"}
+    idx.accept_run("run-a", row, ("cmd-a", {"ok": True}), files)
+    idx.accept_run("run-b", row, None, files)
+    assert idx.submissions() == {"run-a": files, "run-b": files}  # bytes back as written
+    idx.upsert_run("run-a", status="queued")  # still queued: kept
+    idx.upsert_run("run-b", status="running", started="now")  # started: gone, same commit
+    assert set(idx.submissions()) == {"run-a"}
+    assert idx.get_run("run-b")["status"] == "running"
+    idx.upsert_run("run-a", status="cancelled")
+    assert idx.submissions() == {}
+    idx.close()
+
+
+def test_a_folder_created_without_fsync_is_restored_from_its_first_files(
+        tmp_path: Path) -> None:
+    files = {"events.jsonl": b'{"seq":1}\n', "recipe.json": b"{}\n"}
+    rec = RunRecord.create_files(tmp_path, "run-a", files, durable=False)
+    rec.sync()
+    with open(rec.events_path, "ab") as f:  # a line appended after the first ones
+        f.write(b'{"seq":2}\n')
+    assert not RunRecord.restore(tmp_path, "run-a", files)  # intact: nothing written
+    assert rec.events_path.read_bytes() == b'{"seq":1}\n{"seq":2}\n'
+    rec.recipe_path.write_bytes(b"")
+    assert RunRecord.restore(tmp_path, "run-a", files)
+    assert rec.recipe_path.read_bytes() == b"{}\n"
+    assert rec.events_path.read_bytes() == b'{"seq":1}\n{"seq":2}\n'
+
+
 def test_atomic_json_replaces_whole_files(tmp_path: Path) -> None:
     p = tmp_path / "result.json"
     write_json_atomic(p, {"status": "running"})

@@ -11,15 +11,21 @@ process of its own, at random moments, and restarted on the same data dir each t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from labctl.bench import Bench
+from labctl.config import load_config
 from labctl.store import RunIndex, read_journal
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,5 +113,88 @@ def test_sigkill_while_accepting_never_leaves_a_run_without_its_commands_reply(
             replies = [json.loads(r[0]) for r in index._db.execute("SELECT reply FROM commands")]
         for reply in replies:  # no reply names a run that is not in the index
             assert reply["run_id"] in rows, reply
+    finally:
+        index.close()
+
+
+HELD_CHILD = """
+import asyncio, sys
+from pathlib import Path
+from labctl.bench import Bench
+from labctl.bench.dedup import CommandReply
+from labctl.config import load_config
+
+WAIT = {"schema": "labctl.recipe/1", "name": "wait", "version": "1",
+        "description": "one short wait", "steps": [{"id": "w", "wait": "1 s"}]}
+
+async def main(data):
+    cfg = load_config(Path("config/sim.toml"))
+    async with Bench(cfg, data_dir=data, time_scale=10000, requeue_unstarted=True) as bench:
+        bench.runs.hold()  # the run stays queued until the kill
+        cid = "held-0"
+        sub = await bench.accept(WAIT, {}, instigator={"kind": "ai", "id": "t",
+                                                       "command_id": cid},
+                                 command=CommandReply(cid, lambda run_id, pos: {
+                                     "id": cid, "ok": True, "run_id": run_id}))
+        await bench.runs.tickets[sub.run_id].synced()
+        print(sub.run_id, flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+FIRST_FILES = ("events.jsonl", "recipe.json", "metadata.json")
+
+
+def _killed_with_a_queued_run(data: Path) -> tuple[str, dict[str, bytes]]:
+    """A bench process that accepted one run (held in the queue), SIGKILLed; the run id
+    and its first files as written."""
+    proc = subprocess.Popen([sys.executable, "-c", HELD_CHILD, str(data)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    run_id = proc.stdout.readline().strip()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    assert run_id, "the bench did not accept the run"
+    return run_id, {name: (data / run_id / name).read_bytes() for name in FIRST_FILES}
+
+
+@pytest.mark.parametrize("loss", ["folder gone", "files emptied or cut"])
+async def test_a_queued_runs_folder_lost_to_a_power_cut_is_rebuilt_from_the_index(
+        tmp_path: Path, loss: str) -> None:
+    """The answer to a submit waits for one durable write, the index commit holding the
+    run's first files; the folder is synced after the answer. What a power cut in between
+    can leave of the folder is simulated on the files a killed bench left; the next start
+    writes them back from the index and runs the run it had promised."""
+    data = tmp_path / "runs"
+    run_id, first = _killed_with_a_queued_run(data)
+    index = RunIndex(data / "runs.sqlite")
+    try:
+        assert set(index.submissions()) == {run_id}  # queued: its files kept in the index
+    finally:
+        index.close()
+    folder = data / run_id
+    if loss == "folder gone":
+        shutil.rmtree(folder)
+    else:
+        (folder / "metadata.json").write_bytes(b"")
+        (folder / "recipe.json").unlink()
+        (folder / "events.jsonl").write_bytes(first["events.jsonl"][:50])
+
+    cfg = load_config(ROOT / "config" / "sim.toml")
+    async with Bench(cfg, data_dir=data, time_scale=10000, requeue_unstarted=True) as bench:
+        result = await asyncio.wait_for(bench.wait(run_id), 60)
+    assert result["status"] == "completed", result
+    assert (folder / "recipe.json").read_bytes() == first["recipe.json"]
+    meta, first_meta = (json.loads(b) for b in ((folder / "metadata.json").read_bytes(),
+                                                 first["metadata.json"]))
+    for key in ("run_id", "recipe", "parameters", "instigator"):  # closing adds the rest
+        assert meta[key] == first_meta[key], key
+    events = (folder / "events.jsonl").read_bytes()
+    assert events.startswith(first["events.jsonl"])  # then the lines of the run itself
+    assert any(e.get("event") == "step_finished" for e in read_journal(folder / "events.jsonl"))
+    index = RunIndex(data / "runs.sqlite")
+    try:
+        assert index.submissions() == {}  # started: the copy in the index is gone
     finally:
         index.close()

@@ -51,6 +51,14 @@ class RunTicket:
     unwritten: list[dict[str, Any]] | None = None
     #: while it runs on an in-process simulated bench: its WorldKeeper (ledger marks)
     keeper: Any = None
+    #: its folder being synced after the submit was answered (labctl.bench.service.accept);
+    #: awaited before anything is done to or written in it
+    syncing: asyncio.Future[None] | None = None
+
+    async def synced(self) -> None:
+        """Once its folder is on disk for good (raises what the sync raised)."""
+        if self.syncing is not None:
+            await asyncio.shield(self.syncing)
 
     @property
     def ended(self) -> bool:

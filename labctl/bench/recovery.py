@@ -44,6 +44,7 @@ def close_unfinished(store: RunStore, bench_id: str, *, requeue_unstarted: bool
     the never-started ones to queue again when `requeue_unstarted`, else only mark them
     interrupted. One unreadable record never keeps the bench down."""
     found = Unfinished()
+    restore_submitted(store)
     finals = {s.value for s in FINAL_STATES} | {"cancelled"}
     for row in reversed(store.list(limit=SCAN_LIMIT)):  # oldest first: the queue's order
         run_id = row["run_id"]
@@ -71,6 +72,24 @@ def close_unfinished(store: RunStore, bench_id: str, *, requeue_unstarted: bool
             with contextlib.suppress(Exception):
                 store.index.upsert_run(run_id, status="interrupted")
     return found
+
+
+def restore_submitted(store: RunStore) -> list[str]:
+    """Put back the first files of runs accepted but not yet started, from the index (a
+    submit's one durable write; the folder was synced after the reply, and a power cut in
+    between may have taken it); the run ids whose folder had to be written again. Each
+    folder is synced, and its copy in the index dropped."""
+    rebuilt = []
+    for run_id, files in store.index.submissions().items():
+        try:
+            if RunRecord.restore(store.data_dir, run_id, files):
+                log.warning("run %s: its folder was rebuilt from the run index (lost "
+                            "before it reached the disk)", run_id)
+                rebuilt.append(run_id)
+            store.index.forget_submission(run_id)
+        except Exception:  # one unwritable folder must not keep the bench down
+            log.exception("run %s: could not restore its folder", run_id)
+    return rebuilt
 
 
 def interruption_message(run_id: str, in_doubt: list[str]) -> str:

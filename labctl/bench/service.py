@@ -49,6 +49,7 @@ from labctl.simulation import WorldKeeper, can_save, read_saved_world
 from labctl.store import RunRecord, RunStore, new_run_id, utc_iso
 from labctl.store import provenance as prov
 from labctl.store.journal import journal_line
+from labctl.store.record import first_files
 
 log = logging.getLogger("labctl.bench")
 
@@ -295,6 +296,8 @@ class Bench:
             # a thread: e-stop, status and the runs in progress do not wait for the disk
             await asyncio.to_thread(self._write_accepted, ticket, first, documents, uses,
                                     inputs, row, answer)
+            # the folder's fsyncs after the answer, before the run may start (_execute)
+            ticket.syncing = asyncio.ensure_future(asyncio.to_thread(ticket.record.sync))
             self.samples.claim(run_id, vessels, inputs)
             for ev in first[1:]:
                 self._publish(ev)
@@ -306,15 +309,20 @@ class Bench:
                         inputs: dict[str, str], row: dict[str, Any],
                         answer: tuple[str, dict[str, Any]] | None) -> None:
         """Write a submitted run: its folder (journal, recipe.json, metadata.json), its
-        planned stock uses and sample inputs, then its index row with the command's reply.
+        planned stock uses and sample inputs, then its index row with the command's reply
+        and the folder's files.
         The index row is the commit point: before it, a crash leaves a folder no start-up
         queues (the submit was not answered, and a redelivery makes the run); after it, the
-        run is queued again at start-up and a redelivered command gets its reply."""
-        self.store.create("", ticket.run_id, events=events, documents=documents)
+        run is queued again at start-up and a redelivered command gets its reply. The
+        folder is not fsync'd here: the same bytes are in that commit, the folder is synced
+        once the reply is out (accept) and rebuilt from the index at start-up if a power
+        cut took it (labctl.bench.recovery): one durable write before the answer, not six."""
+        files = first_files(events, documents)
+        RunRecord.create_files(self.store.data_dir, ticket.run_id, files, durable=False)
         self.stock.store.plan_run(ticket.run_id, uses)
         if inputs:
             self.samples.store.note_inputs(ticket.run_id, inputs)
-        self.store.index.accept_run(ticket.run_id, row, answer)
+        self.store.index.accept_run(ticket.run_id, row, answer, files)
 
     def _ticket(self, record: RunRecord, plan: Plan, params: dict[str, Any],
                 who: dict[str, Any], request: dict[str, Any] | None,
@@ -351,6 +359,7 @@ class Bench:
 
     # -- running (called by the queue worker) ----------------------------------------------
     async def _execute(self, ticket: RunTicket) -> None:
+        await ticket.synced()  # its folder on disk for good before any step
         if self.held:  # an e-stop came between its start and now: back to the queue
             self.runs.waiting.appendleft(ticket)
             return
@@ -517,6 +526,7 @@ class Bench:
         """Withdraw a queued run (the running one is stopped with abort)."""
         t = self.runs.withdraw(run_id)
         if t is not None:
+            await t.synced()  # its folder on disk for good before its journal grows
             await t.machine.request("abort", reason="cancelled before it started")
             await t.machine.request("stopped", reason="cancelled")
             await self._finish(t, RunState.ABORTED, [

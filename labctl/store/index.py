@@ -4,6 +4,11 @@ it twice.
 
 The run folders are the record; this index is a fast view of them. SQLite in WAL mode, one
 short transaction per write, so readers (the TUI, `runs list`) never block a running bench.
+
+One exception: a submitted run's first files (`submissions`) are kept here too, from the
+commit that accepts the run until the run leaves the queue. That commit is the one durable
+write a submit waits for; the folder is written beside it and synced after the reply, and
+start-up rebuilds it from here if a power cut took it (labctl.bench.recovery).
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ CREATE TABLE IF NOT EXISTS runs (
     error       TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created);
+CREATE TABLE IF NOT EXISTS submissions (
+    run_id   TEXT PRIMARY KEY,
+    files    TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS commands (
     id       TEXT PRIMARY KEY,
     reply    TEXT NOT NULL,
@@ -71,29 +80,45 @@ class RunIndex:
             raise KeyError(f"unknown run index columns: {', '.join(sorted(unknown))}")
         if "figures" in fields and not isinstance(fields["figures"], (str, type(None))):
             fields["figures"] = json.dumps(fields["figures"])
+        leaves_queue = fields.get("status") not in (None, "queued", "created")
         with self._lock:
-            row = self._db.execute("SELECT 1 FROM runs WHERE run_id=?", (run_id,)).fetchone()
-            if row is None:
-                fields.setdefault("recipe", "")
-                fields.setdefault("status", "created")
-                fields.setdefault("created", "")
-                fields.setdefault("path", "")
-                cols = ["run_id", *fields]
-                self._db.execute(
-                    f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                    (run_id, *fields.values()),
-                )
-            elif fields:
-                sets = ", ".join(f"{k}=?" for k in fields)
-                self._db.execute(f"UPDATE runs SET {sets} WHERE run_id=?",
-                                 (*fields.values(), run_id))
+            if leaves_queue:  # its folder is synced by now: its first files go, same commit
+                self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._upsert(run_id, fields)
+                if leaves_queue:
+                    self._db.execute("DELETE FROM submissions WHERE run_id=?", (run_id,))
+            except BaseException:
+                if leaves_queue:
+                    self._db.execute("ROLLBACK")
+                raise
+            if leaves_queue:
+                self._db.execute("COMMIT")
+
+    def _upsert(self, run_id: str, fields: dict[str, Any]) -> None:
+        row = self._db.execute("SELECT 1 FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        if row is None:
+            fields.setdefault("recipe", "")
+            fields.setdefault("status", "created")
+            fields.setdefault("created", "")
+            fields.setdefault("path", "")
+            cols = ["run_id", *fields]
+            self._db.execute(
+                f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                (run_id, *fields.values()),
+            )
+        elif fields:
+            sets = ", ".join(f"{k}=?" for k in fields)
+            self._db.execute(f"UPDATE runs SET {sets} WHERE run_id=?",
+                             (*fields.values(), run_id))
 
     def accept_run(self, run_id: str, fields: dict[str, Any],
-                   command: tuple[str, dict[str, Any]] | None = None) -> None:
-        """A submitted run's row and, when a command asked for it, the reply to that
-        command, in one transaction: once the run is in the index its command is known as
-        answered, so a redelivered submit after a crash gets this reply and never makes a
-        second run (and the two cost one commit, not two)."""
+                   command: tuple[str, dict[str, Any]] | None = None,
+                   files: dict[str, bytes] | None = None) -> None:
+        """A submitted run's row, its first `files` (see the module's docstring) and, when
+        a command asked for it, the reply to that command, in one transaction: once the run
+        is in the index its command is known as answered, so a redelivered submit after a
+        crash gets this reply and never makes a second run (and it all costs one commit)."""
         unknown = set(fields) - set(RUN_FIELDS)
         if unknown:
             raise KeyError(f"unknown run index columns: {', '.join(sorted(unknown))}")
@@ -110,6 +135,10 @@ class RunIndex:
                     self._db.execute(
                         "INSERT OR IGNORE INTO commands (id, reply, created) VALUES (?, ?, ?)",
                         (command[0], json.dumps(command[1]), utc_iso()))
+                if files is not None:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO submissions (run_id, files) VALUES (?, ?)",
+                        (run_id, json.dumps({k: v.decode("utf-8") for k, v in files.items()})))
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -131,6 +160,18 @@ class RunIndex:
         with self._lock:
             rows = self._db.execute(q, (*args, limit)).fetchall()
         return [_row(r) for r in rows]
+
+    def submissions(self) -> dict[str, dict[str, bytes]]:
+        """The first files of the runs accepted and not yet out of the queue, by run id."""
+        with self._lock:
+            rows = self._db.execute("SELECT run_id, files FROM submissions").fetchall()
+        return {r["run_id"]: {k: v.encode("utf-8") for k, v in json.loads(r["files"]).items()}
+                for r in rows}
+
+    def forget_submission(self, run_id: str) -> None:
+        """Drop a run's first files (its folder is synced)."""
+        with self._lock:
+            self._db.execute("DELETE FROM submissions WHERE run_id=?", (run_id,))
 
     # -- processed commands (MQTT exactly-once) ------------------------------------------
     def seen_command(self, command_id: str) -> dict[str, Any] | None:

@@ -37,15 +37,26 @@ def json_text(data: Any) -> str:
     return json.dumps(data, indent=2, default=_default, ensure_ascii=False) + "\n"
 
 
-def _write_synced(path: Path, data: bytes) -> None:
+def _write_file(path: Path, data: bytes, *, durable: bool = True) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def first_files(events: Sequence[dict[str, Any]] = (),
+                documents: dict[str, Any] | None = None) -> dict[str, bytes]:
+    """The files a new run folder starts with, as bytes: its journal (`events`, one line
+    each; empty when none) and each document as JSON."""
+    files = {"events.jsonl": "".join(dumps(ev) + "\n" for ev in events).encode("utf-8")}
+    for name, data in (documents or {}).items():
+        files[name] = json_text(data).encode("utf-8")
+    return files
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -136,12 +147,22 @@ class RunRecord:
     # -- life cycle ----------------------------------------------------------------------
     @classmethod
     def create(cls, data_dir: Path, run_id: str, *, events: Sequence[dict[str, Any]] = (),
-               documents: dict[str, Any] | None = None) -> RunRecord:
+               documents: dict[str, Any] | None = None, durable: bool = True) -> RunRecord:
         """A new run folder holding its first journal `events` and `documents` (file name
         to JSON data: recipe.json, metadata.json). Built under a hidden name and renamed
         into place, so a run folder never exists without its journal and documents,
         whatever instant the process is killed at: one fsync per file, one for the
-        folder, one for the data dir, however many lines and documents it starts with."""
+        folder, one for the data dir, however many lines and documents it starts with.
+        `durable=False` leaves the fsyncs to a later `sync()` (a killed process loses
+        nothing, the kernel has the files; a power cut may): for a caller that has the
+        same bytes (`first_files`) committed elsewhere first."""
+        return cls.create_files(data_dir, run_id, first_files(events, documents),
+                                durable=durable)
+
+    @classmethod
+    def create_files(cls, data_dir: Path, run_id: str, files: dict[str, bytes], *,
+                     durable: bool = True) -> RunRecord:
+        """A new run folder holding `files` (name to bytes), as `create` builds it."""
         if not RUN_ID_RE.match(run_id):
             raise ValueError(f"invalid run id {run_id!r}")
         folder = Path(data_dir) / run_id
@@ -151,17 +172,52 @@ class RunRecord:
         if staging.exists():
             shutil.rmtree(staging)  # left by a process killed while creating this run
         (staging / "data").mkdir(parents=True)
-        lines = "".join(dumps(ev) + "\n" for ev in events).encode("utf-8")
-        if lines:
-            _write_synced(staging / "events.jsonl", lines)
-        else:
-            (staging / "events.jsonl").touch()
-        for name, data in (documents or {}).items():
-            _write_synced(staging / name, json_text(data).encode("utf-8"))
-        _fsync_dir(staging)
+        for name, data in files.items():
+            _write_file(staging / name, data, durable=durable)
+        if durable:
+            _fsync_dir(staging)
         os.rename(staging, folder)
-        _fsync_dir(Path(data_dir))
+        if durable:
+            _fsync_dir(Path(data_dir))
         return cls(folder)
+
+    def sync(self) -> None:
+        """fsync what `create(durable=False)` wrote: every file at the folder's top, the
+        folder and the data dir holding it."""
+        for path in self.folder.iterdir():
+            if path.is_file():
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        _fsync_dir(self.folder)
+        _fsync_dir(self.folder.parent)
+
+    @classmethod
+    def restore(cls, data_dir: Path, run_id: str, files: dict[str, bytes]) -> bool:
+        """Make a run folder hold `files` as they were first written (a power cut after
+        `create(durable=False)` may have lost them): a missing folder is created, a file
+        that does not start with its first bytes is written again (lines appended later are
+        kept when the first ones are intact); all of it synced. True when anything had to
+        be written."""
+        folder = Path(data_dir) / run_id
+        if not folder.is_dir():
+            cls.create_files(data_dir, run_id, files)
+            return True
+        written = False
+        for name, data in files.items():
+            path = folder / name
+            try:
+                intact = path.read_bytes().startswith(data)
+            except OSError:
+                intact = False
+            if not intact:
+                _write_file(path, data, durable=True)
+                written = True
+        (folder / "data").mkdir(exist_ok=True)
+        cls(folder).sync()
+        return written
 
     @classmethod
     def open(cls, data_dir: Path, run_id: str) -> RunRecord:
