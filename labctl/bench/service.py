@@ -254,7 +254,10 @@ class Bench:
             else:  # sample ids to their vessels, free vials assigned (labctl.bench.samples)
                 bound, inputs, vessels = self.samples.bind(plan_or_recipe, params,
                                                            self.runs.active())
-                plan = self.plan(plan_or_recipe, bound, stock=self.stock_view())
+                # validated in a thread (a large recipe must not hold up e-stop); the checks
+                # below run on the loop again, against the runs active by then
+                plan = await asyncio.to_thread(self.plan, plan_or_recipe, bound,
+                                               stock=self.stock_view())
             active = self.runs.active()
             self.samples.check_free(plan, active)  # before anything is created
             check_plans(self.stock, [plan], active, self.samples.vial_levels())
