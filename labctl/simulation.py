@@ -115,10 +115,14 @@ def read_saved_world(folder: Path) -> dict[str, Any] | None:
     return read_world_file(Path(folder) / WORLD_FILE)
 
 
+def world_document(simulation: Any) -> dict[str, Any]:
+    """A simulated bench's world as saved (a copy: the simulators go on changing theirs)."""
+    return {"schema": WORLD_SCHEMA, "saved": utc_iso(), "state": simulation.state()}
+
+
 def save_world_file(simulation: Any, path: Path) -> None:
     """Save a simulated bench's world to `path` (atomically): `labctl sim serve --state`."""
-    write_json_atomic(Path(path), {"schema": WORLD_SCHEMA, "saved": utc_iso(),
-                                   "state": simulation.state()})
+    write_json_atomic(Path(path), world_document(simulation))
 
 
 def read_world_file(path: Path) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Collection, Mapping
@@ -88,6 +89,9 @@ class Bench:
         self._lock = BenchLock(self.store.data_dir)
         #: submits are checked and written one at a time (each sees the ones before)
         self._submitting = asyncio.Lock()
+        #: finished runs whose records are being written in threads (_finish)
+        self._closing: set[asyncio.Future[Any]] = set()
+        self._world_saver = sim_world.WorldSaver(self)
         #: several runs at once (config `[bench] concurrency`): their steps wait for the
         #: devices and vessels they touch on this board (labctl.bench.resources)
         self.runs = RunQueue(max_concurrent or cfg.bench.concurrency)
@@ -185,9 +189,11 @@ class Bench:
         if self._started:
             with contextlib.suppress(Exception):
                 await self.instruments.safe_state_all()
+        if self._closing:  # records being closed in threads: before the stores close
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
         if self._own_instruments:
             if self._started:
-                sim_world.save(self)
+                self._world_saver.write(self._world_saver.snapshot())
             await self.instruments.close()
         self.store.close()
         self.stock.close()
@@ -435,24 +441,59 @@ class Bench:
     async def _finish(self, ticket: RunTicket, state: RunState,
                       errors: list[dict[str, Any]]) -> None:
         """Close the record (labctl.bench.provenance.close_record) and tell every waiter.
-        Without a pause between the run's last transition and its closed record: whoever
-        sees the run ended (the TUI, `wait`) finds its result.json written."""
+        What the run changed (stock, samples, the simulated world) is taken on the loop;
+        the writing (journal's last line, metadata.json, result.json, the world, each
+        fsync'd, and the index) in a thread, so e-stop, status and the other runs' device
+        traffic do not wait for the disk. Until it is written, the run counts as closing:
+        `wait` and `closed` wait for it. Cancelled meanwhile (the bench closing), it still
+        completes, and the waiters are still told."""
         ex = ticket.executor
         self._sync_stock(ticket.run_id)
         self._sync_samples(ticket, final=True)
-        sim_world.save(self)
+        world = self._world_saver.snapshot()
         ticket.keeper = None
         sim_world.trim_ledger(self, [t.keeper for t in self.runs.running])
-        state, result = runprov.close_record(
-            ticket.record, bench_id=self.bench_id, state=state, plan=ticket.plan,
-            context=ticket.context, parameters=ticket.parameters,
-            instigator=ticket.instigator, errors=errors,
-            figures=list(ex.figures) if ex else [], index=self.store.index)
+        figures = list(ex.figures) if ex else []
+
+        def close() -> tuple[RunState, dict[str, Any]]:
+            self._world_saver.write(world)
+            return runprov.close_record(
+                ticket.record, bench_id=self.bench_id, state=state, plan=ticket.plan,
+                context=ticket.context, parameters=ticket.parameters,
+                instigator=ticket.instigator, errors=errors, figures=figures,
+                index=self.store.index)
+
+        closing = asyncio.ensure_future(asyncio.to_thread(close))
+        self._closing.add(closing)
+        closing.add_done_callback(functools.partial(self._closed, ticket))
+        await asyncio.shield(closing)
+
+    def _closed(self, ticket: RunTicket,
+                closing: asyncio.Future[tuple[RunState, dict[str, Any]]]) -> None:
+        self._closing.discard(closing)
+        if closing.cancelled():
+            return
+        exc = closing.exception()
+        if exc is not None:  # close_record records its own failures; this is a bug
+            log.error("run %s: its record could not be closed: %s", ticket.run_id, exc)
+            if ticket.done is not None and not ticket.done.done():
+                ticket.done.set_exception(exc)
+            return
+        state, result = closing.result()
         self._publish({"event": "run_finished", "run_id": ticket.run_id, "status": str(state),
                        "result": result})
         if ticket.done is not None and not ticket.done.done():
             ticket.done.set_result(result)
         self.runs.forget_old()
+
+    async def closed(self, run_id: str) -> None:
+        """Once a run that has ended has its record closed (result.json written); at once
+        for a run still going, queued, or unknown."""
+        t = self.tickets.get(run_id)
+        if t is None or t.done is None or t.done.done() or not t.machine.final:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.shield(t.done)
 
     # -- control -------------------------------------------------------------------------
     def _running(self, trigger: str, run_id: str | None = None) -> list[Executor]:

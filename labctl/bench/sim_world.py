@@ -14,11 +14,13 @@ world it saved itself (labctl.simulation.WorldKeeper), which is newer for that r
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from labctl.simulation import can_save, read_world_file, save_world_file
+from labctl.simulation import can_save, read_world_file, world_document
+from labctl.store.record import write_json_atomic
 
 if TYPE_CHECKING:
     from labctl.bench.service import Bench
@@ -42,15 +44,39 @@ def load(bench: Bench) -> None:
         bench.instruments.sim_state = doc.get("state")
 
 
-def save(bench: Bench) -> None:
-    """The simulated world as it is now, replaced atomically (a kill leaves the last one)."""
-    sim = getattr(bench.instruments, "simulation", None)
-    if not bench.cfg.bench.simulate or not can_save(sim):
-        return
-    try:
-        save_world_file(sim, _path(bench))
-    except OSError as exc:  # the runs' own records matter more: say it, go on
-        log.warning("could not save the simulated world: %s", exc)
+class WorldSaver:
+    """Saves of the world taken on the event loop (where the simulators change it) and
+    written in worker threads: the newest snapshot taken is the one that stays on disk,
+    whichever thread gets to write first."""
+
+    def __init__(self, bench: Bench):
+        self._bench = bench
+        self._lock = threading.Lock()
+        self._taken = 0
+        self._written = 0
+
+    def snapshot(self) -> tuple[int, dict[str, Any]] | None:
+        """The world as it is now (None: not an in-process simulated bench)."""
+        sim = getattr(self._bench.instruments, "simulation", None)
+        if not self._bench.cfg.bench.simulate or not can_save(sim):
+            return None
+        self._taken += 1
+        return self._taken, world_document(sim)
+
+    def write(self, snap: tuple[int, dict[str, Any]] | None) -> None:
+        """Write a snapshot unless a newer one is on disk already (in a worker thread)."""
+        if snap is None:
+            return
+        seq, doc = snap
+        with self._lock:
+            if seq < self._written:
+                return
+            try:
+                write_json_atomic(_path(self._bench), doc)
+            except OSError as exc:  # the runs' own records matter more: say it, go on
+                log.warning("could not save the simulated world: %s", exc)
+                return
+            self._written = seq
 
 
 def trim_ledger(bench: Bench, keepers: list[Any]) -> None:

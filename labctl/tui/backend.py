@@ -459,6 +459,7 @@ class LocalBackend(BenchBackend):
             if not rows:
                 raise BackendError("no run recorded on this bench yet", code="not_found")
             rid = str(rows[0]["run_id"])
+        await self.bench.closed(rid)  # a run that has just ended: its result.json written
         try:
             return dict(await asyncio.to_thread(self.bench.store.show, rid))
         except FileNotFoundError:
