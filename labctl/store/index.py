@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from labctl.store.sqlite_db import configure
+from labctl.store.sqlite_db import configure, transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -81,19 +81,10 @@ class RunIndex:
         if "figures" in fields and not isinstance(fields["figures"], (str, type(None))):
             fields["figures"] = json.dumps(fields["figures"])
         leaves_queue = fields.get("status") not in (None, "queued", "created")
-        with self._lock:
+        with self._lock, transaction(self._db):
+            self._upsert(run_id, fields)
             if leaves_queue:  # its folder is synced by now: its first files go, same commit
-                self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._upsert(run_id, fields)
-                if leaves_queue:
-                    self._db.execute("DELETE FROM submissions WHERE run_id=?", (run_id,))
-            except BaseException:
-                if leaves_queue:
-                    self._db.execute("ROLLBACK")
-                raise
-            if leaves_queue:
-                self._db.execute("COMMIT")
+                self._db.execute("DELETE FROM submissions WHERE run_id=?", (run_id,))
 
     def _upsert(self, run_id: str, fields: dict[str, Any]) -> None:
         row = self._db.execute("SELECT 1 FROM runs WHERE run_id=?", (run_id,)).fetchone()
@@ -125,24 +116,18 @@ class RunIndex:
         from labctl.store.journal import utc_iso
 
         cols = ["run_id", *fields]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+        with self._lock, transaction(self._db):
+            self._db.execute(
+                f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                (run_id, *fields.values()))
+            if command is not None:
                 self._db.execute(
-                    f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                    (run_id, *fields.values()))
-                if command is not None:
-                    self._db.execute(
-                        "INSERT OR IGNORE INTO commands (id, reply, created) VALUES (?, ?, ?)",
-                        (command[0], json.dumps(command[1]), utc_iso()))
-                if files is not None:
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO submissions (run_id, files) VALUES (?, ?)",
-                        (run_id, json.dumps({k: v.decode("utf-8") for k, v in files.items()})))
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                    "INSERT OR IGNORE INTO commands (id, reply, created) VALUES (?, ?, ?)",
+                    (command[0], json.dumps(command[1]), utc_iso()))
+            if files is not None:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO submissions (run_id, files) VALUES (?, ?)",
+                    (run_id, json.dumps({k: v.decode("utf-8") for k, v in files.items()})))
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         with self._lock:

@@ -24,7 +24,7 @@ from typing import Any
 
 from labctl.errors import LabctlError
 from labctl.store.journal import utc_iso
-from labctl.store.sqlite_db import configure
+from labctl.store.sqlite_db import configure, transaction
 
 FILENAME = "inventory.sqlite"
 
@@ -132,15 +132,8 @@ class InventoryStore:
     # -- transactions ---------------------------------------------------------------------
     def _write(self, fn: Any) -> Any:
         """Run fn(db) in one BEGIN IMMEDIATE transaction (one writer at a time)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(self._db)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-            return out
+        with self._lock, transaction(self._db):
+            return fn(self._db)
 
     # -- reading --------------------------------------------------------------------------
     def levels(self) -> list[Level]:

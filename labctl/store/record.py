@@ -147,22 +147,21 @@ class RunRecord:
     # -- life cycle ----------------------------------------------------------------------
     @classmethod
     def create(cls, data_dir: Path, run_id: str, *, events: Sequence[dict[str, Any]] = (),
-               documents: dict[str, Any] | None = None, durable: bool = True) -> RunRecord:
+               documents: dict[str, Any] | None = None) -> RunRecord:
         """A new run folder holding its first journal `events` and `documents` (file name
         to JSON data: recipe.json, metadata.json). Built under a hidden name and renamed
         into place, so a run folder never exists without its journal and documents,
         whatever instant the process is killed at: one fsync per file, one for the
-        folder, one for the data dir, however many lines and documents it starts with.
-        `durable=False` leaves the fsyncs to a later `sync()` (a killed process loses
-        nothing, the kernel has the files; a power cut may): for a caller that has the
-        same bytes (`first_files`) committed elsewhere first."""
-        return cls.create_files(data_dir, run_id, first_files(events, documents),
-                                durable=durable)
+        folder, one for the data dir, however many lines and documents it starts with."""
+        return cls.create_files(data_dir, run_id, first_files(events, documents))
 
     @classmethod
     def create_files(cls, data_dir: Path, run_id: str, files: dict[str, bytes], *,
                      durable: bool = True) -> RunRecord:
-        """A new run folder holding `files` (name to bytes), as `create` builds it."""
+        """A new run folder holding `files` (name to bytes), as `create` builds it.
+        `durable=False` leaves the fsyncs to a later `sync()` (a killed process loses
+        nothing, the kernel has the files; a power cut may): for a caller that has the
+        same bytes (`first_files`) committed elsewhere first."""
         if not RUN_ID_RE.match(run_id):
             raise ValueError(f"invalid run id {run_id!r}")
         folder = Path(data_dir) / run_id

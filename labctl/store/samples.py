@@ -21,7 +21,7 @@ from typing import Any
 
 from labctl.errors import LabctlError
 from labctl.store.journal import utc_iso
-from labctl.store.sqlite_db import configure
+from labctl.store.sqlite_db import configure, transaction
 
 FILENAME = "samples.sqlite"
 
@@ -89,15 +89,8 @@ class SampleStore:
             self._db.close()
 
     def _write(self, fn: Any) -> Any:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(self._db)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-            return out
+        with self._lock, transaction(self._db):
+            return fn(self._db)
 
     # -- what runs write ------------------------------------------------------------------
     def record_run(self, run_id: str, *, made: Mapping[str, Mapping[str, Any]],

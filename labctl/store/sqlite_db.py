@@ -5,7 +5,9 @@ must not; bench/soak.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 
 
 def configure(db: sqlite3.Connection) -> None:
@@ -14,3 +16,17 @@ def configure(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     db.execute("PRAGMA cache_size=-256")
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One BEGIN IMMEDIATE transaction (one writer at a time, one commit): committed when
+    the block ends, rolled back when it raises. The connection is in autocommit mode
+    (isolation_level=None); the caller holds its own lock around the block."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
