@@ -30,7 +30,8 @@ from labctl.store import RunIndex, read_journal
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CHILD = """
+#: what both bench processes below start with: a short recipe, a command's reply
+CHILD_PRELUDE = """
 import asyncio, sys
 from pathlib import Path
 from labctl.bench import Bench
@@ -43,7 +44,9 @@ WAIT = {"schema": "labctl.recipe/1", "name": "wait", "version": "1",
 def reply(cid):
     return lambda run_id, pos: {"id": cid, "ok": True, "command": "submit",
                                 "run_id": run_id, "queue_position": pos}
+"""
 
+CHILD = CHILD_PRELUDE + """
 async def main(data, tag):
     cfg = load_config(Path("config/sim.toml"))
     async with Bench(cfg, data_dir=data, time_scale=10000, requeue_unstarted=True) as bench:
@@ -117,16 +120,7 @@ def test_sigkill_while_accepting_never_leaves_a_run_without_its_commands_reply(
         index.close()
 
 
-HELD_CHILD = """
-import asyncio, sys
-from pathlib import Path
-from labctl.bench import Bench
-from labctl.bench.dedup import CommandReply
-from labctl.config import load_config
-
-WAIT = {"schema": "labctl.recipe/1", "name": "wait", "version": "1",
-        "description": "one short wait", "steps": [{"id": "w", "wait": "1 s"}]}
-
+HELD_CHILD = CHILD_PRELUDE + """
 async def main(data):
     cfg = load_config(Path("config/sim.toml"))
     async with Bench(cfg, data_dir=data, time_scale=10000, requeue_unstarted=True) as bench:
@@ -134,8 +128,7 @@ async def main(data):
         cid = "held-0"
         sub = await bench.accept(WAIT, {}, instigator={"kind": "ai", "id": "t",
                                                        "command_id": cid},
-                                 command=CommandReply(cid, lambda run_id, pos: {
-                                     "id": cid, "ok": True, "run_id": run_id}))
+                                 command=CommandReply(cid, reply(cid)))
         await bench.runs.tickets[sub.run_id].synced()
         print(sub.run_id, flush=True)
         await asyncio.sleep(3600)
