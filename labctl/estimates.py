@@ -22,10 +22,10 @@ import logging
 import sys
 from collections.abc import Callable
 from functools import lru_cache
-from importlib.metadata import entry_points
 from typing import Any
 
 from labctl.config import BenchConfig
+from labctl.registry import installed_entry_points
 
 log = logging.getLogger("labctl.estimates")
 
@@ -47,7 +47,7 @@ TimingFn = Callable[[str, str, dict[str, Any], dict[str, Any]], "float | None"]
 def timing_model() -> TimingFn | None:
     """The installed timing models: entry point `labctl.simulation:timing`, else the
     `timing` module beside the simulated bench's own entry point; None without simulators."""
-    eps = {ep.name: ep for ep in entry_points(group="labctl.simulation")}
+    eps = {ep.name: ep for ep in installed_entry_points("labctl.simulation")}
     try:
         if "timing" in eps:
             fn: TimingFn = eps["timing"].load()

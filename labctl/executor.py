@@ -1064,8 +1064,8 @@ class Executor:
         args = dict(step.args)
         self._add_measured_temperature(table[name], args)
         try:
-            # In a worker thread: an EIS analysis imports impedance (pandas, matplotlib) on its
-            # first call and fits with scipy, each long enough to stall the event loop while
+            # In a worker thread: an EIS analysis imports impedance and scipy on its first
+            # call and fits with scipy, each long enough to stall the event loop while
             # devices are connected (a hotplate's watchdog at a high time scale, replies).
             analysis: Callable[..., Any] = table[name]
             out = await asyncio.to_thread(analysis, self._data_files(), **args)

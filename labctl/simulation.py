@@ -16,13 +16,13 @@ moves are in it as far as they had gone at the last boundary (`running` says whi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from labctl.clock import Clock
 from labctl.config import BenchConfig
 from labctl.errors import ConfigError
+from labctl.registry import installed_entry_points
 from labctl.store.journal import utc_iso
 from labctl.store.record import write_json_atomic
 
@@ -52,7 +52,7 @@ async def start_simulation(cfg: BenchConfig, clock: Clock, only: list[str] | Non
     """Start every enabled device's simulator; returns the simulated bench (with
     `.endpoints[name]`, `.world`, `.simulators[name]`, `state()`, `close()`). `state`: a
     saved world (`WorldKeeper`) to start from instead of the config's initial contents."""
-    eps = {ep.name: ep for ep in entry_points(group="labctl.simulation")}
+    eps = {ep.name: ep for ep in installed_entry_points("labctl.simulation")}
     if "bench" not in eps:
         raise ConfigError(
             "simulate = true but no simulators are installed (entry point labctl.simulation:bench)",

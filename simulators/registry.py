@@ -4,8 +4,9 @@ live. Third-party simulators register in the `labctl.simulators` entry-point gro
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
+
+from labctl.registry import installed_entry_points
 
 if TYPE_CHECKING:
     from simulators.base import Simulator
@@ -25,7 +26,7 @@ BUILTIN_KINDS: dict[str, str] = {
 
 def kinds() -> dict[str, str]:
     found = dict(BUILTIN_KINDS)
-    for ep in entry_points(group="labctl.simulators"):
+    for ep in installed_entry_points("labctl.simulators"):
         found.setdefault(ep.name, ep.value)
     return found
 

@@ -11,7 +11,13 @@ from typing import Any
 
 from labctl.actions.base import ActionSpec
 from labctl.errors import ConfigError
-from labctl.registry import ACTIONS_GROUP, driver_class, load_plugin, plugin_entry_points
+from labctl.registry import (
+    ACTIONS_GROUP,
+    driver_class,
+    forget_entry_points,
+    load_plugin,
+    plugin_entry_points,
+)
 
 #: any action of any capability
 AnySpec = ActionSpec[Any]
@@ -69,6 +75,7 @@ ACTIONS = ActionTable()
 
 def reload() -> None:
     """Forget the loaded catalogue (after installing a plugin in the same process)."""
+    forget_entry_points()
     _load.cache_clear()
 
 

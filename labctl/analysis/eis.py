@@ -12,8 +12,8 @@ with the reason (`SpectrumRefused`), never turned into a number:
   Kramers-Kronig residuals exceed the limit is not the response of a linear, stable, causal
   system (drift, a loose contact, noise) and its circuit parameters mean nothing.
 
-impedance.py (and through it pandas and matplotlib) is imported when a spectrum is analysed,
-not when labctl is.
+impedance.py is imported when a spectrum is analysed, not when labctl is, and without the
+plotting modules it would import and labctl never calls (`labctl.analysis.impedance_py`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from labctl.analysis import impedance_py
 from labctl.analysis.base import Refusal
 
 DEFAULT_CIRCUIT = "R0-p(R1,CPE1)"
@@ -134,8 +135,10 @@ class KramersKronig:
 
 
 def _impedance_py() -> None:
-    """Import impedance.py, working around its Lin-KK evaluating `repr`s of numpy 2
-    scalars (`np.float64(…)`) in a namespace without `np` (impedance 1.7.1)."""
+    """Import impedance.py (without its plotting stack: `impedance_py.load`), working around
+    its Lin-KK evaluating `repr`s of numpy 2 scalars (`np.float64(…)`) in a namespace
+    without `np` (impedance 1.7.1)."""
+    impedance_py.load()
     from impedance.models.circuits.elements import circuit_elements
 
     circuit_elements.setdefault("np", np)

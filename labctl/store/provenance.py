@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from labctl._version import __version__
+from labctl.registry import installed_entry_points
 from labctl.store.journal import LEAF_KINDS, replay, utc_iso
 
 SCHEMA = "labctl.run-metadata/1"
@@ -138,7 +139,7 @@ def _simulator_packages() -> tuple[str, dict[str, tuple[str, str]]]:
     except importlib_metadata.PackageNotFoundError:
         sim_version = "unknown"
     plugins = {ep.name: (ep.dist.name, ep.dist.version)
-               for ep in importlib_metadata.entry_points(group="labctl.simulators")
+               for ep in installed_entry_points("labctl.simulators")
                if ep.dist is not None}
     return sim_version, plugins
 
