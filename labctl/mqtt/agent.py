@@ -502,19 +502,25 @@ class Agent:
             await self._reply(client, topic, correlation, await asyncio.shield(acting))
             return
         # Shielded: a lost connection cancels this handler, never a half-done submit (its
-        # redelivery then gets the remembered reply).
-        acting = asyncio.ensure_future(self._act(command, message, sender))
+        # redelivery then gets the remembered reply). The command's task replies itself.
+        acting = asyncio.ensure_future(self._act(command, message, sender,
+                                                 (client, topic, correlation)))
         self._inflight[command.id] = acting
         acting.add_done_callback(functools.partial(self._done_acting, command.id))
-        body = await asyncio.shield(acting)
+        await asyncio.shield(acting)
         self.stats["commands"] += 1
-        await self._reply(client, topic, correlation, body)
 
     def _done_acting(self, command_id: str, _task: asyncio.Future[Any]) -> None:
         self._inflight.pop(command_id, None)
 
-    async def _act(self, command: Any, message: aiomqtt.Message, sender: str) -> dict[str, Any]:
-        """Carry out a command and remember its reply; the reply body."""
+    async def _act(self, command: Any, message: aiomqtt.Message, sender: str,
+                   reply_to: tuple[MqttClient, str, bytes | None]) -> dict[str, Any]:
+        """Carry out a command, remember its reply and send it; the reply body.
+
+        The reply is published here, in the loop step that has the result. Handing the body
+        back to `_handle` first took two more loop steps, and every task the command had
+        woken ran before them: the run it queued, the status publisher (0.6 ms of a 6 ms
+        submit)."""
         reply = await self._execute(command, message, sender)
         body = reply.model_dump(mode="json", exclude_none=True)
         if isinstance(command, READ_ONLY):
@@ -527,6 +533,10 @@ class Agent:
         elif not (reply.error and reply.error.code == "internal"):  # a retry may succeed
             # the index's fsync in a thread: e-stop and status do not wait for the disk
             await asyncio.to_thread(self.port.remember_command, command.id, body)
+        try:
+            await self._reply(*reply_to, body)
+        except aiomqtt.MqttError as exc:  # done and remembered: a redelivery gets the reply
+            log.warning("reply to command %s lost with the connection: %s", command.id, exc)
         return body
 
     def _reply_topic(self, sender: str, response_topic: str | None,
