@@ -2,4 +2,5 @@
 
 from labctl.cli import main
 
-main()
+if __name__ == "__main__":  # not when a worker process (labctl.analysis.worker) imports it
+    main()

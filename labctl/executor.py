@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from labctl.clock import Clock, wall_budget
 from labctl.device import Device, safe_state_of
@@ -39,6 +39,9 @@ from labctl.recipe.plan import Plan, PlannedStep
 from labctl.run_machine import FINAL_STATES, IllegalTransition, RunMachine, RunState
 from labctl.store.journal import LEAF_KINDS
 from labctl.store.record import RunRecord
+
+if TYPE_CHECKING:
+    from labctl.analysis.worker import AnalysisWorker
 
 log = logging.getLogger("labctl.executor")
 
@@ -384,6 +387,7 @@ class Executor:
         safe_state_all: SafeStateFn | None = None,
         actions: ActionResolver | None = None,
         analyses: Mapping[str, Callable[..., Any]] | None = None,
+        analysis_worker: AnalysisWorker | None = None,
         emit: EmitFn | None = None,
         prior_results: Mapping[str, dict[str, Any]] | None = None,
         time_basis: str | None = None,
@@ -406,6 +410,8 @@ class Executor:
         #: provenance facts per step recorded in this session (StepContext.earlier)
         self._step_facts: dict[str, list[dict[str, Any]]] = {}
         self._analyses = analyses
+        #: runs the installed analyses in a process of their own (not a given `analyses`)
+        self._analysis_worker = analysis_worker if analyses is None else None
         self._emit = emit
         self.results: dict[str, dict[str, Any]] = dict(prior_results or {})
         self.figures: list[dict[str, Any]] = []
@@ -604,6 +610,9 @@ class Executor:
                                    if s.id in self._skip)
         self.tracker = RunProgress(self.plan, done=self._skip)
         self.started_wall = time.monotonic()
+        if self._analysis_worker is not None:  # its imports run while the steps go on
+            self._analysis_worker.prepare({str(s.analysis or s.action) for s in self._leaves
+                                           if s.kind == "analysis" and s.id not in self._skip})
         self._anchor()
         for leaf in self._leaves:  # resuming: the figures of analyses done before the crash
             sid = leaf.id
@@ -1064,13 +1073,16 @@ class Executor:
         args = dict(step.args)
         self._add_measured_temperature(table[name], args)
         try:
-            # In a worker thread: an EIS analysis imports impedance and scipy on its first
-            # call and fits with scipy, each long enough to stall the event loop while
-            # devices are connected (a hotplate's watchdog at a high time scale, replies).
-            analysis: Callable[..., Any] = table[name]
-            out = await asyncio.to_thread(analysis, self._data_files(), **args)
-            if inspect.isawaitable(out):
-                out = await out
+            if self._analysis_worker is not None:  # an installed analysis: its own process
+                out = await self._analysis_worker.run(name, self._data_files(), args)
+            else:
+                # In a worker thread: an EIS analysis imports impedance and scipy on its
+                # first call and fits with scipy, each long enough to stall the event loop
+                # while devices are connected (a hotplate's watchdog at a high time scale).
+                analysis: Callable[..., Any] = table[name]
+                out = await asyncio.to_thread(analysis, self._data_files(), **args)
+                if inspect.isawaitable(out):
+                    out = await out
         except Exception as exc:
             # a refusal (meaningless input) records its figures as failed, with the reason,
             # before the step fails: the result says why there is no number

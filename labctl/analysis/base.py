@@ -47,6 +47,10 @@ class AnalysisRefused(ValueError):
         self.reason = reason
         self.failed_figures = failed_figures
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # crosses from the analysis process (labctl.analysis.worker) with all three
+        return (type(self), (self.analysis, self.reason, self.failed_figures))
+
 
 @dataclass(frozen=True)
 class ArgSpec:
@@ -68,6 +72,9 @@ class AnalysisSpec:
     columns: tuple[str, ...] = field(default_factory=tuple)
     #: (name, unit) of the figures a refusal marks failed
     main_figures: tuple[tuple[str, str], ...] = ()
+    #: imports what the analysis needs (impedance.py, scipy), so that the analysis process
+    #: does it while the run's steps go on (labctl.analysis.worker); None: nothing to do
+    prepare: Callable[[], None] | None = None
 
     def convert(self, args: Mapping[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}

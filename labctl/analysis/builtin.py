@@ -233,6 +233,7 @@ IONIC_CONDUCTIVITY = AnalysisSpec(
                          "largest Lin-KK residual (fraction of |Z|) of a valid spectrum")},
     ionic_conductivity, IRI_IONIC_CONDUCTIVITY, (FREQUENCY, Z_REAL, Z_IMAG),
     (("ionic_conductivity", "S/m"), ("ionic_conductivity_mS_cm", "mS/cm")),
+    prepare=eis.prepare,
 )
 STABILITY_WINDOW = AnalysisSpec(
     "stability_window",

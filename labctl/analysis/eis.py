@@ -134,6 +134,11 @@ class KramersKronig:
         return asdict(self)
 
 
+def prepare() -> None:
+    """Import what fitting a spectrum needs (scipy, impedance.py) ahead of the first one."""
+    _impedance_py()
+
+
 def _impedance_py() -> None:
     """Import impedance.py (without its plotting stack: `impedance_py.load`), working around
     its Lin-KK evaluating `repr`s of numpy 2 scalars (`np.float64(…)`) in a namespace

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from labctl.analysis.worker import AnalysisWorker
 from labctl.bench import provenance as runprov
 from labctl.bench import recovery, sim_world
 from labctl.bench import resume as resuming
@@ -68,6 +69,7 @@ class Bench:
         store: RunStore | None = None,
         requeue_unstarted: bool = False,
         max_concurrent: int | None = None,
+        analysis_worker: AnalysisWorker | None = None,
     ):
         self.cfg = cfg
         #: queue again, at start-up, the runs a crash left queued (labctl.bench.recovery)
@@ -98,6 +100,9 @@ class Bench:
         self.board = ResourceBoard()
         self.device_status: dict[str, dict[str, Any]] = {}
         self._worker: asyncio.Task[None] | None = None
+        #: the process the installed analyses run in, started by the first run that has
+        #: analysis steps (labctl.analysis.worker)
+        self.analysis_worker = analysis_worker or AnalysisWorker()
         self._started = False
         self.startup_safe_state_errors: dict[str, str] = {}
         #: the run whose saved simulated world the simulators were started from, and it
@@ -195,6 +200,7 @@ class Bench:
             if self._started:
                 self._world_saver.write(self._world_saver.snapshot())
             await self.instruments.close()
+        self.analysis_worker.close()
         self.store.close()
         self.stock.close()
         self.samples.close()
@@ -225,6 +231,12 @@ class Bench:
         still take, and the vials holding live samples as they hold them."""
         levels, reserved = self.stock.for_plan(self.runs.active())
         return {**levels, **self.samples.vial_levels()}, reserved
+
+    def prepare_analyses(self, plan: Plan) -> None:
+        """Start the analysis process for the analysis steps of `plan` now, so that its
+        imports are done by the time the run reaches them (labctl.analysis.worker)."""
+        self.analysis_worker.prepare({str(s.analysis or s.action) for s in plan.leaves()
+                                      if s.kind == "analysis"})
 
     # -- submitting ----------------------------------------------------------------------
     async def submit(self, plan_or_recipe: Plan | RecipeSource,
@@ -389,6 +401,7 @@ class Bench:
             ticket.plan, self.instruments.devices, clock=self.instruments.clock, record=rec,
             machine=ticket.machine, safe_state_all=safe_state, gate=gate,
             emit=self._publish, prior_results=ticket.prior_results,
+            analysis_worker=self.analysis_worker,
             time_basis="simulated" if self.cfg.bench.simulate else "wall",
             on_boundary=keeper.boundary if keeper is not None else None,
         )
@@ -766,5 +779,5 @@ def _preload_heavy_modules() -> None:
     second, which at a high simulated time scale is long enough to trip a hotplate's
     watchdog."""
     import labctl.actions
-    import labctl.analysis
+    import labctl.analysis.registry
     import labctl.bdf  # noqa: F401

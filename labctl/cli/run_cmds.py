@@ -315,42 +315,74 @@ def run(
     """Validate, then run a recipe with a live display."""
     import asyncio  # not at the top: ~25 ms of `labctl --help` (bench/startup.py)
 
-    from labctl.recipe import RecipeError, build_plan
+    from labctl.analysis.worker import AnalysisWorker
 
-    params = parse_params(param)
-    cfg = load_bench_config(config, as_json=json_out)
-    if concurrency is not None:
-        cfg.bench.concurrency = concurrency
-    if params_csv is not None:
-        _campaign(recipe, params_csv, params, cfg, data_dir=data_dir, time_scale=time_scale,
-                  who=f"operator:{_operator(operator)}", as_json=json_out)
-    from labctl.bench.samples import bind_offline
-
+    # the analysis process starts now and imports scipy while labctl's recipe code is
+    # imported, the config read, the plan made, the simulators started and the first steps
+    # run (labctl.analysis.worker)
+    analyses = AnalysisWorker()
+    analyses.prepare(_analyses_named(recipe))
     try:
-        # sample ids to their vessels, omitted vials to free ones (labctl.bench.samples)
-        bound, stock = bind_offline(cfg, data_dir, recipe, params)
-        plan = build_plan(recipe, bound, cfg, stock=stock)
-    except RecipeError as exc:
-        _refused(exc, data_dir, json_out)
-    who = f"operator:{_operator(operator)}"
-    from labctl.bench import Bench
+        from labctl.recipe import RecipeError, build_plan
 
-    bench = Bench(cfg, data_dir=data_dir, time_scale=time_scale)
+        params = parse_params(param)
+        cfg = load_bench_config(config, as_json=json_out)
+        if concurrency is not None:
+            cfg.bench.concurrency = concurrency
+        if params_csv is not None:
+            analyses.close()  # a campaign's bench starts its own
+            _campaign(recipe, params_csv, params, cfg, data_dir=data_dir, time_scale=time_scale,
+                      who=f"operator:{_operator(operator)}", as_json=json_out)
+        from labctl.bench.samples import bind_offline
 
-    async def start(b: Bench) -> str:
-        rid: str = await b.submit(plan, params, instigator=who, source=str(recipe))
-        return rid
+        try:
+            # sample ids to their vessels, omitted vials to free ones (labctl.bench.samples)
+            bound, stock = bind_offline(cfg, data_dir, recipe, params)
+            plan = build_plan(recipe, bound, cfg, stock=stock)
+        except RecipeError as exc:
+            _refused(exc, data_dir, json_out)
+        who = f"operator:{_operator(operator)}"
+        from labctl.bench import Bench
 
-    try:
-        result, _ = asyncio.run(_drive(bench, start, as_json=json_out))
-    except BenchInUse as exc:  # another process has this data dir or a device's line
-        fail(str(exc), EXIT_INVALID, as_json=json_out)
-    except RecipeError as exc:  # refused at submit: the persisted inventory cannot serve it
-        _refused(exc, data_dir, json_out)
-    except (ConfigError, LabctlError) as exc:
-        fail(str(exc), EXIT_FAILED if not isinstance(exc, ConfigError) else EXIT_INVALID,
-             as_json=json_out)
-    raise typer.Exit(_report(result, as_json=json_out))
+        bench = Bench(cfg, data_dir=data_dir, time_scale=time_scale, analysis_worker=analyses)
+        bench.prepare_analyses(plan)  # those of included recipes too
+
+        async def start(b: Bench) -> str:
+            rid: str = await b.submit(plan, params, instigator=who, source=str(recipe))
+            return rid
+
+        try:
+            result, _ = asyncio.run(_drive(bench, start, as_json=json_out))
+        except BenchInUse as exc:  # another process has this data dir or a device's line
+            fail(str(exc), EXIT_INVALID, as_json=json_out)
+        except RecipeError as exc:  # refused at submit: the persisted inventory cannot serve it
+            _refused(exc, data_dir, json_out)
+        except (ConfigError, LabctlError) as exc:
+            fail(str(exc), EXIT_FAILED if not isinstance(exc, ConfigError) else EXIT_INVALID,
+                 as_json=json_out)
+        raise typer.Exit(_report(result, as_json=json_out))
+    finally:  # an early exit (invalid recipe, bench in use) stops it too
+        analyses.close()
+
+
+def _analyses_named(recipe: Path) -> set[str]:
+    """The analyses a recipe file's own steps name, read before it is validated (so that
+    their process can start early); none when it cannot be read, which validation reports."""
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("analysis"), str):
+                found.add(node["analysis"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    with contextlib.suppress(OSError, ValueError):
+        walk(json.loads(recipe.read_text(encoding="utf-8")))
+    return found
 
 
 _SHORT_STOCK = re.compile(r"^(?P<vessel>\S+) holds .*, cannot (take|dose) ")
