@@ -310,8 +310,26 @@ class BenchClient:
         self._subscriptions.add(topic)
         client = self._client
         if client is not None:
-            with contextlib.suppress(aiomqtt.MqttError):  # the reconnect subscribes again
-                await client.subscribe(topic, options=subscribe_options(1, retain_handling=1))
+            await self._subscribe_quietly(client, topic)
+
+    def _subscribe_soon(self, topic: str) -> None:
+        """Subscribe without waiting for the broker's SUBACK (a round trip the submit's
+        caller used to wait for after the reply): results are retained, so one published
+        before the subscription lands is delivered when it does."""
+        if topic in self._subscriptions:
+            return
+        self._subscriptions.add(topic)
+        client = self._client
+        if client is None:
+            return  # the (re)connect subscribes to every topic in _subscriptions
+        task = asyncio.ensure_future(self._subscribe_quietly(client, topic))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    @staticmethod
+    async def _subscribe_quietly(client: MqttClient, topic: str) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):  # the reconnect subscribes again
+            await client.subscribe(topic, options=subscribe_options(1, retain_handling=1))
 
     def add_listener(self, callback: Any) -> None:
         """`callback(topic, payload)` for every message this connection receives (the
@@ -421,7 +439,7 @@ class BenchClient:
         reply = await self.send(cmd)
         run = Run(self, reply["run_id"], reply.get("queue_position"), cmd.id, reply)
         self._result_future(run.run_id)
-        await self._ensure_subscribed(self.topics.result(run.run_id))
+        self._subscribe_soon(self.topics.result(run.run_id))
         return run
 
     async def validate(self, recipe_or_ref: Mapping[str, Any] | str | Path,
