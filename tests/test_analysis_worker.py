@@ -179,3 +179,19 @@ def test_a_script_without_a_main_guard_runs_once(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "method must be" in json.loads(done.stdout.splitlines()[-1])
     assert marker.read_text() == "ran\n"
+
+
+def test_what_the_process_prints_goes_to_the_log(worker: AnalysisWorker,
+                                                 caplog: pytest.LogCaptureFixture,
+                                                 capfd: pytest.CaptureFixture[str]) -> None:
+    """Not to the terminal: there it would land in `labctl run --json`'s output or across
+    the TUI's screen."""
+    caplog.set_level("WARNING", logger="labctl.analysis.worker")
+    with worker._lock:
+        worker._connection().send(("prepare", 5))  # the process logs that it cannot
+    deadline = time.monotonic() + 30
+    while not any("preparing 5 failed" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, "nothing relayed from the analysis process"
+        time.sleep(0.05)
+    out, err = capfd.readouterr()
+    assert "preparing 5 failed" not in out + err

@@ -62,7 +62,8 @@ class AnalysisWorker:
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "labctl.analysis.worker", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=_stderr())
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         except OSError as exc:
             ours.close()
             raise AnalysisProcessLost(f"the analysis process could not start: {exc}") from exc
@@ -70,6 +71,10 @@ class AnalysisWorker:
             theirs.close()
         self._conn = Connection(ours.detach())
         self._prepared = set()
+        # what it prints (warnings, a traceback) goes to this process's log: written to the
+        # terminal it would land in `labctl run --json`'s output or across the TUI's screen
+        threading.Thread(target=_relay_output, args=(self._proc,), daemon=True,
+                         name="analysis-process-output").start()
         # the parent's import path (plugins found through it), as multiprocessing does
         self._conn.send(("path", list(sys.path)))
         return self._conn
@@ -136,12 +141,14 @@ class AnalysisWorker:
             self._drop()
 
 
-def _stderr() -> int:
-    """What the process prints goes to stderr: stdout may be `labctl run --json`'s."""
-    try:
-        return sys.__stderr__.fileno() if sys.__stderr__ is not None else subprocess.DEVNULL
-    except (AttributeError, ValueError, OSError):
-        return subprocess.DEVNULL
+def _relay_output(proc: subprocess.Popen[bytes]) -> None:
+    """Log each line the analysis process prints, until it exits."""
+    assert proc.stdout is not None
+    with proc.stdout:
+        for line in proc.stdout:
+            text = line.decode("utf-8", "replace").rstrip()
+            if text:
+                log.warning("analysis process %d: %s", proc.pid, text)
 
 
 # -- in the worker process -------------------------------------------------------------------
