@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -108,16 +109,24 @@ async def test_a_process_that_dies_mid_analysis_is_named_and_replaced(
     deadline = time.monotonic() + 30
     while True:  # a writer can open the FIFO once the analysis has opened it for reading
         try:
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
             break
         except OSError:
             assert time.monotonic() < deadline, "the analysis never opened its data file"
             await asyncio.sleep(0.02)
+    # held open and silent: the analysis waits in its read (closing it would be an EOF)
+    # prepare is called on the event loop: it must not wait for the analysis in progress
+    preparing = threading.Thread(target=worker.prepare, args=(["stability_window"],))
+    preparing.start()
+    preparing.join(timeout=20)
+    assert not preparing.is_alive(), "prepare waited for the analysis in progress"
+    assert not waiting.done()
     assert worker._proc is not None
     dead = worker._proc.pid
     os.kill(dead, signal.SIGKILL)
     with pytest.raises(AnalysisProcessLost, match="died while it ran"):
         await waiting
+    os.close(writer)
     # the next analysis gets a new process
     path = await record(electrolyte_world(5.0, 5.0, 1.5191, 25.0), "eis",
                         redox_concentration=0)

@@ -42,10 +42,14 @@ class AnalysisProcessLost(LabctlError):
 
 class AnalysisWorker:
     """Runs installed analyses (`labctl.analysis.ANALYSES`) by name in one worker process.
-    Thread-safe: requests from several runs take turns."""
+    Thread-safe: analyses of several runs take turns; `prepare` and `close` never wait for
+    an analysis in progress (they are called on the event loop)."""
 
     def __init__(self) -> None:
+        #: the process, its connection and what it prepared; held only briefly
         self._lock = threading.Lock()
+        #: one analysis at a time: a request and its reply
+        self._turn = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._prepared: set[str] = set()
@@ -109,14 +113,23 @@ class AnalysisWorker:
 
     def call(self, name: str, files: Mapping[str, Any], args: Mapping[str, Any]) -> Any:
         """`ANALYSES[name](files, **args)` in the worker process (blocking)."""
-        with self._lock:
-            conn = self._connection()
+        with self._turn:
+            with self._lock:
+                conn, proc = self._connection(), self._proc
+                try:
+                    conn.send(("run", name, dict(files), dict(args)))
+                    sent = True
+                except OSError:
+                    sent = False
             try:
-                conn.send(("run", name, dict(files), dict(args)))
-                reply = conn.recv()
+                if not sent:
+                    raise EOFError
+                reply = conn.recv()  # without the lock: prepare and close go on meanwhile
             except (EOFError, OSError) as exc:
-                code = self._proc.poll() if self._proc is not None else None
-                self._drop()
+                code = proc.poll() if proc is not None else None
+                with self._lock:
+                    if self._proc is proc:
+                        self._drop()
                 raise AnalysisProcessLost(
                     f"analysis {name!r}: the analysis process died while it ran "
                     f"(exit code {code}; {type(exc).__name__})") from None
