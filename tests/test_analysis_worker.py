@@ -204,3 +204,18 @@ def test_what_the_process_prints_goes_to_the_log(worker: AnalysisWorker,
         time.sleep(0.05)
     out, err = capfd.readouterr()
     assert "preparing 5 failed" not in out + err
+
+
+async def test_without_a_process_the_analysis_runs_in_the_bench_process(
+        record: Any, worker: AnalysisWorker, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An interpreter that cannot start another one (embedded, no executable, no processes
+    left) still gets its figures, as before the analysis process existed."""
+    path = await record(electrolyte_world(5.0, 5.0, 1.5191, 25.0), "eis",
+                        redox_concentration=0)
+    monkeypatch.setattr(sys, "executable", str(ROOT / "no-such-python"))
+    worker.prepare(["ionic_conductivity"])  # logs that it cannot, raises nothing
+    out = await worker.run("ionic_conductivity", {"eis": path}, {"cell_constant": "1.0 /cm"})
+    assert worker._proc is None
+    assert out == ANALYSES["ionic_conductivity"]({"eis": path}, cell_constant="1.0 /cm")
+    assert any("runs in the bench's process" in r.getMessage() for r in caplog.records)

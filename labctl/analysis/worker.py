@@ -40,6 +40,11 @@ class AnalysisProcessLost(LabctlError):
     """The analysis process died (or could not start) while an analysis waited for it."""
 
 
+class CannotStartProcess(AnalysisProcessLost):
+    """No analysis process can be started here (no interpreter to run, no processes left):
+    analyses then run in the bench's own process, in a thread, as they did before."""
+
+
 class AnalysisWorker:
     """Runs installed analyses (`labctl.analysis.ANALYSES`) by name in one worker process.
     Thread-safe: analyses of several runs take turns; `prepare` and `close` never wait for
@@ -70,7 +75,7 @@ class AnalysisWorker:
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         except OSError as exc:
             ours.close()
-            raise AnalysisProcessLost(f"the analysis process could not start: {exc}") from exc
+            raise CannotStartProcess(f"the analysis process could not start: {exc}") from exc
         finally:
             theirs.close()
         self._conn = Connection(ours.detach())
@@ -114,8 +119,13 @@ class AnalysisWorker:
     def call(self, name: str, files: Mapping[str, Any], args: Mapping[str, Any]) -> Any:
         """`ANALYSES[name](files, **args)` in the worker process (blocking)."""
         with self._turn:
+            try:
+                with self._lock:
+                    conn, proc = self._connection(), self._proc
+            except CannotStartProcess as exc:  # not holding the lock: prepare goes on
+                log.warning("analysis %s runs in the bench's process: %s", name, exc)
+                return _run_here(name, files, args)
             with self._lock:
-                conn, proc = self._connection(), self._proc
                 try:
                     conn.send(("run", name, dict(files), dict(args)))
                     sent = True
@@ -162,6 +172,12 @@ def _relay_output(proc: subprocess.Popen[bytes]) -> None:
             text = line.decode("utf-8", "replace").rstrip()
             if text:
                 log.warning("analysis process %d: %s", proc.pid, text)
+
+
+def _run_here(name: str, files: Mapping[str, Any], args: Mapping[str, Any]) -> Any:
+    from labctl.analysis import ANALYSES
+
+    return ANALYSES[name](dict(files), **args)
 
 
 # -- in the worker process -------------------------------------------------------------------
