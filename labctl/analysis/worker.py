@@ -4,7 +4,8 @@ Why a process: an analysis is numpy and scipy work (an equivalent-circuit fit, t
 test) that belongs on the other core, not on the interpreter that drives the devices. Its
 imports (scipy and impedance.py, 0.3 s here) happen there too, started as soon as a run with
 analysis steps is known (`prepare`), so they are done by the time its spectrum is measured. A
-whole simulated demo run took 1.43 s with them in-process (docs/performance.md).
+whole simulated demo run took 1.43 s with them in-process, 1.06-1.17 s with this process
+(docs/performance.md). Where no process can be started, analyses run in the bench's process.
 
 The process is `python -m labctl.analysis.worker FD`, talking over one socket pair: pickled
 requests in, pickled replies out, one at a time. Not `multiprocessing`: its `spawn` re-imports
