@@ -13,6 +13,7 @@ recipe arriving over MQTT is data, or such a name.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,12 @@ class LocalService:
         # includes of an inline recipe resolve inside the recipe folder, nowhere else
         return dict(recipe), self.recipes_dir, None
 
-    def _plan(self, recipe: RecipeInput, parameters: Mapping[str, Any] | None) -> Plan:
+    def _plan(self, recipe: RecipeInput, parameters: Mapping[str, Any] | None, *,
+              check_stock: bool = True) -> Plan:
+        """`check_stock`: also refuse a plan the persisted stock cannot serve. A submit
+        leaves it to `Bench.accept`, which checks it on the loop against the runs active by
+        then (the same refusal, BenchError invalid_recipe); checking here as well read the
+        stock and the live samples from SQLite twice per submit."""
         source, base_dir, _ = self._source(recipe)
         try:
             # sample ids to their vessels, omitted vials to free ones (labctl.bench.samples)
@@ -116,8 +122,9 @@ class LocalService:
             # vials holding samples as they are
             plan = self.bench.plan(source, bound, base_dir=base_dir,
                                    stock=self.bench.stock_view())
-            check_plans(self.bench.stock, [plan], self.bench.runs.active(),
-                        self.bench.samples.vial_levels())
+            if check_stock:
+                check_plans(self.bench.stock, [plan], self.bench.runs.active(),
+                            self.bench.samples.vial_levels())
             return plan
         except RecipeError as exc:
             raise BenchError.invalid(exc.issues) from None
@@ -128,7 +135,8 @@ class LocalService:
                      command: CommandReply | None = None) -> Submitted:
         # validate before anything is created; in a thread, so that the event loop (e-stop,
         # status, the run in flight) does not wait for a large recipe's validation
-        plan = await asyncio.to_thread(self._plan, recipe, parameters)
+        plan = await asyncio.to_thread(functools.partial(self._plan, recipe, parameters,
+                                                         check_stock=False))
         _, _, source = self._source(recipe)
         req = {"id": request} if isinstance(request, str) else (
             dict(request) if request is not None else None)
