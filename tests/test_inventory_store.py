@@ -108,6 +108,34 @@ def test_a_run_the_stock_cannot_serve_is_refused_before_anything_moves(tmp_path:
             f"--data-dir {data}") in text.stderr, text.stderr
 
 
+async def test_a_submit_the_stock_cannot_serve_is_refused_and_creates_nothing(
+        tmp_path: Path) -> None:
+    """Through LocalService, as an MQTT submit arrives: the refusal names the reservoir, the
+    error is invalid_recipe, and no run or record is made."""
+    from labctl.bench.local import LocalService
+    from labctl.problems import BenchError
+
+    data = tmp_path / "runs"
+    assert labctl("inventory", "set", "res_dmc", "DMC", "3 mL", "--data-dir",
+                  str(data)).returncode == 0
+    bench = Bench(load_config(CONFIG), data_dir=data, time_scale=1000)
+    await bench.start()
+    try:
+        svc = LocalService(bench, RECIPE.parent)
+        params = dict(p.split("=", 1) for p in QUICK)
+        with pytest.raises(BenchError) as err:
+            await svc.submit(RECIPE, params)
+        assert err.value.code == "invalid_recipe"
+        msg = " ".join(i.message for i in err.value.issues)
+        assert "res_dmc holds 3 mL" in msg and "cannot take 6 mL" in msg, msg
+        assert not bench.tickets
+        assert not [p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        assert bench.store.index.list_runs() == []
+    finally:
+        await bench.close()
+    assert levels(data)[("res_dmc", "DMC")] == pytest.approx(3 * ML)
+
+
 def test_validate_and_plan_with_data_dir_check_the_persisted_stock(tmp_path: Path) -> None:
     """`labctl validate/plan --data-dir` answer as `labctl run` would: the recipe is valid
     against the config's levels, and refused, naming the reservoir, against the bench's."""
