@@ -232,12 +232,6 @@ class Bench:
         levels, reserved = self.stock.for_plan(self.runs.active())
         return {**levels, **self.samples.vial_levels()}, reserved
 
-    def prepare_analyses(self, plan: Plan) -> None:
-        """Start the analysis process for the analysis steps of `plan` now, so that its
-        imports are done by the time the run reaches them (labctl.analysis.worker)."""
-        self.analysis_worker.prepare({str(s.analysis or s.action) for s in plan.leaves()
-                                      if s.kind == "analysis"})
-
     # -- submitting ----------------------------------------------------------------------
     async def submit(self, plan_or_recipe: Plan | RecipeSource,
                      parameters: Mapping[str, Any] | None = None, **how: Any) -> str:

@@ -344,8 +344,8 @@ def run(
         who = f"operator:{_operator(operator)}"
         from labctl.bench import Bench
 
+        # the run prepares the analyses of included recipes too, when it starts (Executor)
         bench = Bench(cfg, data_dir=data_dir, time_scale=time_scale, analysis_worker=analyses)
-        bench.prepare_analyses(plan)  # those of included recipes too
 
         async def start(b: Bench) -> str:
             rid: str = await b.submit(plan, params, instigator=who, source=str(recipe))
