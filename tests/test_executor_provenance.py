@@ -4,6 +4,7 @@ files, figures of merit, fidelity — checked against what the simulated world r
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import zipfile
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from labctl.bench import Bench
+from labctl.device import DeviceInfo
 from tests.config_support import load_edited, long_watchdog
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +65,11 @@ async def test_conductivity_run_records_what_the_world_received(tmp_path: Path) 
     inst = meta["instruments"]
     assert set(inst) == set(cfg.enabled_devices())
     assert all(i["identity"] and i["identity"]["model"] for i in inst.values())
+    # every field of DeviceInfo, as the instrument reported it (its to_dict is by hand)
+    identity_fields = [f.name for f in dataclasses.fields(DeviceInfo)]
+    assert all(list(i["identity"]) == identity_fields for i in inst.values())
+    assert inst["potentiostat"]["identity"] == dataclasses.asdict(
+        bench.instruments.devices["potentiostat"].info)
     assert inst["potentiostat"]["params"]["reference_electrode"] == "Li/Li+"
     assert inst["potentiostat"]["params"]["cell_constant"] == "1.0 /cm"
 
