@@ -6,7 +6,9 @@
 3. submit -> run-start latency (publish of the submit until the `running` transition event
    arrives on `events`);
 4. status + events messages per second published while a potentiostat measurement runs
-   (the electrolyte conductivity recipe, when recipes/ has it).
+   (the electrolyte conductivity recipe, when recipes/ has it);
+5. status and submit -> reply through `labctl serve` in a process of its own: a recipe that
+   only waits, and one that takes stock (its submit also reserves it in the inventory).
 
     .venv/bin/python bench/bench_mqtt.py [--n 300] [--time-scale 1000]
 """
@@ -42,6 +44,30 @@ WAIT_RECIPE = {
     "schema": "labctl.recipe/1", "name": "bench_wait", "version": "1",
     "description": "one short wait (submit -> start latency)",
     "steps": [{"id": "w", "wait": "1 s"}],
+}
+
+#: a recipe that takes stock (0.5 mL of EC a run, put back out to waste): its submit also
+#: reserves that stock in the inventory
+STOCK_RECIPE = {
+    "schema": "labctl.recipe/1", "name": "bench_stock", "version": "1",
+    "description": "0.5 mL EC into the cell vial and out to waste (submit with a reservation)",
+    "materials": {"EC": {"name": "ethylene carbonate", "location": "res_ec"}},
+    "steps": [
+        {"id": "init", "parallel": [
+            {"id": "init_ec", "device": "pump_ec", "action": "initialize", "idempotent": True},
+            {"id": "init_dmc", "device": "pump_dmc", "action": "initialize",
+             "idempotent": True}]},
+        {"id": "to_vial", "device": "sel_valve", "action": "move",
+         "args": {"position": "cell_vial"}},
+        {"id": "fill", "device": "pump_ec", "action": "transfer",
+         "args": {"volume": "0.5 mL", "from": "res_ec", "to": "cell_vial", "flow": "20 mL/min"}},
+        {"id": "draw", "device": "pump_dmc", "action": "aspirate",
+         "args": {"volume": "0.5 mL", "from": "cell_vial", "flow": "15 mL/min"}},
+        {"id": "to_waste", "device": "sel_valve", "action": "move",
+         "args": {"position": "waste"}},
+        {"id": "out", "device": "pump_dmc", "action": "dispense",
+         "args": {"volume": "0.5 mL", "to": "waste", "flow": "20 mL/min"}},
+    ],
 }
 
 
@@ -229,6 +255,14 @@ async def serve_figures(url: str, n: int, time_scale: float,
             med, _ = show("labctl serve: submit -> reply (run queued)", accepted, baseline)
             print(f"  submit -> reply through labctl serve = {med / baseline[0]:.1f}x the bare "
                   "QoS 1 echo (issue 18's goal: <= 10x)")
+            stock = []
+            for _ in range(40):  # 20 mL of the EC reservoir
+                t0 = time.perf_counter()
+                run = await c.submit(STOCK_RECIPE, {})
+                stock.append(time.perf_counter() - t0)
+                await run.result(timeout=60)
+            med, _ = show("labctl serve: submit -> reply, recipe taking stock", stock, baseline)
+            print(f"  = {med / baseline[0]:.1f}x the bare QoS 1 echo")
     finally:
         os.killpg(agent.pid, signal.SIGTERM)
         await asyncio.wait_for(agent.wait(), 30)

@@ -140,6 +140,54 @@ def test_a_queued_runs_first_files_stay_in_the_index_until_it_leaves_the_queue(
     idx.close()
 
 
+def test_a_queued_runs_claims_stay_in_the_index_with_its_first_files(tmp_path: Path) -> None:
+    """The stock a run will take and the samples it takes are kept with its first files,
+    and go with them: when it leaves the queue, or when start-up has put them back."""
+    idx = RunIndex(tmp_path / "runs.sqlite")
+    files = {"events.jsonl": b'{"seq":1}\n'}
+    row = {"recipe": "r", "status": "queued", "created": "2026-12-06", "path": "p"}
+    claims = {"uses": {"add_ec": [["ec_reservoir", "ec", 0.0005, "L"]]},
+              "inputs": {"vial": "S-1"}}
+    idx.accept_run("run-a", row, None, files, claims)
+    idx.accept_run("run-b", row, None, files, claims)
+    idx.accept_run("run-c", row, None, files)  # takes nothing: no claims kept
+    assert idx.submitted_claims() == {"run-a": claims, "run-b": claims}
+    idx.upsert_run("run-a", status="running", started="now")
+    idx.forget_submission("run-b")
+    assert idx.submitted_claims() == {} and set(idx.submissions()) == {"run-c"}
+    idx.close()
+
+
+def test_a_commit_without_its_fsync_is_committed_and_the_connection_syncs_again(
+        tmp_path: Path) -> None:
+    """InventoryStore.plan_run(durable=False): the rows are there for every reader at once;
+    the connection is back at synchronous=FULL for the next commit, whatever happened in
+    the transaction; sync() fsyncs the write-ahead log."""
+    import sqlite3
+
+    from labctl.store.inventory import InventoryStore
+
+    inv = InventoryStore(tmp_path)
+    uses = {"add_ec": [("ec_reservoir", "ec", 0.0005, "L")]}
+    inv.plan_run("run-a", uses, durable=False)
+    assert inv._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+    other = sqlite3.connect(tmp_path / "inventory.sqlite")
+    try:
+        assert other.execute("SELECT run_id, step_id, amount FROM planned").fetchall() == [
+            ("run-a", "add_ec", 0.0005)]
+    finally:
+        other.close()
+    with pytest.raises(sqlite3.Error):  # a failed transaction also puts FULL back
+        inv._write(lambda db: db.execute("INSERT INTO nowhere VALUES (1)"), durable=False)
+    assert inv._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert (tmp_path / "inventory.sqlite-wal").exists()
+    inv.sync()
+    inv.close()
+    from labctl.store.sqlite_db import sync_wal
+
+    sync_wal(tmp_path / "never-opened.sqlite")  # no log (a checkpoint took it): nothing to do
+
+
 def test_a_folder_created_without_fsync_is_restored_from_its_first_files(
         tmp_path: Path) -> None:
     files = {"events.jsonl": b'{"seq":1}\n', "recipe.json": b"{}\n"}

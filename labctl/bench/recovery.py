@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,9 @@ log = logging.getLogger("labctl.bench")
 #: how many of the newest runs start-up looks at
 SCAN_LIMIT = 1000
 
+#: (run_id, claims kept in the index) -> whether anything had to be put back
+RestoreClaims = Callable[[str, dict[str, Any]], bool]
+
 
 @dataclass
 class Unfinished:
@@ -38,13 +42,13 @@ class Unfinished:
     unstarted: list[str] = field(default_factory=list)
 
 
-def close_unfinished(store: RunStore, bench_id: str, *, requeue_unstarted: bool
-                     ) -> Unfinished:
+def close_unfinished(store: RunStore, bench_id: str, *, requeue_unstarted: bool,
+                     restore_claims: RestoreClaims | None = None) -> Unfinished:
     """Close the started runs a crash left unfinished with an "interrupted" result; list
     the never-started ones to queue again when `requeue_unstarted`, else only mark them
     interrupted. One unreadable record never keeps the bench down."""
     found = Unfinished()
-    restore_submitted(store)
+    restore_submitted(store, restore_claims)
     finals = {s.value for s in FINAL_STATES} | {"cancelled"}
     for row in reversed(store.list(limit=SCAN_LIMIT)):  # oldest first: the queue's order
         run_id = row["run_id"]
@@ -74,21 +78,29 @@ def close_unfinished(store: RunStore, bench_id: str, *, requeue_unstarted: bool
     return found
 
 
-def restore_submitted(store: RunStore) -> list[str]:
+def restore_submitted(store: RunStore, restore_claims: RestoreClaims | None = None
+                      ) -> list[str]:
     """Put back the first files of runs accepted but not yet started, from the index (a
     submit's one durable write; the folder was synced after the reply, and a power cut in
     between may have taken it); the run ids whose folder had to be written again. Each
-    folder is synced, and its copy in the index dropped."""
+    folder is synced, and its copy in the index dropped. `restore_claims(run_id, claims)`
+    puts back the stock reservation and sample inputs kept with them (True: it had to)."""
     rebuilt = []
+    claims = store.index.submitted_claims()
     for run_id, files in store.index.submissions().items():
         try:
             if RunRecord.restore(store.data_dir, run_id, files):
                 log.warning("run %s: its folder was rebuilt from the run index (lost "
                             "before it reached the disk)", run_id)
                 rebuilt.append(run_id)
+            if restore_claims is not None and run_id in claims and \
+                    restore_claims(run_id, claims[run_id]):
+                log.warning("run %s: its stock reservation or sample inputs were put back "
+                            "from the run index (lost before they reached the disk)", run_id)
             store.index.forget_submission(run_id)
         except Exception:  # one unwritable folder must not keep the bench down
-            log.exception("run %s: could not restore its folder", run_id)
+            log.exception("run %s: could not restore its folder or claims (kept in the "
+                          "index for the next start)", run_id)
     return rebuilt
 
 

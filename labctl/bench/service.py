@@ -155,7 +155,8 @@ class Bench:
             raise
         self.startup_safe_state_errors = await self.instruments.safe_state_all()
         found = recovery.close_unfinished(self.store, self.bench_id,
-                                          requeue_unstarted=self.requeue_unstarted)
+                                          requeue_unstarted=self.requeue_unstarted,
+                                          restore_claims=self._restore_claims)
         self.interrupted_at_start = found.interrupted
         for run_id in found.interrupted:  # a kill may have cut a debit short
             self._sync_stock(run_id)
@@ -311,8 +312,10 @@ class Bench:
             # a thread: e-stop, status and the runs in progress do not wait for the disk
             await asyncio.to_thread(self._write_accepted, ticket, first, documents, uses,
                                     inputs, row, answer)
-            # the folder's fsyncs after the answer, before the run may start (_execute)
-            ticket.syncing = asyncio.ensure_future(asyncio.to_thread(ticket.record.sync))
+            # the fsyncs of the folder and of the stock and samples claims after the answer,
+            # before the run may start (_execute) and its copy in the index is dropped
+            ticket.syncing = asyncio.ensure_future(asyncio.to_thread(
+                self._sync_accepted, ticket.record, uses=bool(uses), inputs=bool(inputs)))
             self.samples.claim(run_id, vessels, inputs)
             for ev in first[1:]:
                 self._publish(ev)
@@ -331,13 +334,40 @@ class Bench:
         run is queued again at start-up and a redelivered command gets its reply. The
         folder is not fsync'd here: the same bytes are in that commit, the folder is synced
         once the reply is out (accept) and rebuilt from the index at start-up if a power
-        cut took it (labctl.bench.recovery): one durable write before the answer, not six."""
+        cut took it (labctl.bench.recovery). The stock the run will take (the inventory's
+        reservation) and the samples it takes are committed the same way: without their
+        fsyncs, with a copy in that commit. One durable write before the answer, not six."""
         files = first_files(events, documents)
         RunRecord.create_files(self.store.data_dir, ticket.run_id, files, durable=False)
-        self.stock.store.plan_run(ticket.run_id, uses)
+        self.stock.store.plan_run(ticket.run_id, uses, durable=False)
         if inputs:
-            self.samples.store.note_inputs(ticket.run_id, inputs)
-        self.store.index.accept_run(ticket.run_id, row, answer, files)
+            self.samples.store.note_inputs(ticket.run_id, inputs, durable=False)
+        claims = {"uses": uses, "inputs": inputs} if uses or inputs else None
+        self.store.index.accept_run(ticket.run_id, row, answer, files, claims)
+
+    def _sync_accepted(self, record: RunRecord, *, uses: bool, inputs: bool) -> None:
+        """After the answer: what `_write_accepted` left unsynced reaches the disk."""
+        record.sync()
+        if uses:
+            self.stock.store.sync()
+        if inputs:
+            self.samples.store.sync()
+
+    def _restore_claims(self, run_id: str, claims: dict[str, Any]) -> bool:
+        """Put back a queued run's stock reservation and sample inputs from the index's copy
+        where a power cut took them (labctl.bench.recovery.restore_submitted); True when
+        anything had to be written."""
+        restored = False
+        uses = claims.get("uses") or {}
+        if uses and not self.stock.store.planned(run_id):
+            self.stock.store.plan_run(run_id, {step: [tuple(u) for u in rows]
+                                               for step, rows in uses.items()})
+            restored = True
+        inputs = claims.get("inputs") or {}
+        if inputs and not self.samples.store.inputs_of(run_id):
+            self.samples.store.note_inputs(run_id, inputs)
+            restored = True
+        return restored
 
     def _ticket(self, record: RunRecord, plan: Plan, params: dict[str, Any],
                 who: dict[str, Any], request: dict[str, Any] | None,

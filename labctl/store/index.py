@@ -5,10 +5,12 @@ it twice.
 The run folders are the record; this index is a fast view of them. SQLite in WAL mode, one
 short transaction per write, so readers (the TUI, `runs list`) never block a running bench.
 
-One exception: a submitted run's first files (`submissions`) are kept here too, from the
-commit that accepts the run until the run leaves the queue. That commit is the one durable
-write a submit waits for; the folder is written beside it and synced after the reply, and
-start-up rebuilds it from here if a power cut took it (labctl.bench.recovery).
+One exception: a submitted run's first files (`submissions`) and claims (`submission_claims`:
+the stock it will take, the samples it takes) are kept here too, from the commit that
+accepts the run until the run leaves the queue. That commit is the one durable write a
+submit waits for. The folder, the inventory's reservation and the samples' inputs are
+written beside it without their fsyncs and synced after the reply; start-up puts back from
+here what a power cut took (labctl.bench.recovery).
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ CREATE INDEX IF NOT EXISTS runs_created ON runs(created);
 CREATE TABLE IF NOT EXISTS submissions (
     run_id   TEXT PRIMARY KEY,
     files    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS submission_claims (
+    run_id   TEXT PRIMARY KEY,
+    claims   TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS commands (
     id       TEXT PRIMARY KEY,
@@ -84,7 +90,7 @@ class RunIndex:
         with self._lock, transaction(self._db):
             self._upsert(run_id, fields)
             if leaves_queue:  # its folder is synced by now: its first files go, same commit
-                self._db.execute("DELETE FROM submissions WHERE run_id=?", (run_id,))
+                self._forget_submission(run_id)
 
     def _upsert(self, run_id: str, fields: dict[str, Any]) -> None:
         row = self._db.execute("SELECT 1 FROM runs WHERE run_id=?", (run_id,)).fetchone()
@@ -105,8 +111,10 @@ class RunIndex:
 
     def accept_run(self, run_id: str, fields: dict[str, Any],
                    command: tuple[str, dict[str, Any]] | None = None,
-                   files: dict[str, bytes] | None = None) -> None:
-        """A submitted run's row, its first `files` (see the module's docstring) and, when
+                   files: dict[str, bytes] | None = None,
+                   claims: dict[str, Any] | None = None) -> None:
+        """A submitted run's row, its first `files` and its `claims` (the stock it will
+        take and the samples it takes, as JSON data; see the module's docstring) and, when
         a command asked for it, the reply to that command, in one transaction: once the run
         is in the index its command is known as answered, so a redelivered submit after a
         crash gets this reply and never makes a second run (and it all costs one commit)."""
@@ -128,6 +136,10 @@ class RunIndex:
                 self._db.execute(
                     "INSERT OR REPLACE INTO submissions (run_id, files) VALUES (?, ?)",
                     (run_id, json.dumps({k: v.decode("utf-8") for k, v in files.items()})))
+            if claims:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO submission_claims (run_id, claims) VALUES (?, ?)",
+                    (run_id, json.dumps(claims)))
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -153,10 +165,20 @@ class RunIndex:
         return {r["run_id"]: {k: v.encode("utf-8") for k, v in json.loads(r["files"]).items()}
                 for r in rows}
 
-    def forget_submission(self, run_id: str) -> None:
-        """Drop a run's first files (its folder is synced)."""
+    def submitted_claims(self) -> dict[str, dict[str, Any]]:
+        """The claims (stock uses, sample inputs) kept with those first files, by run id."""
         with self._lock:
-            self._db.execute("DELETE FROM submissions WHERE run_id=?", (run_id,))
+            rows = self._db.execute("SELECT run_id, claims FROM submission_claims").fetchall()
+        return {r["run_id"]: json.loads(r["claims"]) for r in rows}
+
+    def forget_submission(self, run_id: str) -> None:
+        """Drop a run's first files and claims (its folder and claims are synced)."""
+        with self._lock, transaction(self._db):
+            self._forget_submission(run_id)
+
+    def _forget_submission(self, run_id: str) -> None:
+        self._db.execute("DELETE FROM submissions WHERE run_id=?", (run_id,))
+        self._db.execute("DELETE FROM submission_claims WHERE run_id=?", (run_id,))
 
     # -- processed commands (MQTT exactly-once) ------------------------------------------
     def seen_command(self, command_id: str) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from labctl.errors import LabctlError
 from labctl.store.journal import utc_iso
-from labctl.store.sqlite_db import configure, transaction
+from labctl.store.sqlite_db import configure, sync_wal, transaction
 
 FILENAME = "inventory.sqlite"
 
@@ -130,10 +130,15 @@ class InventoryStore:
             self._db.close()
 
     # -- transactions ---------------------------------------------------------------------
-    def _write(self, fn: Any) -> Any:
+    def _write(self, fn: Any, *, durable: bool = True) -> Any:
         """Run fn(db) in one BEGIN IMMEDIATE transaction (one writer at a time)."""
-        with self._lock, transaction(self._db):
+        with self._lock, transaction(self._db, durable=durable):
             return fn(self._db)
+
+    def sync(self) -> None:
+        """Make the commits written with `durable=False` durable (labctl.store.sqlite_db)."""
+        with self._lock:
+            sync_wal(self.path)
 
     # -- reading --------------------------------------------------------------------------
     def levels(self) -> list[Level]:
@@ -260,17 +265,20 @@ class InventoryStore:
                            capacity=capacity, replace=True, unit=unit)
 
     # -- runs -----------------------------------------------------------------------------
-    def plan_run(self, run_id: str, uses: Mapping[str, Iterable[tuple[str, str, float, str]]]
-                 ) -> None:
+    def plan_run(self, run_id: str, uses: Mapping[str, Iterable[tuple[str, str, float, str]]],
+                 *, durable: bool = True) -> None:
         """Record what a submitted run will take, per step: (holding, material, amount,
-        unit). Reservations of active runs are what a campaign check subtracts."""
+        unit). Reservations of active runs are what a campaign check subtracts.
+        `durable=False`: committed without its fsync, for a submit whose index commit holds
+        the same uses (`sync` follows the reply; start-up puts back what a power cut
+        took, labctl.bench.recovery)."""
         def do(db: sqlite3.Connection) -> None:
             for step_id, rows in uses.items():
                 for holding, material, amount, unit in rows:
                     db.execute("INSERT OR REPLACE INTO planned VALUES (?,?,?,?,?,?)",
                                (run_id, step_id, holding, material, amount, unit))
 
-        self._write(do)
+        self._write(do, durable=durable)
 
     def planned(self, run_id: str) -> dict[str, list[tuple[str, str, float, str]]]:
         with self._lock:

@@ -21,7 +21,7 @@ from typing import Any
 
 from labctl.errors import LabctlError
 from labctl.store.journal import utc_iso
-from labctl.store.sqlite_db import configure, transaction
+from labctl.store.sqlite_db import configure, sync_wal, transaction
 
 FILENAME = "samples.sqlite"
 
@@ -88,9 +88,14 @@ class SampleStore:
         with self._lock:
             self._db.close()
 
-    def _write(self, fn: Any) -> Any:
-        with self._lock, transaction(self._db):
+    def _write(self, fn: Any, *, durable: bool = True) -> Any:
+        with self._lock, transaction(self._db, durable=durable):
             return fn(self._db)
+
+    def sync(self) -> None:
+        """Make the commits written with `durable=False` durable (labctl.store.sqlite_db)."""
+        with self._lock:
+            sync_wal(self.path)
 
     # -- what runs write ------------------------------------------------------------------
     def record_run(self, run_id: str, *, made: Mapping[str, Mapping[str, Any]],
@@ -144,14 +149,16 @@ class SampleStore:
 
         return self._write(do)  # type: ignore[no-any-return]
 
-    def note_inputs(self, run_id: str, inputs: Mapping[str, str]) -> None:
-        """The samples a run takes as parameters (parameter -> sample id)."""
+    def note_inputs(self, run_id: str, inputs: Mapping[str, str], *,
+                    durable: bool = True) -> None:
+        """The samples a run takes as parameters (parameter -> sample id); `durable` as in
+        InventoryStore.plan_run."""
         def do(db: sqlite3.Connection) -> None:
             for name, sid in inputs.items():
                 db.execute("INSERT OR REPLACE INTO run_inputs VALUES (?,?,?)",
                            (run_id, name, sid))
 
-        self._write(do)
+        self._write(do, durable=durable)
 
     def set_barcode(self, sample_id: str, barcode: str | None) -> None:
         self.get(sample_id)
