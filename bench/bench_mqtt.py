@@ -40,35 +40,20 @@ from labctl.mqtt.connection import BrokerSettings, MqttClient  # noqa: E402
 from labctl.mqtt.localbroker import MosquittoBroker  # noqa: E402
 from labctl.mqtt.topics import Topics  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from soak import SOAK_RECIPE  # noqa: E402
+
 WAIT_RECIPE = {
     "schema": "labctl.recipe/1", "name": "bench_wait", "version": "1",
     "description": "one short wait (submit -> start latency)",
     "steps": [{"id": "w", "wait": "1 s"}],
 }
 
-#: a recipe that takes stock (0.5 mL of EC a run, put back out to waste): its submit also
-#: reserves that stock in the inventory
-STOCK_RECIPE = {
-    "schema": "labctl.recipe/1", "name": "bench_stock", "version": "1",
-    "description": "0.5 mL EC into the cell vial and out to waste (submit with a reservation)",
-    "materials": {"EC": {"name": "ethylene carbonate", "location": "res_ec"}},
-    "steps": [
-        {"id": "init", "parallel": [
-            {"id": "init_ec", "device": "pump_ec", "action": "initialize", "idempotent": True},
-            {"id": "init_dmc", "device": "pump_dmc", "action": "initialize",
-             "idempotent": True}]},
-        {"id": "to_vial", "device": "sel_valve", "action": "move",
-         "args": {"position": "cell_vial"}},
-        {"id": "fill", "device": "pump_ec", "action": "transfer",
-         "args": {"volume": "0.5 mL", "from": "res_ec", "to": "cell_vial", "flow": "20 mL/min"}},
-        {"id": "draw", "device": "pump_dmc", "action": "aspirate",
-         "args": {"volume": "0.5 mL", "from": "cell_vial", "flow": "15 mL/min"}},
-        {"id": "to_waste", "device": "sel_valve", "action": "move",
-         "args": {"position": "waste"}},
-        {"id": "out", "device": "pump_dmc", "action": "dispense",
-         "args": {"volume": "0.5 mL", "to": "waste", "flow": "20 mL/min"}},
-    ],
-}
+#: a recipe that takes stock (soak.py's cycle without its stirring and measuring: 0.5 mL of
+#: EC a run, put back out to waste): its submit also reserves that stock in the inventory
+STOCK_RECIPE = {**SOAK_RECIPE, "name": "bench_stock",
+                "description": "0.5 mL EC into the cell vial and out to waste",
+                "steps": [s for s in SOAK_RECIPE["steps"] if s["id"] not in ("mix", "ocv")]}
 
 
 def figures(samples_s: list[float]) -> tuple[float, float]:

@@ -121,29 +121,35 @@ def test_sigkill_while_accepting_never_leaves_a_run_without_its_commands_reply(
 
 
 HELD_CHILD = CHILD_PRELUDE + """
-async def main(data):
+#: what the held run is: "wait" (takes nothing) or "stock" (a recipe that takes stock)
+RECIPES = {"wait": (WAIT, {}),
+           "stock": (Path("recipes/electrolyte_conductivity.json"),
+                     {"salt_molality": "1.2 mol/kg", "ec_fraction": "0.3"})}
+
+async def main(data, which):
     cfg = load_config(Path("config/sim.toml"))
     async with Bench(cfg, data_dir=data, time_scale=10000, requeue_unstarted=True) as bench:
         bench.runs.hold()  # the run stays queued until the kill
         cid = "held-0"
-        sub = await bench.accept(WAIT, {}, instigator={"kind": "ai", "id": "t",
-                                                       "command_id": cid},
+        recipe, params = RECIPES[which]
+        sub = await bench.accept(recipe, params, instigator={"kind": "ai", "id": "t",
+                                                             "command_id": cid},
                                  command=CommandReply(cid, reply(cid)))
         await bench.runs.tickets[sub.run_id].synced()
         print(sub.run_id, flush=True)
         await asyncio.sleep(3600)
 
-asyncio.run(main(sys.argv[1]))
+asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
 FIRST_FILES = ("events.jsonl", "recipe.json", "metadata.json")
 
 
-def _killed_with_a_queued_run(data: Path, child: str | None = None
+def _killed_with_a_queued_run(data: Path, which: str = "wait"
                               ) -> tuple[str, dict[str, bytes]]:
-    """A bench process that accepted one run (held in the queue), SIGKILLed; the run id
-    and its first files as written. `child`: the bench process (HELD_CHILD)."""
-    proc = subprocess.Popen([sys.executable, "-c", child or HELD_CHILD, str(data)], cwd=ROOT,
+    """A bench process that accepted one run (held in the queue; `which`, see HELD_CHILD),
+    SIGKILLed; the run id and its first files as written."""
+    proc = subprocess.Popen([sys.executable, "-c", HELD_CHILD, str(data), which], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     run_id = proc.stdout.readline().strip()
@@ -194,24 +200,6 @@ async def test_a_queued_runs_folder_lost_to_a_power_cut_is_rebuilt_from_the_inde
         index.close()
 
 
-HELD_STOCK_CHILD = CHILD_PRELUDE + """
-async def main(data):
-    cfg = load_config(Path("config/sim.toml"))
-    async with Bench(cfg, data_dir=data, time_scale=10000, requeue_unstarted=True) as bench:
-        bench.runs.hold()  # the run stays queued until the kill
-        cid = "held-stock-0"
-        sub = await bench.accept(Path("recipes/electrolyte_conductivity.json"),
-                                 {"salt_molality": "1.2 mol/kg", "ec_fraction": "0.3"},
-                                 instigator={"kind": "ai", "id": "t", "command_id": cid},
-                                 command=CommandReply(cid, reply(cid)))
-        await bench.runs.tickets[sub.run_id].synced()
-        print(sub.run_id, flush=True)
-        await asyncio.sleep(3600)
-
-asyncio.run(main(sys.argv[1]))
-"""
-
-
 async def test_a_queued_runs_stock_reservation_lost_to_a_power_cut_is_put_back_from_the_index(
         tmp_path: Path) -> None:
     """The inventory's reservation of a submitted run is committed without its fsync; the
@@ -222,7 +210,7 @@ async def test_a_queued_runs_stock_reservation_lost_to_a_power_cut_is_put_back_f
     from labctl.store.inventory import InventoryStore
 
     data = tmp_path / "runs"
-    run_id, _ = _killed_with_a_queued_run(data, HELD_STOCK_CHILD)
+    run_id, _ = _killed_with_a_queued_run(data, "stock")
 
     index = RunIndex(data / "runs.sqlite")
     try:
