@@ -79,11 +79,6 @@ class BenchStock:
                 out[leaf.id] = rows
         return out
 
-    def register(self, run_id: str, plan: Plan) -> dict[str, list[UseRow]]:
-        uses = self.step_uses(plan)
-        self.store.plan_run(run_id, uses)
-        return uses
-
     def provenance(self, uses: dict[str, list[UseRow]]) -> dict[str, Any]:
         """What metadata.json says of the stock a run draws on: per holding and material
         the level at submit, its lot and the date of the refill that brought that lot."""
