@@ -136,9 +136,10 @@ class InventoryStore:
             return fn(self._db)
 
     def sync(self) -> None:
-        """Make the commits written with `durable=False` durable (labctl.store.sqlite_db)."""
-        with self._lock:
-            sync_wal(self.path)
+        """Make the commits written with `durable=False` durable (labctl.store.sqlite_db).
+        Not under the store's lock: the fsync goes through a descriptor of its own, and the
+        event loop's reads must not wait for the disk."""
+        sync_wal(self.path)
 
     # -- reading --------------------------------------------------------------------------
     def levels(self) -> list[Level]:
