@@ -90,3 +90,44 @@ async def test_full_life_cycle_with_pause_and_listeners() -> None:
     assert m.state == RunState.ABORTED and m.final
     assert changes[3] == ("running", "pausing", "pause")
     assert changes[-1] == ("stopping", "aborted", "stopped")
+
+
+async def test_runs_share_one_machine_and_keep_their_own_state_and_journal() -> None:
+    """Every run's model goes through one transitions Machine: one run's transitions never
+    move, journal or notify another, however they interleave."""
+    logs: dict[str, list[str]] = {"a": [], "b": []}
+    heard: dict[str, list[str]] = {"a": [], "b": []}
+    machines = {k: RunMachine(journal=lambda info, k=k: logs[k].append(info["dest"]))
+                for k in logs}
+    for k, m in machines.items():
+        m.on_change(lambda s, d, t, info, k=k: heard[k].append(d.value))
+    await machines["a"].request("validate")
+    await machines["b"].request("validate")
+    await machines["a"].request("validated")
+    await machines["a"].request("start")
+    await machines["b"].request("fail", error="bad recipe")
+    assert machines["a"].state == RunState.RUNNING
+    assert machines["b"].state == RunState.FAILED
+    assert logs == {"a": ["validating", "ready", "running"], "b": ["validating", "failed"]}
+    assert heard == logs
+    with pytest.raises(IllegalTransition):
+        await machines["b"].request("start")
+    assert machines["a"].state == RunState.RUNNING  # b's refusal left a alone
+
+
+async def test_a_finished_runs_machine_is_freed_without_the_garbage_collector() -> None:
+    """No reference cycle: a run's machine goes when its last reference does, not at the
+    collector's next full pass (which stopped labctl serve's loop for tens of ms)."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        m = RunMachine(journal=lambda info: None)
+        for trig in ("validate", "validated", "start", "complete"):
+            await m.request(trig)
+        gone = weakref.ref(m)
+        del m
+        assert gone() is None
+    finally:
+        gc.enable()
