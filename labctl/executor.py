@@ -373,6 +373,11 @@ class StepContext:
         return None
 
 
+
+def _analysis_name(step: PlannedStep) -> str:
+    """The analysis an analysis step runs (its `analysis`, else its action)."""
+    return str(step.analysis or step.action)
+
 class Executor:
     """Runs one plan once (or resumes it). Owned by a Bench; also usable on its own."""
 
@@ -611,7 +616,7 @@ class Executor:
         self.tracker = RunProgress(self.plan, done=self._skip)
         self.started_wall = time.monotonic()
         if self._analysis_worker is not None:  # its imports run while the steps go on
-            self._analysis_worker.prepare({str(s.analysis or s.action) for s in self._leaves
+            self._analysis_worker.prepare({_analysis_name(s) for s in self._leaves
                                            if s.kind == "analysis" and s.id not in self._skip})
         self._anchor()
         for leaf in self._leaves:  # resuming: the figures of analyses done before the crash
@@ -1062,7 +1067,7 @@ class Executor:
     async def _analysis(self, step: PlannedStep) -> dict[str, Any]:
         """Figures of merit from the data of earlier steps:
         `labctl.analysis.ANALYSES[name](files, **args)`, files = {step_id: path}."""
-        name = str(step.analysis or step.action)
+        name = _analysis_name(step)
         table = self._analyses
         if table is None:
             from labctl.analysis import ANALYSES
@@ -1095,7 +1100,7 @@ class Executor:
         return result
 
     def _add_figures(self, step: PlannedStep, result: dict[str, Any]) -> None:
-        name = str(step.analysis or step.action)
+        name = _analysis_name(step)
         figs = result.get("figures") if isinstance(result.get("figures"), list) else None
         for fig in figs or [result]:
             self.figures.append({"analysis": name, "analysis_step": step.id,

@@ -360,8 +360,7 @@ class Bench:
         restored = False
         uses = claims.get("uses") or {}
         if uses and not self.stock.store.planned(run_id):
-            self.stock.store.plan_run(run_id, {step: [tuple(u) for u in rows]
-                                               for step, rows in uses.items()})
+            self.stock.store.plan_run(run_id, uses)  # rows as JSON lists: unpacked alike
             restored = True
         inputs = claims.get("inputs") or {}
         if inputs and not self.samples.store.inputs_of(run_id):
