@@ -233,11 +233,16 @@ async def test_a_queued_runs_stock_reservation_lost_to_a_power_cut_is_put_back_f
         assert bench.stock.store.planned(run_id) == planned  # back before the run starts
         result = await asyncio.wait_for(bench.wait(run_id), 120)
         after = {(lv.holding, lv.material): lv.amount for lv in bench.stock.store.levels()}
+        debited: dict[tuple[str, str], float] = {}
+        for d in bench.stock.store.debits(run_id):
+            debited[(d.holding, d.material)] = debited.get((d.holding, d.material), 0.0) + d.amount
     assert result["status"] == "completed", result
     taken = {(h, m): a for rows in planned.values() for h, m, a, _u in rows}
-    for key, amount in taken.items():  # debited (without the rows: nothing would be)
-        # what was dispensed, which for a powder differs a little from what was planned
-        assert before[key] - after[key] == pytest.approx(amount, rel=0.01), key
+    assert set(debited) == set(taken)  # every planned use debited (without the rows: none)
+    for key, amount in taken.items():
+        assert before[key] - after[key] == pytest.approx(debited[key], rel=1e-9), key
+        # what was delivered: a powder within the recipe's ±2 % of the plan
+        assert debited[key] == pytest.approx(amount, rel=0.02), key
     index = RunIndex(data / "runs.sqlite")
     try:
         assert index.submitted_claims() == {}  # started: the copy in the index is gone
