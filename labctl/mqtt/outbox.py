@@ -22,6 +22,9 @@ CREATE TABLE IF NOT EXISTS results (
     payload   TEXT NOT NULL,
     published INTEGER NOT NULL DEFAULT 0
 );
+-- the results still to publish: the publisher asks for them at every pass, and without this
+-- SQLite read every result ever queued (payloads included) to find the few unpublished
+CREATE INDEX IF NOT EXISTS results_unpublished ON results(published) WHERE published = 0;
 """
 
 

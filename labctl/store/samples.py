@@ -59,6 +59,13 @@ CREATE TABLE IF NOT EXISTS run_inputs (
     sample_id   TEXT NOT NULL,
     PRIMARY KEY (run_id, parameter)
 );
+-- a submit's check asks for the live samples, a run's reconciliation for the live sample in
+-- a vessel and the next number, a lookup may give a barcode: none of them may read every
+-- sample the bench ever made
+CREATE INDEX IF NOT EXISTS samples_status ON samples(status, seq);
+CREATE INDEX IF NOT EXISTS samples_vessel ON samples(vessel, status);
+CREATE INDEX IF NOT EXISTS samples_barcode ON samples(barcode);
+CREATE INDEX IF NOT EXISTS samples_seq ON samples(seq);
 """
 
 #: statuses of a sample still in its vial
