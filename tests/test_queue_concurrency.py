@@ -5,6 +5,9 @@ begin) run alone."""
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
+import time
 from typing import Any
 
 from labctl.bench.queue import RunQueue, RunTicket
@@ -72,3 +75,47 @@ async def test_a_resumed_run_runs_alone() -> None:
     release["c"].set()
     await asyncio.sleep(0.02)
     worker.cancel()
+
+
+def test_the_active_runs_are_read_safely_from_a_planning_thread() -> None:
+    """A submit plans in a worker thread, which asks for the active runs (their claims and
+    reservations count) while the event loop adds tickets and forgets ended ones. Iterating
+    the ticket dict there raised "dictionary changed size during iteration" when a switch
+    fell inside the loop; the switch interval is cut to a microsecond to make it fall
+    there at once."""
+    from labctl.run_machine import RunMachine
+
+    q = RunQueue()
+    for i in range(KEEP := 200):  # ended ones kept, and a long queue
+        q.tickets[f"old-{i}"] = ticket(f"old-{i}")
+        q.tickets[f"old-{i}"].machine = RunMachine()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def planner() -> None:
+        while not stop.is_set():
+            try:
+                assert len(q.active()) >= KEEP
+            except BaseException as exc:  # reported by the assert below
+                errors.append(exc)
+                return
+
+    spare = ticket("spare")
+    spare.machine = RunMachine()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    thread = threading.Thread(target=planner)
+    thread.start()
+    try:
+        i, until = 0, time.monotonic() + 3.0
+        while not errors and time.monotonic() < until:  # what accept and forget_old do
+            q.tickets[f"new-{i}"] = spare
+            if i % 2:
+                del q.tickets[f"new-{i - 1}"]
+                del q.tickets[f"new-{i}"]
+            i += 1
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+    assert errors == []

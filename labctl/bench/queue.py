@@ -154,8 +154,10 @@ class RunQueue:
         return None
 
     def active(self) -> set[str]:
-        """Run ids queued or running (not ended)."""
-        return {rid for rid, t in self.tickets.items() if not t.machine.final}
+        """Run ids queued or running (not ended). Safe from a worker thread (a submit's
+        planning asks): the tickets are copied in one step, which the loop adding or
+        forgetting a ticket cannot interrupt; iterating the dict itself could be."""
+        return {t.run_id for t in list(self.tickets.values()) if not t.machine.final}
 
     def hold(self) -> None:
         self.held = True
