@@ -9,6 +9,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 from mqtt_broker import MosquittoBroker
 from mqtt_helpers import ROOT, TEST_RECIPES, WAIT, WAIT_RECIPE, serve_bench
 
@@ -16,6 +17,7 @@ from labctl.bench import Bench
 from labctl.bench.local import LocalService
 from labctl.client import BenchClient
 from labctl.config import load_config
+from labctl.problems import BenchError
 from labctl.protocol import BenchService
 
 LONG = {"duration": "2 h"}
@@ -81,3 +83,23 @@ async def test_remote_concurrency_priority_cancel_and_per_run_control(tmp_path: 
             ids = await exercise(client)
             results = [await served.bench.wait(r) for r in ids]
     assert [r["status"] for r in results] == ["aborted"] * 4
+
+
+async def test_submits_side_by_side_in_one_process_each_get_a_free_vial(
+        tmp_path: Path) -> None:
+    """Two callers of one LocalService (a script's gather, the TUI beside a campaign) submit
+    a recipe whose vial is assigned from a rack of two: each run gets a vial of its own.
+    Planned side by side, both chose the first free vial and the second was refused as
+    claimed."""
+    cfg = load_config(ROOT / "tests" / "configs" / "sample_bench.toml")
+    recipe = ROOT / "tests" / "recipes" / "sample_make.json"
+    async with Bench(cfg, data_dir=tmp_path / "runs", time_scale=1000.0) as bench:
+        service = LocalService(bench, ROOT / "tests" / "recipes")
+        bench.runs.hold()  # nothing starts: both vials stay claimed by queued runs
+        first, second = await asyncio.gather(service.submit(recipe, {}),
+                                             service.submit(recipe, {}))
+        vials = {bench.runs.tickets[s.run_id].plan.parameters_typed["vial"]["value"]
+                 for s in (first, second)}
+        assert vials == {"t1", "t2"}
+        with pytest.raises(BenchError, match="no free vial"):  # the rack is full now
+            await service.submit(recipe, {})

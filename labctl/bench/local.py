@@ -96,6 +96,10 @@ class LocalService:
     def __init__(self, bench: Bench, recipes_dir: str | Path):
         self.bench = bench
         self.recipes_dir = Path(recipes_dir)
+        #: one submit at a time from planning to queue: a submit's free vials are chosen
+        #: while it plans, so two planned side by side chose the same vial and the second
+        #: was refused as claimed although others were free
+        self._admitting = asyncio.Lock()
 
     # -- the protocol ---------------------------------------------------------------------
     def _source(self, recipe: RecipeInput) -> tuple[RecipeSource, Path, str | None]:
@@ -135,14 +139,15 @@ class LocalService:
                      command: CommandReply | None = None) -> Submitted:
         # validate before anything is created; in a thread, so that the event loop (e-stop,
         # status, the run in flight) does not wait for a large recipe's validation
-        plan = await asyncio.to_thread(functools.partial(self._plan, recipe, parameters,
-                                                         check_stock=False))
-        _, _, source = self._source(recipe)
-        req = {"id": request} if isinstance(request, str) else (
-            dict(request) if request is not None else None)
-        submitted: Submitted = await self._call(lambda: self.bench.accept(
-            plan, dict(parameters or {}), instigator=instigator, request=req, source=source,
-            priority=priority, command=command))
+        async with self._admitting:
+            plan = await asyncio.to_thread(functools.partial(self._plan, recipe, parameters,
+                                                             check_stock=False))
+            _, _, source = self._source(recipe)
+            req = {"id": request} if isinstance(request, str) else (
+                dict(request) if request is not None else None)
+            submitted: Submitted = await self._call(lambda: self.bench.accept(
+                plan, dict(parameters or {}), instigator=instigator, request=req,
+                source=source, priority=priority, command=command))
         return submitted
 
     async def plan(self, recipe: RecipeInput, parameters: Mapping[str, Any] | None = None,
