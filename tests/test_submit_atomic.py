@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD_PRELUDE = """
 import asyncio, sys
 from pathlib import Path
+from typing import Any
 from labctl.bench import Bench
 from labctl.bench.dedup import CommandReply
 from labctl.config import load_config
@@ -248,3 +250,45 @@ async def test_a_queued_runs_stock_reservation_lost_to_a_power_cut_is_put_back_f
         assert index.submitted_claims() == {}  # started: the copy in the index is gone
     finally:
         index.close()
+
+
+async def test_a_submit_given_up_while_its_run_is_written_is_still_queued_and_runs(
+        tmp_path: Path) -> None:
+    """The write of an accepted run runs in a thread, which nothing can stop: once it has
+    begun the run is on disk, queued, with the command's reply kept for a redelivery. A
+    caller that gives up meanwhile (the TUI's 15 s bound, a shutdown) gets its
+    cancellation, and the run is in the queue all the same and runs; before, it stayed
+    'queued' on disk and never ran while the bench lived. The write is slowed by a pause
+    before the real one, so that the cancellation falls inside it."""
+    import threading
+
+    from labctl.bench.dedup import CommandReply
+
+    recipe = {"schema": "labctl.recipe/1", "name": "wait", "version": "1",
+              "description": "one short wait", "steps": [{"id": "w", "wait": "1 s"}]}
+    cfg = load_config(ROOT / "config" / "sim.toml")
+    async with Bench(cfg, data_dir=tmp_path / "runs", time_scale=1000) as bench:
+        writing = threading.Event()
+        run_ids: list[str] = []
+        real_write = bench._write_accepted
+
+        def slow_write(ticket: Any, *args: Any) -> None:
+            run_ids.append(ticket.run_id)
+            writing.set()
+            time.sleep(0.5)
+            real_write(ticket, *args)
+
+        bench._write_accepted = slow_write  # type: ignore[method-assign]
+        cid = "given-up-1"
+        task = asyncio.create_task(bench.accept(
+            recipe, {}, instigator={"kind": "ai", "id": "t", "command_id": cid},
+            command=CommandReply(cid, lambda run_id, pos: {"id": cid, "run_id": run_id})))
+        await asyncio.to_thread(writing.wait, 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        [run_id] = run_ids
+        assert run_id in bench.runs.tickets  # queued
+        result = await asyncio.wait_for(bench.wait(run_id), 60)
+        assert result["status"] == "completed", result
+        assert bench.store.index.seen_command(cid) == {"id": cid, "run_id": run_id}

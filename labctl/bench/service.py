@@ -309,9 +309,14 @@ class Bench:
             answer = None if command is None else (command.id,
                                                    command.reply(run_id, position))
             # the disk work (one fsync per file, the inventory's and the index's commits) in
-            # a thread: e-stop, status and the runs in progress do not wait for the disk
-            await asyncio.to_thread(self._write_accepted, ticket, first, documents, uses,
-                                    inputs, row, answer)
+            # a thread: e-stop, status and the runs in progress do not wait for the disk.
+            # A thread cannot be stopped: once it has begun, the run exists on disk (queued,
+            # the command's reply kept), so a caller that gives up meanwhile (the TUI's
+            # timeout, a shutdown) must not leave it out of the queue: the run is admitted
+            # first, the cancellation raised after.
+            cancelled = await _finish_even_if_cancelled(asyncio.ensure_future(
+                asyncio.to_thread(self._write_accepted, ticket, first, documents, uses,
+                                  inputs, row, answer)))
             # the fsyncs of the folder and of the stock and samples claims after the answer,
             # before the run may start (_execute) and its copy in the index is dropped
             ticket.syncing = asyncio.ensure_future(asyncio.to_thread(
@@ -320,6 +325,8 @@ class Bench:
             for ev in first[1:]:
                 self._publish(ev)
             self._enqueue(ticket)
+            if cancelled:
+                raise asyncio.CancelledError
         return Submitted(run_id=run_id, queue_position=position)
 
     def _write_accepted(self, ticket: RunTicket, events: list[dict[str, Any]],
@@ -804,3 +811,22 @@ def _preload_heavy_modules() -> None:
     import labctl.actions
     import labctl.analysis.registry
     import labctl.bdf  # noqa: F401
+
+
+async def _finish_even_if_cancelled(work: asyncio.Future[None]) -> bool:
+    """Wait for `work` to end even when the caller is cancelled meanwhile (each
+    cancellation is absorbed until it has); whether one came, for the caller to raise once
+    it has put what `work` did in order. What `work` raised is raised."""
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(work)
+            return cancelled
+        except asyncio.CancelledError:
+            if not work.done():
+                cancelled = True
+                continue
+            if work.cancelled():
+                raise
+            work.result()  # raises what the work raised
+            return True
