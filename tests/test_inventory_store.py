@@ -234,6 +234,50 @@ def test_two_processes_share_the_store_and_a_debit_applies_once(tmp_path: Path) 
         store.close()
 
 
+
+def test_the_stock_a_submit_is_planned_from_is_read_as_of_one_moment(tmp_path: Path) -> None:
+    """A planning thread reads the levels and what queued runs will still take while the
+    run in progress has its steps debited. A debit lowers the level and ends that step's
+    outstanding use in one commit, so level less outstanding stays the same throughout;
+    read in two steps, a debit between them made the stock look larger by that use (a
+    submit could be accepted that the stock cannot serve). The switch interval is cut to
+    a microsecond to make a switch fall between two reads."""
+    import threading
+
+    from labctl.bench.stock import BenchStock
+    from labctl.store.inventory import Debit
+
+    cfg = load_config(ROOT / "config" / "sim.toml")
+    stock = BenchStock(cfg, tmp_path)
+    store = stock.store
+    steps = 200
+    store.set_level("res", "DMC", 1.0, "L", lot=None, who="test")
+    store.plan_run("run", {f"s{i}": [("res", "DMC", 0.001, "L")] for i in range(steps)})
+    free = 1.0 - steps * 0.001
+    seen: list[float] = []
+    done = threading.Event()
+
+    def planner() -> None:
+        while not done.is_set():
+            levels, _reserved = stock.for_plan(["run"])
+            seen.append(levels["res"]["DMC"][0])  # the level less what "run" will take
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    thread = threading.Thread(target=planner)
+    thread.start()
+    try:
+        for i in range(steps):  # the run's steps debited one by one, as they end
+            store.apply_debits([Debit("run", f"s{i}", "1", "res", "DMC", 0.001, "L")])
+    finally:
+        done.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+        stock.close()
+    assert seen
+    assert max(seen) == pytest.approx(free) and min(seen) == pytest.approx(free)
+
+
 # ------------------------------------------------------------------ kills and resumes
 
 

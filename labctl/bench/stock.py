@@ -48,10 +48,10 @@ class BenchStock:
     # -- what validation starts from -----------------------------------------------------
     def for_plan(self, active: Iterable[str] = ()) -> tuple[Levels, Levels]:
         """(levels less what the active runs will still take, that reservation)."""
-        levels = self.store.level_map()
+        levels, outstanding = self.store.plan_view(active)
         reserved: Levels = {}
         units = {(h, m): u for h, mats in levels.items() for m, (_a, u) in mats.items()}
-        for (h, m), amount in self.store.outstanding(active).items():
+        for (h, m), amount in outstanding.items():
             unit = units.get((h, m), "L")
             reserved.setdefault(h, {})[m] = (amount, unit)
             have = levels.get(h, {}).get(m, (0.0, unit))[0]

@@ -291,22 +291,37 @@ class InventoryStore:
                 (r["holding"], r["material"], float(r["amount"]), r["unit"]))
         return out
 
-    def outstanding(self, run_ids: Iterable[str]) -> dict[tuple[str, str], float]:
-        """What the given (queued or running) runs will still take: their planned uses of
-        the steps with no debit yet. (holding, material) -> amount."""
-        out: dict[tuple[str, str], float] = {}
+    def plan_view(self, run_ids: Iterable[str]
+                  ) -> tuple[dict[str, dict[str, tuple[float, str]]],
+                             dict[tuple[str, str], float]]:
+        """`level_map()`, and what the given (queued or running) runs will still take (the
+        planned uses of their steps with no debit yet; (holding, material) -> amount), as of
+        one moment: one read transaction under one hold of the lock. Read apart, a debit
+        applied between the two reads was counted neither in the levels nor as
+        outstanding, and the stock looked larger by that step's use to a submit."""
         ids = list(run_ids)
-        if not ids:
-            return out
         with self._lock:
-            for rid in ids:
-                rows = self._db.execute(
-                    "SELECT holding, material, amount FROM planned p WHERE run_id = ? AND "
-                    "NOT EXISTS (SELECT 1 FROM debits d WHERE d.run_id = p.run_id AND "
-                    "d.step_id = p.step_id)", (rid,)).fetchall()
-                for r in rows:
-                    key = (r["holding"], r["material"])
-                    out[key] = out.get(key, 0.0) + float(r["amount"])
+            self._db.execute("BEGIN")
+            try:
+                levels: dict[str, dict[str, tuple[float, str]]] = {}
+                for r in self._db.execute("SELECT holding, material, amount, unit FROM levels"):
+                    levels.setdefault(r["holding"], {})[r["material"]] = (float(r["amount"]),
+                                                                          r["unit"])
+                return levels, self._outstanding(ids)
+            finally:
+                self._db.execute("COMMIT")
+
+    def _outstanding(self, ids: list[str]) -> dict[tuple[str, str], float]:
+        """The outstanding uses of `plan_view`, the lock held."""
+        out: dict[tuple[str, str], float] = {}
+        for rid in ids:
+            rows = self._db.execute(
+                "SELECT holding, material, amount FROM planned p WHERE run_id = ? AND "
+                "NOT EXISTS (SELECT 1 FROM debits d WHERE d.run_id = p.run_id AND "
+                "d.step_id = p.step_id)", (rid,)).fetchall()
+            for r in rows:
+                key = (r["holding"], r["material"])
+                out[key] = out.get(key, 0.0) + float(r["amount"])
         return out
 
     def apply_debits(self, debits: Iterable[Debit]) -> list[Debit]:
