@@ -59,6 +59,144 @@ def test_a_corrupt_line_in_the_middle_is_an_error(tmp_path: Path) -> None:
         read_journal(p)
 
 
+
+def raw_ends_with(path: Path, tail: bytes) -> bool:
+    return path.read_bytes().endswith(tail)
+
+
+def test_a_journal_read_again_parses_only_new_lines_and_reads_as_a_whole_read_does(
+        tmp_path: Path) -> None:
+    """RunRecord.events() reads only what was appended since its last read
+    (labctl.store.journal.JournalReader). Whatever happens to the file in between (appends,
+    a torn tail, the tail completed, the file replaced or cut short), each read equals a
+    whole read by read_journal."""
+    import random
+
+    rng = random.Random(18)
+    rec = RunRecord(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    p = rec.events_path
+    assert rec.events() == [] == read_journal(p)  # no journal yet
+    journal = Journal(p, fsync=False)
+    seq = longest = 0
+    for _ in range(400):
+        op = rng.random()
+        if op < 0.75:
+            for _ in range(rng.randint(1, 4)):
+                journal.append("step_finished", durable=False, step=f"s{rng.randint(0, 9)}",
+                               pad="x" * rng.randint(0, 300))
+        elif op < 0.85:  # a line read half written (or whole but for its newline)
+            with open(p, "ab") as f:
+                f.write(b'{"seq": 0, "event": "half"' + (b"}" if rng.random() < 0.5 else b""))
+            assert rec.events() == read_journal(p)
+            with open(p, "ab") as f:  # then the rest of it
+                f.write(b"\n" if raw_ends_with(p, b"}") else b"}\n")
+        elif op < 0.92:  # a power cut mid-line; the next start cuts it (Journal() does)
+            with open(p, "ab") as f:
+                f.write(b'{"seq": 0, "event": "torn"' + (b"}" if rng.random() < 0.5 else b""))
+            assert rec.events() == read_journal(p)
+            journal.close()
+            journal = Journal(p, fsync=False)
+        elif op < 0.96:  # replaced (a folder rebuilt), shorter or longer
+            journal.close()
+            seq += 1
+            lines = b"".join(json.dumps({"seq": i, "event": f"new{seq}"}).encode() + b"\n"
+                             for i in range(rng.randint(0, 40)))
+            tmp = p.with_suffix(".tmp")
+            tmp.write_bytes(lines)
+            os.replace(tmp, p)
+            journal = Journal(p, fsync=False)
+        else:  # cut short in place
+            journal.close()
+            raw = p.read_bytes()
+            keep = raw[:raw.rfind(b"\n", 0, max(0, len(raw) // 2)) + 1]
+            p.write_bytes(keep)
+            journal = Journal(p, fsync=False)
+        assert rec.events() == read_journal(p)
+        longest = max(longest, len(read_journal(p)))
+    journal.close()
+    assert longest > 100  # long enough to have been read in many pieces
+
+
+
+def test_a_journal_replaced_or_rewritten_in_place_is_read_again_from_its_start(
+        tmp_path: Path) -> None:
+    """Two changes a size check alone would miss: a journal replaced by another of the same
+    length (a new file: its inode tells), and one rewritten in place longer than before
+    (the byte before where the last read ended is no longer a line's end)."""
+    (tmp_path / "run").mkdir()
+    rec = RunRecord(tmp_path / "run")
+    p = rec.events_path
+
+    def lines(event: str, n: int, pad: int = 0) -> bytes:
+        return b"".join(json.dumps({"seq": i, "event": event, "pad": "x" * pad}).encode()
+                        + b"\n" for i in range(n))
+
+    p.write_bytes(lines("old", 5))
+    assert [e["event"] for e in rec.events()] == ["old"] * 5
+    tmp = p.with_suffix(".tmp")
+    tmp.write_bytes(lines("new", 5))  # same length, other events
+    os.replace(tmp, p)
+    assert rec.events() == read_journal(p)
+    assert [e["event"] for e in rec.events()] == ["new"] * 5
+    longer = lines("long", 1, pad=p.stat().st_size + 50)
+    with open(p, "r+b") as f:  # rewritten in place: one line longer than the five were
+        f.truncate(0)
+        f.write(longer)
+    assert rec.events() == read_journal(p)
+    assert [e["event"] for e in rec.events()] == ["long"]
+
+
+def test_a_journal_read_again_names_a_corrupt_line_and_keeps_naming_it(
+        tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    rec = RunRecord(tmp_path / "run")
+    p = rec.events_path
+    p.write_bytes(b'{"seq":1,"event":"a"}\n\n{"seq":2,"event":"b"}\n')
+    assert [e["event"] for e in rec.events()] == ["a", "b"]
+    with open(p, "ab") as f:
+        f.write(b'{"seq":3,"event":"c"}\nnot json\n{"seq":4,"event":"d"}\n')
+    for _ in range(2):  # nothing of the bad read is kept
+        with pytest.raises(ValueError, match="line 5"):
+            rec.events()
+    with pytest.raises(ValueError, match="line 5"):
+        read_journal(p)
+
+
+def test_a_journal_read_while_it_is_appended_is_always_a_prefix_of_it(
+        tmp_path: Path) -> None:
+    """The bench reads a run's journal on the event loop and in worker threads while the
+    executor appends: every read is the journal as far as it had been written, each line
+    once."""
+    import threading
+
+    (tmp_path / "run").mkdir()
+    rec = RunRecord(tmp_path / "run")
+    journal = Journal(rec.events_path, fsync=False)
+    reads: list[list[int]] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            reads.append([e["i"] for e in rec.events()])
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(2000):
+            journal.append("w", durable=False, i=i)
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+        journal.close()
+    assert len(reads) > 10
+    for seen in reads:
+        assert seen == list(range(len(seen)))
+    assert [e["i"] for e in rec.events()] == list(range(2000))
+
+
 def test_concurrent_writers_never_interleave_within_a_line(tmp_path: Path) -> None:
     p = tmp_path / "events.jsonl"
     code = (

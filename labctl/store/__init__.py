@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from labctl.store.index import RunIndex
-from labctl.store.journal import Journal, Replay, StepProgress, read_journal, replay, utc_iso
+from labctl.store.journal import (
+    Journal,
+    JournalReader,
+    Replay,
+    StepProgress,
+    read_journal,
+    replay,
+    utc_iso,
+)
 from labctl.store.record import RunRecord, new_run_id, write_json_atomic
 
 DEFAULT_DATA_DIR = Path("runs")
@@ -70,6 +78,7 @@ class RunStore:
 __all__ = [
     "DEFAULT_DATA_DIR",
     "Journal",
+    "JournalReader",
     "Replay",
     "RunIndex",
     "RunRecord",

@@ -22,7 +22,14 @@ from typing import Any
 
 import orjson
 
-from labctl.store.journal import Journal, Replay, _default, dumps, read_journal, replay
+from labctl.store.journal import (
+    Journal,
+    JournalReader,
+    Replay,
+    _default,
+    dumps,
+    replay,
+)
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -139,6 +146,7 @@ class RunRecord:
         self.folder = folder
         self.run_id = folder.name
         self._journal: Journal | None = None
+        self._reader: JournalReader | None = None
 
     # -- paths ---------------------------------------------------------------------------
     @property
@@ -273,7 +281,11 @@ class RunRecord:
         return data
 
     def events(self) -> list[dict[str, Any]]:
-        return read_journal(self.events_path)
+        """The journal's events; read again, only the lines appended since are parsed
+        (shared between reads: do not change them)."""
+        if self._reader is None:
+            self._reader = JournalReader(self.events_path)
+        return self._reader.read()
 
     def replay(self) -> Replay:
         return replay(self.events())
