@@ -73,6 +73,27 @@ def test_plan_ids_are_unique_and_stable(path: Path) -> None:
     assert a.sha256 == b.sha256
 
 
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_planned_step_is_found_by_its_id(path: Path) -> None:
+    """Plan.step answers from an index (the bench asks at every journal event): every step
+    of the tree, containers and loop iterations included, is the object found walking
+    it, and an unknown id is None."""
+    plan = build_plan(path, {}, full_bench())
+    walked: list = []
+
+    def walk(steps: list) -> None:
+        for s in steps:
+            walked.append(s)
+            walk(s.children)
+
+    walk(plan.steps)
+    assert len(walked) > 3
+    for s in walked:
+        assert plan.step(s.id) is s
+    assert plan.step("no-such-step") is None
+
+
 def test_electrolyte_plan_resolves_parameters_into_si_args() -> None:
     plan = build_plan(ROOT / "recipes/electrolyte_conductivity.json",
                       {"salt_molality": "1.5 mol/kg", "ec_fraction": "0.3",

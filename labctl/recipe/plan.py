@@ -94,16 +94,20 @@ class Plan:
             yield from s.leaves()
 
     def step(self, step_id: str) -> PlannedStep | None:
-        def walk(steps: list[PlannedStep]) -> PlannedStep | None:
-            for s in steps:
-                if s.id == step_id:
-                    return s
-                found = walk(s.children)
-                if found is not None:
-                    return found
-            return None
-
-        return walk(self.steps)
+        """The planned step (leaf or container) with this id; the first in plan order if
+        ids repeat. Through an index built at the first call: the bench asks at every
+        journal event of a run, and walking the tree each time made a run of N steps cost
+        N² (a plan is not changed once built)."""
+        index: dict[str, PlannedStep] | None = self.__dict__.get("_steps_by_id")
+        if index is None:
+            index = {}
+            todo = list(reversed(self.steps))
+            while todo:  # depth first, in plan order
+                s = todo.pop()
+                index.setdefault(s.id, s)
+                todo.extend(reversed(s.children))
+            self.__dict__["_steps_by_id"] = index
+        return index.get(step_id)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
