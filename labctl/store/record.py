@@ -259,9 +259,12 @@ class RunRecord:
         return self._journal
 
     def close(self) -> None:
+        """Close the journal, and let go of the events read from it: a run's record is
+        closed when the run has ended, and a bench keeps its last runs' records."""
         if self._journal is not None:
             self._journal.close()
             self._journal = None
+        self._reader = None
 
     # -- documents -----------------------------------------------------------------------
     def write_recipe(self, data: dict[str, Any]) -> None:
