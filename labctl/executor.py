@@ -373,10 +373,10 @@ class StepContext:
         return None
 
 
-
 def _analysis_name(step: PlannedStep) -> str:
     """The analysis an analysis step runs (its `analysis`, else its action)."""
     return str(step.analysis or step.action)
+
 
 class Executor:
     """Runs one plan once (or resumes it). Owned by a Bench; also usable on its own."""

@@ -156,26 +156,10 @@ def _trim_torn_tail(path: Path) -> None:
 
 
 def read_journal(path: str | Path) -> list[dict[str, Any]]:
-    """Every complete event line (a torn final line, if any, is left out)."""
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        return []
-    events: list[dict[str, Any]] = []
-    lines = raw.split(b"\n")
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            ev = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:  # torn tail: no newline after it
-                break
-            raise ValueError(f"{p}: line {i + 1} is not valid JSON") from None
-        events.append(ev)
-    return events
-
+    """Every complete event line (a torn final line, if any, is left out unless it parses);
+    a line in the middle that is not JSON is a ValueError naming it. One read of a
+    `JournalReader`, which parses the lines for both."""
+    return JournalReader(path).read()
 
 
 class JournalReader:
