@@ -150,9 +150,15 @@ class InventoryStore:
 
     def level_map(self) -> dict[str, dict[str, tuple[float, str]]]:
         """holding -> material -> (amount, unit): what labctl.recipe.inventory takes."""
+        with self._lock:
+            return self._level_map()
+
+    def _level_map(self) -> dict[str, dict[str, tuple[float, str]]]:
+        """level_map(), the lock held."""
         out: dict[str, dict[str, tuple[float, str]]] = {}
-        for lv in self.levels():
-            out.setdefault(lv.holding, {})[lv.material] = (lv.amount, lv.unit)
+        for r in self._db.execute("SELECT holding, material, amount, unit FROM levels "
+                                  "ORDER BY holding, material"):
+            out.setdefault(r["holding"], {})[r["material"]] = (float(r["amount"]), r["unit"])
         return out
 
     def events(self, holding: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -303,11 +309,7 @@ class InventoryStore:
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                levels: dict[str, dict[str, tuple[float, str]]] = {}
-                for r in self._db.execute("SELECT holding, material, amount, unit FROM levels"):
-                    levels.setdefault(r["holding"], {})[r["material"]] = (float(r["amount"]),
-                                                                          r["unit"])
-                return levels, self._outstanding(ids)
+                return self._level_map(), self._outstanding(ids)
             finally:
                 self._db.execute("COMMIT")
 
