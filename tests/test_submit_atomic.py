@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -170,11 +171,8 @@ async def test_a_queued_runs_folder_lost_to_a_power_cut_is_rebuilt_from_the_inde
     writes them back from the index and runs the run it had promised."""
     data = tmp_path / "runs"
     run_id, first = _killed_with_a_queued_run(data)
-    index = RunIndex(data / "runs.sqlite")
-    try:
+    with closing(RunIndex(data / "runs.sqlite")) as index:
         assert set(index.submissions()) == {run_id}  # queued: its files kept in the index
-    finally:
-        index.close()
     folder = data / run_id
     if loss == "folder gone":
         shutil.rmtree(folder)
@@ -195,11 +193,8 @@ async def test_a_queued_runs_folder_lost_to_a_power_cut_is_rebuilt_from_the_inde
     events = (folder / "events.jsonl").read_bytes()
     assert events.startswith(first["events.jsonl"])  # then the lines of the run itself
     assert any(e.get("event") == "step_finished" for e in read_journal(folder / "events.jsonl"))
-    index = RunIndex(data / "runs.sqlite")
-    try:
+    with closing(RunIndex(data / "runs.sqlite")) as index:
         assert index.submissions() == {}  # started: the copy in the index is gone
-    finally:
-        index.close()
 
 
 async def test_a_queued_runs_stock_reservation_lost_to_a_power_cut_is_put_back_from_the_index(
@@ -214,11 +209,8 @@ async def test_a_queued_runs_stock_reservation_lost_to_a_power_cut_is_put_back_f
     data = tmp_path / "runs"
     run_id, _ = _killed_with_a_queued_run(data, "stock")
 
-    index = RunIndex(data / "runs.sqlite")
-    try:
+    with closing(RunIndex(data / "runs.sqlite")) as index:
         kept = index.submitted_claims()[run_id]["uses"]
-    finally:
-        index.close()
     inventory = InventoryStore(data)
     try:
         planned = inventory.planned(run_id)
@@ -245,11 +237,8 @@ async def test_a_queued_runs_stock_reservation_lost_to_a_power_cut_is_put_back_f
         assert before[key] - after[key] == pytest.approx(debited[key], rel=1e-9), key
         # what was delivered: a powder within the recipe's ±2 % of the plan
         assert debited[key] == pytest.approx(amount, rel=0.02), key
-    index = RunIndex(data / "runs.sqlite")
-    try:
+    with closing(RunIndex(data / "runs.sqlite")) as index:
         assert index.submitted_claims() == {}  # started: the copy in the index is gone
-    finally:
-        index.close()
 
 
 async def test_a_submit_given_up_while_its_run_is_written_is_still_queued_and_runs(
